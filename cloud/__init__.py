@@ -1,0 +1,1 @@
+"""The cloud worker: the gRPC service that runs the full model."""

@@ -1,0 +1,1 @@
+"""The device agent: streaming ingestion, offramps and selective offload."""

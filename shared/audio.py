@@ -1,0 +1,97 @@
+"""Audio in: read, check, downmix and resample, with a clear error for bad input.
+
+Every entry point (files, raw PCM from a socket, FLAC bytes in a gRPC message)
+ends in the same checks, so "empty", "corrupt", "NaN" and "wrong rate" mean
+the same thing on the device and in the cloud.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+MODEL_RATE = 16000
+
+
+class AudioError(ValueError):
+    """Audio that cannot be understood: empty, corrupt, non-finite or unsupported."""
+
+
+def check_samples(audio: np.ndarray, what: str = "audio") -> np.ndarray:
+    """Return ``audio`` as contiguous float32 mono, or raise :class:`AudioError`."""
+    a = np.asarray(audio)
+    if a.ndim == 2:  # (frames, channels): average the channels
+        a = a.mean(axis=1)
+    if a.ndim != 1:
+        raise AudioError(f"{what}: expected mono or (frames, channels) audio, got shape {a.shape}")
+    if a.size == 0:
+        raise AudioError(f"{what}: no samples")
+    if a.dtype == np.int16:
+        a = a.astype(np.float32) / 32768.0
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise AudioError(f"{what}: contains NaN or Inf samples")
+    return a
+
+
+def resample(audio: np.ndarray, rate: int, target: int = MODEL_RATE) -> np.ndarray:
+    """High-quality resampling (soxr); a no-op at the target rate."""
+    if rate <= 0:
+        raise AudioError(f"invalid sample rate {rate}")
+    if rate == target:
+        return audio
+    return soxr.resample(audio, rate, target).astype(np.float32)
+
+
+def read_audio(path: str | Path, target_rate: int = MODEL_RATE) -> np.ndarray:
+    """Read a WAV/FLAC/OGG file as float32 mono at ``target_rate``."""
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"{p}: no such file")
+    try:
+        data, rate = sf.read(str(p), dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{p}: cannot decode audio ({e})") from e
+    return resample(check_samples(data, str(p)), rate, target_rate)
+
+
+def decode_bytes(data: bytes, target_rate: int = MODEL_RATE) -> np.ndarray:
+    """Decode a complete audio file (FLAC, WAV) held in memory."""
+    if not data:
+        raise AudioError("no audio bytes")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"cannot decode audio ({e})") from e
+    return resample(check_samples(samples), rate, target_rate)
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Little-endian 16-bit PCM bytes to float32 in [-1, 1)."""
+    if len(data) % 2:
+        raise AudioError(f"LINEAR16 audio must have an even number of bytes, got {len(data)}")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def float_to_pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1.0, 32767 / 32768) * 32768.0).astype("<i2").tobytes()
+
+
+def encode_flac(audio: np.ndarray, rate: int = MODEL_RATE) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def read_scp(path: str | Path) -> dict[str, str]:
+    """An ESPnet ``wav.scp``/``text`` file as {utterance id: rest of line}."""
+    out: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            key, _, value = line.strip().partition(" ")
+            out[key] = value.strip()
+    return out

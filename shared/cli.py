@@ -1,0 +1,73 @@
+"""`pasu`: one command-line entry point, a thin layer over the Python API.
+
+Each component owns its subcommands in a small module exposing
+``register(subparsers)``; this file only lists those modules. A module that is
+not there yet (a component still to land) is skipped, but one that is there and
+fails to import is an error, never silently hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+
+from pasu import __version__
+
+# Subcommand modules, in the order their commands appear in `pasu --help`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "pasu.commands.demo",  # pasu demo
+    "pasu.commands.decode",  # pasu decode
+    "pasu.commands.model",  # pasu model tiny
+    "pasu.commands.bench",  # pasu bench decoder|latency|cloud|soak
+    "pasu.data.cli",  # pasu data synth
+    "pasu.train.cli",  # pasu train, pasu eval
+    "pasu.cloud.cli",  # pasu cloud serve
+    "pasu.device.cli",  # pasu device transcribe|run|train-confidence
+    "pasu.experiment.cli",  # pasu experiment offload
+)
+
+
+def _present(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is not there either
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pasu",
+        description="Hybrid edge-cloud speech understanding with pilot inference.",
+    )
+    parser.add_argument("--version", action="version", version=f"pasu {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        if _present(name):
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # ESPnet and numba are chatty at INFO; keep them at WARNING unless -vv.
+    if args.verbose < 2:
+        for noisy in ("espnet2", "numba", "espnet"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

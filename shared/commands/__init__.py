@@ -1,0 +1,1 @@
+"""Subcommands of `pasu` that belong to the shared package (demo, decode, bench)."""

@@ -1,0 +1,1 @@
+"""The one hybrid CTC/attention beam search both device and cloud run."""

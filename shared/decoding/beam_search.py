@@ -1,0 +1,266 @@
+"""Batched hybrid CTC/attention beam search with ESPnet's scoring semantics.
+
+The search only weighs scorers (see :mod:`pasu.decoding.scorers`); everything
+about one step is tensors over the running hypotheses of *all* utterances:
+
+    full scores -> pre-beam top-k -> partial (CTC) scores -> + previous score
+    -> per-utterance top-k over (slot, token) -> ended / running split
+
+Hypotheses are kept compact (only running ones, grouped by utterance), so a
+finished utterance or an ended hypothesis costs nothing in later steps. The
+arithmetic (order of the weighted additions, top-k layout, end detection,
+``<eos>`` at the length limit) follows ESPnet's ``BatchBeamSearch``, which is
+what makes the n-best lists identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from pasu.decoding.options import DecodingOptions
+from pasu.decoding.scorers import LOG_ZERO, EncoderBatch, Scorer, ScorerSession
+
+log = logging.getLogger(__name__)
+
+END_DETECT_M = 3
+END_DETECT_D = -10.0  # np.log(1 * np.exp(-10)), ESPnet's D_end
+
+
+@dataclass
+class Hypothesis:
+    """One finished hypothesis: tokens without ``<sos>``/``<eos>``, and its scores."""
+
+    yseq: list[int]  # with <sos> ... <eos>, as ESPnet keeps it
+    score: float  # the weighted total that ranked it
+    scores: dict[str, float]  # unweighted, per scorer name
+
+    @property
+    def token_ids(self) -> list[int]:
+        """ESPnet's ``yseq[1:-1]`` with blanks (id 0) removed."""
+        return [t for t in self.yseq[1:-1] if t != 0]
+
+
+@dataclass
+class _Ended:
+    """The finished hypotheses of one utterance, with what end detection needs."""
+
+    hyps: list[Hypothesis] = field(default_factory=list)
+    best: float = float("-inf")
+    best_by_len: dict[int, float] = field(default_factory=dict)
+
+    def add(self, hyp: Hypothesis) -> None:
+        self.hyps.append(hyp)
+        self.best = max(self.best, hyp.score)
+        n = len(hyp.yseq)
+        self.best_by_len[n] = max(self.best_by_len.get(n, float("-inf")), hyp.score)
+
+    def end_detected(self, i: int) -> bool:
+        """ESPnet's ``end_detect``: the best of each of the last M lengths is far behind."""
+        if not self.hyps:
+            return False
+        count = 0
+        for m in range(END_DETECT_M):
+            best_len = self.best_by_len.get(i - m)
+            if best_len is not None and best_len - self.best < END_DETECT_D:
+                count += 1
+        return count == END_DETECT_M
+
+
+@dataclass
+class _Running:
+    """The running hypotheses of all utterances, compact and grouped by utterance."""
+
+    yseq: torch.Tensor  # (n, L) int64
+    utt: torch.Tensor  # (n,) int64, non-decreasing
+    score: torch.Tensor  # (n,)
+    scores: dict[str, torch.Tensor]  # unweighted accumulated score per scorer, (n,)
+
+
+class BeamSearch:
+    """Weighs the scorers and prunes; holds no state between calls."""
+
+    def __init__(
+        self,
+        scorers: dict[str, Scorer],
+        weights: dict[str, float],
+        vocab_size: int,
+        sos: int,
+        eos: int,
+        options: DecodingOptions,
+    ) -> None:
+        # ESPnet drops a scorer whose weight is 0; its name then has no score.
+        active = {k: s for k, s in scorers.items() if weights.get(k, 0.0) != 0.0}
+        self.full = {k: s for k, s in active.items() if not s.partial}
+        self.part = {k: s for k, s in active.items() if s.partial}
+        self.weights = weights
+        self.vocab_size = vocab_size
+        self.sos, self.eos = sos, eos
+        self.options = options
+        self.do_pre_beam = options.pre_beam_size < vocab_size and len(self.part) > 0 and len(self.full) > 0
+
+    # ------------------------------------------------------------------
+    def __call__(self, batch: EncoderBatch) -> list[list[Hypothesis]]:
+        """N-best lists (all ended hypotheses, best first) for each utterance."""
+        results = self._search(batch, self.options.minlenratio)
+        retry = [b for b, r in enumerate(results) if not r]
+        minlen = self.options.minlenratio
+        while retry and minlen >= 0.1:  # ESPnet retries with a smaller minlenratio
+            minlen = max(0.0, minlen - 0.1)
+            log.warning("no hypothesis ended for utterances %s; retrying with minlenratio %.1f", retry, minlen)
+            sub = EncoderBatch(batch.enc[retry], batch.lengths[retry])
+            for b, r in zip(retry, self._search(sub, minlen)):
+                results[b] = r
+            retry = [b for b, r in enumerate(results) if not r]
+        return results
+
+    def _length_bounds(self, lengths: list[int], minlenratio: float) -> tuple[list[int], list[int]]:
+        o = self.options
+        maxlens, minlens = [], []
+        for n in lengths:
+            if o.maxlenratio == 0:
+                maxlens.append(n)
+            elif o.maxlenratio < 0:
+                maxlens.append(-1 * int(o.maxlenratio))
+            else:
+                maxlens.append(max(1, int(o.maxlenratio * n)))
+            minlens.append(-1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * n))
+        return maxlens, minlens
+
+    def begin(self, batch: EncoderBatch) -> tuple[_Running, dict[str, ScorerSession]]:
+        """The initial hypotheses (``<sos>``, one per utterance) and fresh scorer sessions."""
+        n_utt = batch.n_utt
+        utt = torch.arange(n_utt)
+        dtype, dev = batch.enc.dtype, batch.enc.device
+        running = _Running(
+            yseq=torch.full((n_utt, 1), self.sos, dtype=torch.long, device=dev),
+            utt=utt,
+            score=torch.zeros(n_utt, dtype=dtype, device=dev),
+            scores={k: torch.zeros(n_utt, dtype=dtype, device=dev) for k in (*self.full, *self.part)},
+        )
+        sessions = {k: s.begin(batch, utt) for k, s in (*self.full.items(), *self.part.items())}
+        return running, sessions
+
+    def _search(self, batch: EncoderBatch, minlenratio: float) -> list[list[Hypothesis]]:
+        o = self.options
+        maxlens, minlens = self._length_bounds(batch.lengths.tolist(), minlenratio)
+        running, sessions = self.begin(batch)
+        ended = [_Ended() for _ in range(batch.n_utt)]
+        done = [False] * batch.n_utt
+        for i in range(max(maxlens)):
+            running = self.step(i, running, sessions, ended, done, maxlens, minlens)
+            if all(done):
+                break
+        return [self._nbest(e.hyps) for e in ended]
+
+    def _nbest(self, hyps: list[Hypothesis]) -> list[Hypothesis]:
+        if self.options.normalize_length:
+            return sorted(hyps, key=lambda h: h.score / (len(h.yseq) - 1), reverse=True)
+        return sorted(hyps, key=lambda h: h.score, reverse=True)
+
+    # ------------------------------------------------------------------
+    def expand(
+        self, running: _Running, sessions: dict[str, ScorerSession]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted scores (n, V) of every one-token extension, and each scorer's own."""
+        n = running.yseq.size(0)
+        weighted = torch.zeros(n, self.vocab_size, dtype=running.score.dtype, device=running.score.device)
+        scores: dict[str, torch.Tensor] = {}
+        for k in self.full:
+            scores[k] = sessions[k].score(running.yseq, running.utt, None)
+            weighted += self.weights[k] * scores[k]
+        candidates = None
+        if self.do_pre_beam:
+            candidates = torch.topk(weighted, self.options.pre_beam_size, dim=-1)[1]
+        for k in self.part:
+            scores[k] = sessions[k].score(running.yseq, running.utt, candidates)
+            weighted += self.weights[k] * scores[k]
+        weighted += running.score.unsqueeze(1)
+        return weighted, scores
+
+    def prune(
+        self, weighted: torch.Tensor, utt: torch.Tensor, live_utts: list[int], width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``width`` best (parent row, token) pairs of each live utterance.
+
+        Rows of an utterance are laid out as ESPnet lays out its hypotheses
+        (slot-major, ``slot * V + token``), so top-k sees the same ordering.
+        """
+        V = self.vocab_size
+        n = weighted.size(0)
+        counts = torch.bincount(utt, minlength=int(utt.max()) + 1 if n else 1)
+        first = torch.cumsum(counts, 0) - counts  # first row of each utterance
+        slot = torch.arange(n) - first[utt]
+        slots = int(counts.max())
+        live = torch.tensor(live_utts, dtype=torch.long)
+        grid = torch.full((len(live_utts), slots, V), LOG_ZERO, dtype=weighted.dtype, device=weighted.device)
+        pos = torch.full((int(utt.max()) + 1,), -1, dtype=torch.long)
+        pos[live] = torch.arange(len(live_utts))
+        g = pos[utt]
+        grid[g.to(weighted.device), slot.to(weighted.device)] = weighted
+        top = grid.view(len(live_utts), slots * V).topk(width, dim=-1)[1].cpu()  # (U, width)
+        parents = (torch.div(top, V, rounding_mode="trunc") + first[live].unsqueeze(1)).view(-1)
+        tokens = (top % V).view(-1)
+        return parents, tokens
+
+    def step(
+        self,
+        i: int,
+        running: _Running,
+        sessions: dict[str, ScorerSession],
+        ended: list[_Ended],
+        done: list[bool],
+        maxlens: list[int],
+        minlens: list[int],
+    ) -> _Running:
+        """One output position for every live utterance; updates ``ended``/``done`` in place."""
+        weighted, scores = self.expand(running, sessions)
+        live_utts = sorted(set(running.utt.tolist()))
+        parents, tokens = self.prune(weighted, running.utt, live_utts, self.options.beam_size)
+        dev = weighted.device
+        p_dev, t_dev = parents.to(dev), tokens.to(dev)
+        new_score = weighted[p_dev, t_dev]
+        new_scores = {k: running.scores[k][p_dev] + v[p_dev, t_dev] for k, v in scores.items()}
+        new_yseq = torch.cat((running.yseq[p_dev], t_dev.unsqueeze(1)), dim=1)
+        new_utt = running.utt[parents]
+
+        width = self.options.beam_size
+        is_eos = (tokens == self.eos).tolist()
+        keep: list[int] = []
+        for u_pos, b in enumerate(live_utts):
+            lo, hi = u_pos * width, (u_pos + 1) * width
+            at_maxlen = i == maxlens[b] - 1
+            finished = [j for j in range(lo, hi) if at_maxlen or is_eos[j]]
+            if finished and i >= minlens[b]:
+                self._finish(new_yseq, new_score, new_scores, finished, at_maxlen, ended[b])
+            alive = [j for j in range(lo, hi) if not (at_maxlen or is_eos[j])]
+            if at_maxlen or not alive:
+                done[b] = True
+            elif self.options.maxlenratio == 0.0 and ended[b].end_detected(i):
+                log.debug("end detected at %d for utterance %d", i, b)
+                done[b] = True
+            else:
+                keep.extend(alive)
+        keep_t = torch.tensor(keep, dtype=torch.long)
+        k_dev = keep_t.to(dev)
+        if keep:
+            for s in sessions.values():
+                s.advance(parents[keep_t], tokens[keep_t])
+        return _Running(
+            yseq=new_yseq[k_dev],
+            utt=new_utt[keep_t],
+            score=new_score[k_dev],
+            scores={k: v[k_dev] for k, v in new_scores.items()},
+        )
+
+    def _finish(self, yseq, score, scores, rows: list[int], at_maxlen: bool, ended: _Ended) -> None:
+        idx = torch.tensor(rows, device=yseq.device)
+        seqs = yseq[idx].tolist()
+        totals = score[idx].tolist()
+        per = {k: v[idx].tolist() for k, v in scores.items()}
+        for n, seq in enumerate(seqs):
+            if at_maxlen:  # ESPnet appends <eos> to every running hypothesis at the limit
+                seq = seq + [self.eos]
+            ended.add(Hypothesis(yseq=seq, score=totals[n], scores={k: v[n] for k, v in per.items()}))

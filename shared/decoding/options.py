@@ -1,0 +1,47 @@
+"""Every knob of the beam search in one frozen dataclass (whisper's `DecodingOptions`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """Hybrid CTC/attention beam search settings, with ESPnet's meaning and defaults.
+
+    With these defaults the search reproduces ``Speech2Text(beam_size=10,
+    ctc_weight=0.3, lm_weight=0, ctc_window_margin=0)``: the same n-best token
+    sequences, scores equal within float rounding.
+    """
+
+    beam_size: int = 10
+    ctc_weight: float = 0.3  # decoder weight is 1 - ctc_weight
+    penalty: float = 0.0  # length bonus per token
+    maxlenratio: float = 0.0  # 0: up to one token per encoder frame, with end detection
+    minlenratio: float = 0.0
+    nbest: int = 1
+    pre_beam_ratio: float = 1.5  # CTC scores only int(ratio * beam) tokens per hypothesis
+    normalize_length: bool = False  # rank n-best by score / length
+    # How the CTC prefix forward variables are computed for the kept hypotheses:
+    # "scan" — closed form with cumulative log-sum-exp in float64 (a few tensor ops
+    # per step, whatever the number of frames); "loop" — ESPnet's frame-by-frame
+    # recursion (one set of ops per frame), kept to measure the difference.
+    ctc_recursion: Literal["scan", "loop"] = "scan"
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.nbest < 1 or self.nbest > self.beam_size:
+            raise ValueError(f"nbest must be in [1, beam_size], got {self.nbest}")
+        if self.ctc_recursion not in ("scan", "loop"):
+            raise ValueError(f"ctc_recursion must be 'scan' or 'loop', got {self.ctc_recursion!r}")
+
+    @property
+    def pre_beam_size(self) -> int:
+        return int(self.pre_beam_ratio * self.beam_size)
+
+    def with_(self, **changes) -> "DecodingOptions":
+        return replace(self, **changes)

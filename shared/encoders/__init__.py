@@ -1,0 +1,38 @@
+"""Encoders for pilot inference: late contextualization and its incremental runner.
+
+Importing this package registers ``encoder: late_context`` with ESPnet's ASR
+task (see :func:`register`), so ESPnet configs and ``ASRTask.build_model``
+can name it like any built-in encoder.
+"""
+
+from pasu.encoders.incremental import (
+    IncrementalEncoder,
+    IncrementalOptions,
+    NotIncrementalError,
+)
+from pasu.encoders.late import LateContextEncoder
+
+ENCODER_NAME = "late_context"
+
+
+def register() -> None:
+    """Add ``late_context`` -> :class:`LateContextEncoder` to ESPnet's encoder choices.
+
+    Idempotent.  Must run before ``ASRTask.get_parser()`` builds its
+    ``--encoder`` choices, which importing :mod:`pasu.encoders` guarantees.
+    """
+    from espnet2.tasks.asr import encoder_choices
+
+    encoder_choices.classes[ENCODER_NAME] = LateContextEncoder
+
+
+register()
+
+__all__ = [
+    "ENCODER_NAME",
+    "IncrementalEncoder",
+    "IncrementalOptions",
+    "LateContextEncoder",
+    "NotIncrementalError",
+    "register",
+]

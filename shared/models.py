@@ -1,0 +1,266 @@
+"""Load ESPnet2 ASR/SLU models as ESPnet saves them — without executing pickles.
+
+A model is a ``config.yaml`` (the training arguments) and a ``*.pth`` state
+dict, plus whatever files the config names (token list, BPE model, feature
+statistics). ESPnet writes those paths relative to the directory training ran
+in, and a model-zoo archive unpacks them under ``exp/`` and ``data/``; so every
+path in the config is resolved against the working directory, the model
+directory and its parents before we give up and name the missing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+log = logging.getLogger(__name__)
+
+# Names ESPnet gives averaged/best checkpoints, most preferred first.
+_WEIGHT_NAMES = (
+    "model.pth",
+    "valid.acc.ave.pth",
+    "valid.acc.best.pth",
+    "valid.loss.ave.pth",
+    "valid.loss.best.pth",
+)
+# Config entries that hold a path, as (key, sub-key or None).
+_PATH_KEYS = (
+    ("bpemodel", None),
+    ("token_list", None),
+    ("normalize_conf", "stats_file"),
+    ("non_linguistic_symbols", None),
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory or file is missing, malformed or does not match."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's files are: its config and its weights."""
+
+    config: Path
+    weights: Path
+
+    @property
+    def root(self) -> Path:
+        return self.config.parent
+
+
+def find_model_files(path: str | Path, weights: str | Path | None = None) -> ModelFiles:
+    """Locate ``config.yaml`` and the weights for a model path.
+
+    ``path`` may be a model directory (``config.yaml`` + ``*.pth``), an unpacked
+    model-zoo directory (``exp/<name>/config.yaml``), a ``config.yaml`` or a
+    ``*.pth`` with its ``config.yaml`` beside it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model path does not exist: {p}")
+    if p.is_file() and p.suffix == ".pth":
+        config = p.parent / "config.yaml"
+        weights = weights or p
+    elif p.is_file():
+        config = p
+    else:
+        candidates = [p / "config.yaml"] + sorted(p.glob("exp/*/config.yaml")) + sorted(
+            p.glob("exp/**/config.yaml")
+        )
+        config = next((c for c in candidates if c.is_file()), p / "config.yaml")
+    if not config.is_file():
+        raise ModelLoadError(f"model config not found: {config}")
+    if weights is None:
+        weights = _pick_weights(config.parent)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise ModelLoadError(f"model weights not found: {weights}")
+    return ModelFiles(config=config.resolve(), weights=weights.resolve())
+
+
+def _pick_weights(directory: Path) -> Path:
+    for name in _WEIGHT_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    found = sorted(directory.glob("*.pth"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ModelLoadError(f"no *.pth weights in {directory}")
+    raise ModelLoadError(
+        f"several *.pth in {directory} ({', '.join(f.name for f in found)}); "
+        "name one explicitly"
+    )
+
+
+def _resolve(value: str, root: Path) -> str:
+    """Find a config-relative path the way a person would: cwd, then the model dir up."""
+    p = Path(value)
+    if p.is_absolute():
+        if p.exists():
+            return str(p)
+        candidates = []
+    else:
+        candidates = [Path.cwd() / p] + [d / p for d in (root, *root.parents)]
+    # A zoo archive may flatten a deep training path: fall back to the basename.
+    candidates += [root / p.name]
+    for c in candidates:
+        if c.exists():
+            return str(c.resolve())
+    raise ModelLoadError(f"file named in {root / 'config.yaml'} not found: {value}")
+
+
+def resolve_config(config: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Return a copy of a training config with every file path made absolute."""
+    cfg = copy.deepcopy(config)
+    for key, sub in _PATH_KEYS:
+        holder = cfg.get(key) if sub else cfg
+        name = sub or key
+        if isinstance(holder, dict) and isinstance(holder.get(name), str):
+            holder[name] = _resolve(holder[name], root)
+    return cfg
+
+
+def _task_for(config: dict[str, Any]):
+    """ESPnet's SLU task adds deliberation/post-decoder keys; everything else is ASR."""
+    if any(k in config for k in ("postdecoder", "deliberationencoder")):
+        from espnet2.tasks.slu import SLUTask
+
+        return SLUTask
+    from espnet2.tasks.asr import ASRTask
+
+    return ASRTask
+
+
+def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """``torch.load`` with ``weights_only=True``: a poisoned checkpoint is refused, never run."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ...
+        raise ModelLoadError(f"cannot load weights from {path}: {e}") from e
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} does not hold a state dict")
+    for wrapper in ("module", "state_dict", "model"):  # deepspeed / lightning / misc
+        if wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    return state
+
+
+@dataclass
+class LoadedModel:
+    """An ESPnet model ready for inference, with what it needs to turn ids into text."""
+
+    model: torch.nn.Module
+    config: dict[str, Any]
+    files: ModelFiles
+    token_list: list[str]
+    tokenizer: Any
+    converter: Any
+    device: torch.device
+    name: str = ""
+    version: str = ""
+    _resolved_config: Path | None = field(default=None, repr=False)
+
+    @property
+    def sos(self) -> int:
+        return int(self.model.sos)
+
+    @property
+    def eos(self) -> int:
+        return int(self.model.eos)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_list)
+
+    @property
+    def sample_rate(self) -> int:
+        return int((self.config.get("frontend_conf") or {}).get("fs", 16000))
+
+    def tokens(self, token_ids: list[int]) -> list[str]:
+        return self.converter.ids2tokens([t for t in token_ids if t != 0])
+
+    def text(self, token_ids: list[int]) -> str:
+        tokens = self.tokens(token_ids)
+        return self.tokenizer.tokens2text(tokens) if self.tokenizer is not None else " ".join(tokens)
+
+    def resolved_config_path(self) -> Path:
+        """A copy of config.yaml with absolute paths, for ESPnet's own loaders."""
+        if self._resolved_config is None:
+            tmp = Path(tempfile.mkdtemp(prefix="pasu-model-")) / "config.yaml"
+            tmp.write_text(yaml.safe_dump(self.config, sort_keys=False))
+            self._resolved_config = tmp
+        return self._resolved_config
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    weights: str | Path | None = None,
+) -> LoadedModel:
+    """Build an ESPnet2 ASR/SLU model from its config and load its weights safely."""
+    from espnet2.text.build_tokenizer import build_tokenizer
+    from espnet2.text.token_id_converter import TokenIDConverter
+
+    # Encoders pasu adds (late contextualization) register with ESPnet on import.
+    try:
+        import pasu.encoders  # noqa: F401
+    except ImportError:  # pragma: no cover - the encoders package is optional
+        pass
+
+    files = find_model_files(path, weights)
+    try:
+        raw = yaml.safe_load(files.config.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ModelLoadError(f"malformed YAML in {files.config}: {e}") from e
+    if not isinstance(raw, dict) or "token_list" not in raw:
+        raise ModelLoadError(f"{files.config} is not an ESPnet training config (no token_list)")
+    config = resolve_config(raw, files.root)
+    args = argparse.Namespace(**copy.deepcopy(config))
+    args.init = None  # the checkpoint overwrites every parameter anyway
+    task = _task_for(config)
+    try:
+        model = task.build_model(args)
+    except Exception as e:
+        raise ModelLoadError(f"cannot build the model described by {files.config}: {e}") from e
+
+    state = load_state_dict(files.weights, "cpu")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(
+            f"{files.weights} does not match {files.config}: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    device = torch.device(device)
+    model.to(device).eval()
+
+    token_list = list(args.token_list)
+    config["token_list"] = token_list
+    token_type = config.get("token_type")
+    bpemodel = config.get("bpemodel")
+    if token_type is None:
+        tokenizer = None
+    elif token_type == "bpe":
+        tokenizer = build_tokenizer(token_type=token_type, bpemodel=bpemodel) if bpemodel else None
+    else:
+        tokenizer = build_tokenizer(token_type=token_type)
+    meta = config.get("pasu") or {}
+    return LoadedModel(
+        model=model,
+        config=config,
+        files=files,
+        token_list=token_list,
+        tokenizer=tokenizer,
+        converter=TokenIDConverter(token_list=token_list),
+        device=device,
+        name=str(meta.get("name", files.root.name)),
+        version=str(meta.get("version", "0")),
+    )
