@@ -21,7 +21,7 @@ GEN_STAMP := shared/v1/.generated
 BUF := $(VENV)/npm/node_modules/.bin/buf
 BUF_PACKAGE := @bufbuild/buf@1.75.0
 
-.PHONY: setup demo test bench proto lint-proto clean
+.PHONY: setup demo test bench proto lint-proto engines data clean
 setup: $(STAMP) $(GEN_STAMP) $(BUF)
 
 $(STAMP): pyproject.toml
@@ -51,7 +51,19 @@ lint-proto: $(BUF)
 demo: setup
 	$(VENV)/bin/pasu demo
 
-test: setup
+# TTS engines for the corpus recipe and its tests (apt; best effort: without
+# root or apt the synthesis tests skip and say why).
+ENGINES_STAMP := $(VENV)/.engines
+$(ENGINES_STAMP): | $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  bash shared/data/install_engines.sh && touch $@; \
+	else echo "warning: not root or no apt-get: TTS engines not installed (see shared/data/install_engines.sh)" >&2; fi
+engines: $(ENGINES_STAMP)
+
+data: setup engines
+	$(VENV)/bin/pasu data synth --out data/synth
+
+test: setup engines
 	$(PY) -m pytest -q tests
 
 bench: setup

@@ -1,4 +1,4 @@
-"""Regenerate tests/data/audio: short spoken commands from espeak-ng (needs espeak-ng).
+"""Regenerate shared/resources/audio: short spoken commands from espeak-ng (needs espeak-ng).
 
 The files are committed; this script documents how they were made. Each clip
 gets low-level noise (never exact digital silence) and is stored as 16 kHz
@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "audio"
+OUT = Path(__file__).resolve().parent.parent / "shared" / "resources" / "audio"
 SENTENCES = [
     "wake me up at seven am",
     "what is the weather like tomorrow",

@@ -15,7 +15,7 @@ import argparse
 import logging
 import string
 from dataclasses import dataclass
-from importlib import resources
+from pasu.resources import CONFIGS
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-TINY_KINDS = ("conformer", "branchformer")
+TINY_KINDS = ("conformer", "branchformer", "late")
 CHAR_TOKENS = ["<blank>", "<unk>", "<space>", *string.ascii_lowercase, "'", "<sos/eos>"]
 
 
@@ -38,7 +38,7 @@ class TinyModelOptions:
 
 
 def config_path(name: str) -> Path:
-    return Path(str(resources.files("pasu") / "resources" / "configs" / name))
+    return CONFIGS / name
 
 
 def full_training_config(small: dict, token_list: list[str]) -> dict:
@@ -67,6 +67,8 @@ def build_tiny_model(out_dir: str | Path, options: TinyModelOptions = TinyModelO
     """Write ``config.yaml``, ``model.pth`` and ``feats_stats.npz`` into ``out_dir``."""
     from espnet2.asr.frontend.default import DefaultFrontend
     from espnet2.tasks.asr import ASRTask
+
+    import pasu.encoders  # noqa: F401  (registers encoder: late_context)
 
     if options.kind not in TINY_KINDS:
         raise ValueError(f"unknown tiny model kind {options.kind!r}; choose from {TINY_KINDS}")

@@ -9,8 +9,7 @@ import pytest
 
 from pasu.audio import read_audio, read_scp
 
-DATA = Path(__file__).resolve().parent / "data"
-AUDIO_DIR = DATA / "audio"
+from pasu.resources import AUDIO_DIR
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,7 +36,7 @@ def tiny_models(tiny_model_dirs):
 @pytest.fixture(scope="session")
 def audio_files() -> list[Path]:
     files = sorted(AUDIO_DIR.glob("*.flac"))
-    assert len(files) >= 20, "tests/data/audio must hold at least 20 clips"
+    assert len(files) >= 20, f"{AUDIO_DIR} must hold at least 20 clips"
     return files
 
 

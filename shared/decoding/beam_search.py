@@ -79,6 +79,13 @@ class _Running:
     scores: dict[str, torch.Tensor]  # unweighted accumulated score per scorer, (n,)
 
 
+class StopRule:
+    """Ends one utterance's search before ESPnet's rules would (beam termination)."""
+
+    def should_stop(self, utt: int, i: int, ended: list[Hypothesis], best_running: float) -> bool:
+        raise NotImplementedError
+
+
 class BeamSearch:
     """Weighs the scorers and prunes; holds no state between calls."""
 
@@ -102,16 +109,31 @@ class BeamSearch:
         self.do_pre_beam = options.pre_beam_size < vocab_size and len(self.part) > 0 and len(self.full) > 0
 
     # ------------------------------------------------------------------
-    def __call__(self, batch: EncoderBatch) -> list[list[Hypothesis]]:
-        """N-best lists (all ended hypotheses, best first) for each utterance."""
-        results = self._search(batch, self.options.minlenratio)
+    def __call__(
+        self,
+        batch: EncoderBatch,
+        prefixes: list[list[int]] | None = None,
+        beam_size: int | None = None,
+        stop: "StopRule | None" = None,
+        prime_hints: dict[str, object] | None = None,
+    ) -> list[list[Hypothesis]]:
+        """N-best lists (all ended hypotheses, best first) for each utterance.
+
+        With ``prefixes`` (one token list per utterance, all the same length) the
+        search starts from those agreed tokens instead of ``<sos>`` (beam
+        collapse); ``beam_size`` overrides the options' beam; ``stop`` may end an
+        utterance's search early (beam termination). With none of them this is
+        exactly ESPnet's search.
+        """
+        results = self._search(batch, self.options.minlenratio, prefixes, beam_size, stop, prime_hints)
         retry = [b for b, r in enumerate(results) if not r]
         minlen = self.options.minlenratio
         while retry and minlen >= 0.1:  # ESPnet retries with a smaller minlenratio
             minlen = max(0.0, minlen - 0.1)
             log.warning("no hypothesis ended for utterances %s; retrying with minlenratio %.1f", retry, minlen)
             sub = EncoderBatch(batch.enc[retry], batch.lengths[retry])
-            for b, r in zip(retry, self._search(sub, minlen)):
+            sub_prefixes = [prefixes[b] for b in retry] if prefixes else None
+            for b, r in zip(retry, self._search(sub, minlen, sub_prefixes, beam_size, stop)):
                 results[b] = r
             retry = [b for b, r in enumerate(results) if not r]
         return results
@@ -129,28 +151,44 @@ class BeamSearch:
             minlens.append(-1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * n))
         return maxlens, minlens
 
-    def begin(self, batch: EncoderBatch) -> tuple[_Running, dict[str, ScorerSession]]:
-        """The initial hypotheses (``<sos>``, one per utterance) and fresh scorer sessions."""
+    def begin(
+        self,
+        batch: EncoderBatch,
+        prefixes: list[list[int]] | None = None,
+        prime_hints: dict[str, object] | None = None,
+    ) -> tuple[_Running, dict[str, ScorerSession]]:
+        """The initial hypotheses (``<sos>`` + prefix, one per utterance) and fresh scorer sessions."""
         n_utt = batch.n_utt
         utt = torch.arange(n_utt)
         dtype, dev = batch.enc.dtype, batch.enc.device
-        running = _Running(
-            yseq=torch.full((n_utt, 1), self.sos, dtype=torch.long, device=dev),
-            utt=utt,
-            score=torch.zeros(n_utt, dtype=dtype, device=dev),
-            scores={k: torch.zeros(n_utt, dtype=dtype, device=dev) for k in (*self.full, *self.part)},
-        )
+        if prefixes is not None and len({len(p) for p in prefixes}) > 1:
+            raise ValueError("seeded prefixes in one batch must have the same length")
+        seed = [[self.sos] + list(p) for p in prefixes] if prefixes else [[self.sos]] * n_utt
+        yseq = torch.tensor(seed, dtype=torch.long, device=dev)
         sessions = {k: s.begin(batch, utt) for k, s in (*self.full.items(), *self.part.items())}
-        return running, sessions
+        scores = {k: torch.zeros(n_utt, dtype=dtype, device=dev) for k in sessions}
+        score = torch.zeros(n_utt, dtype=dtype, device=dev)
+        if yseq.size(1) > 1:
+            for k, sess in sessions.items():
+                scores[k] = sess.prime(yseq, utt, (prime_hints or {}).get(k)).to(dtype=dtype, device=dev)
+                score = score + self.weights[k] * scores[k]
+        return _Running(yseq=yseq, utt=utt, score=score, scores=scores), sessions
 
-    def _search(self, batch: EncoderBatch, minlenratio: float) -> list[list[Hypothesis]]:
-        o = self.options
+    def _search(
+        self,
+        batch: EncoderBatch,
+        minlenratio: float,
+        prefixes: list[list[int]] | None = None,
+        beam_size: int | None = None,
+        stop: "StopRule | None" = None,
+        prime_hints: dict[str, object] | None = None,
+    ) -> list[list[Hypothesis]]:
         maxlens, minlens = self._length_bounds(batch.lengths.tolist(), minlenratio)
-        running, sessions = self.begin(batch)
+        running, sessions = self.begin(batch, prefixes, prime_hints)
         ended = [_Ended() for _ in range(batch.n_utt)]
         done = [False] * batch.n_utt
-        for i in range(max(maxlens)):
-            running = self.step(i, running, sessions, ended, done, maxlens, minlens)
+        for i in range(running.yseq.size(1) - 1, max(maxlens)):
+            running = self.step(i, running, sessions, ended, done, maxlens, minlens, beam_size, stop)
             if all(done):
                 break
         return [self._nbest(e.hyps) for e in ended]
@@ -214,11 +252,14 @@ class BeamSearch:
         done: list[bool],
         maxlens: list[int],
         minlens: list[int],
+        beam_size: int | None = None,
+        stop: "StopRule | None" = None,
     ) -> _Running:
         """One output position for every live utterance; updates ``ended``/``done`` in place."""
         weighted, scores = self.expand(running, sessions)
         live_utts = sorted(set(running.utt.tolist()))
-        parents, tokens = self.prune(weighted, running.utt, live_utts, self.options.beam_size)
+        width = beam_size or self.options.beam_size
+        parents, tokens = self.prune(weighted, running.utt, live_utts, width)
         dev = weighted.device
         p_dev, t_dev = parents.to(dev), tokens.to(dev)
         new_score = weighted[p_dev, t_dev]
@@ -226,9 +267,9 @@ class BeamSearch:
         new_yseq = torch.cat((running.yseq[p_dev], t_dev.unsqueeze(1)), dim=1)
         new_utt = running.utt[parents]
 
-        width = self.options.beam_size
         is_eos = (tokens == self.eos).tolist()
         keep: list[int] = []
+        best_running = new_score.tolist() if stop is not None else None
         for u_pos, b in enumerate(live_utts):
             lo, hi = u_pos * width, (u_pos + 1) * width
             at_maxlen = i == maxlens[b] - 1
@@ -240,6 +281,9 @@ class BeamSearch:
                 done[b] = True
             elif self.options.maxlenratio == 0.0 and ended[b].end_detected(i):
                 log.debug("end detected at %d for utterance %d", i, b)
+                done[b] = True
+            elif stop is not None and stop.should_stop(b, i, ended[b].hyps, max(best_running[j] for j in alive)):
+                log.debug("beam termination at %d for utterance %d", i, b)
                 done[b] = True
             else:
                 keep.extend(alive)

@@ -120,6 +120,26 @@ class CTCPrefixSession(ScorerSession):
         self.row_utt = utt
         self._r_sum = self._log_psi = None
 
+    def prime(self, yseq, row_utt, hint=None):
+        """Start from a known prefix; ``hint`` may carry its forward variables (CTC leap).
+
+        ``hint`` is a :class:`pasu.streaming.ctc_leap.PrefixForward`-like object
+        with ``r`` (T, 2) — the prefix's forward variables over these frames — and
+        ``psi`` (its log prefix probability); without it the prefix is replayed
+        token by token.
+        """
+        if hint is None:
+            return super().prime(yseq, row_utt, hint)
+        n = yseq.size(0)
+        r = hint.r.to(self.logp_vt.dtype)
+        if r.size(0) != self.n_frames:
+            raise ValueError(f"prefix forward variables cover {r.size(0)} frames, encoder has {self.n_frames}")
+        self.r = r.unsqueeze(2).expand(-1, -1, n).contiguous()
+        psi = torch.as_tensor(hint.psi, dtype=self.logp_vt.dtype).expand(n).clone()
+        self.s_prev = psi
+        self.output_length = yseq.size(1) - 1
+        return psi
+
     def _recurse_loop(self, phi, x_c, x_b):
         """ESPnet's recursion, frame by frame, for the surviving rows only."""
         T, m = x_c.shape

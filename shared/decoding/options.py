@@ -28,6 +28,10 @@ class DecodingOptions:
     # per step, whatever the number of frames); "loop" — ESPnet's frame-by-frame
     # recursion (one set of ops per frame), kept to measure the difference.
     ctc_recursion: Literal["scan", "loop"] = "scan"
+    # Project each decoder position into keys/values once and the encoder output
+    # once per utterance (True), or call ESPnet's forward_one_step, which redoes
+    # both every step (False).
+    decoder_kv_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:

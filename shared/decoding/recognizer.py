@@ -45,7 +45,7 @@ class Recognizer:
         self.options = options
         asr = model.model
         self.scorers = {
-            "decoder": AttentionDecoderScorer(asr.decoder),
+            "decoder": AttentionDecoderScorer(asr.decoder, kv_cache=options.decoder_kv_cache),
             "ctc": CTCPrefixScorer(asr.ctc, eos=model.eos, recursion=options.ctc_recursion),
             "length_bonus": LengthBonus(model.vocab_size),
         }

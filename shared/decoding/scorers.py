@@ -55,6 +55,23 @@ class ScorerSession(ABC):
     def advance(self, parents: torch.Tensor, tokens: torch.Tensor) -> None:
         """Keep the state of the hypotheses ``parents[i] + tokens[i]`` (after ``score``)."""
 
+    def prime(self, yseq: torch.Tensor, row_utt: torch.Tensor, hint: object = None) -> torch.Tensor:
+        """Consume a whole known prefix ``yseq`` (rows, 1 + U) at once; its summed scores (rows,).
+
+        A seeded search (beam collapse) starts from an agreed prefix instead of
+        ``<sos>``. The default replays it one token at a time; scorers that can
+        do better (a decoder run over all positions in parallel, CTC forward
+        variables carried over from a pilot via ``hint``) override it.
+        """
+        total = torch.zeros(yseq.size(0), dtype=torch.float32, device=yseq.device)
+        rows = torch.arange(yseq.size(0))
+        for u in range(1, yseq.size(1)):
+            tok = yseq[:, u]
+            s = self.score(yseq[:, :u], row_utt, tok.unsqueeze(1))
+            total = total + s.gather(1, tok.unsqueeze(1).to(s.device)).squeeze(1).to(total.device)
+            self.advance(rows, tok.cpu())
+        return total
+
 
 class Scorer(ABC):
     """A score source bound to a model; stateless, so it may be shared."""
@@ -88,6 +105,9 @@ class _LengthBonusSession(ScorerSession):
     def advance(self, parents, tokens):
         pass
 
+    def prime(self, yseq, row_utt, hint=None):
+        return torch.full((yseq.size(0),), float(yseq.size(1) - 1), dtype=self._one.dtype)
+
 
 class AttentionDecoderScorer(Scorer):
     """An ESPnet Transformer-style decoder, run one step at a time with a kv-cache.
@@ -98,13 +118,25 @@ class AttentionDecoderScorer(Scorer):
     one ``index_select`` per layer, not a Python loop over hypotheses.
     """
 
-    def __init__(self, decoder: torch.nn.Module) -> None:
+    def __init__(self, decoder: torch.nn.Module, kv_cache: bool = True) -> None:
         if not hasattr(decoder, "forward_one_step"):
             raise TypeError(f"{type(decoder).__name__} has no forward_one_step; not supported")
         self.decoder = decoder
+        self.kv_cache = kv_cache and kv_cache_supported(decoder)
 
     def begin(self, batch: EncoderBatch, row_utt: torch.Tensor) -> ScorerSession:
+        if self.kv_cache:
+            from pasu.decoding.kv_decoder import KVCacheDecoderSession
+
+            return KVCacheDecoderSession(self.decoder, batch)
         return _DecoderSession(self.decoder, batch)
+
+
+def kv_cache_supported(decoder: torch.nn.Module) -> bool:
+    """Whether :mod:`pasu.decoding.kv_decoder` can run this decoder step by step."""
+    from pasu.decoding.kv_decoder import supports
+
+    return supports(decoder)
 
 
 class _DecoderSession(ScorerSession):

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures: pasu measured side by side with stock ESPnet."""

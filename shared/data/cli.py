@@ -1,0 +1,97 @@
+"""`pasu data synth` and `pasu data engines`: a thin layer over pasu.data.synth."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="make training/test data",
+                                 description="Make training and test data.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser(
+        "synth", help="synthesize a SLURP-style spoken-command corpus with espeak-ng/flite/festival",
+        description="Synthesize a SLURP-style spoken-command corpus (ESPnet data dirs: "
+                    "train, dev, test_voices, test_hard) from Debian's TTS engines.",
+    )
+    p.add_argument("--out", type=Path, default=Path("data/synth"), help="output dir (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--train", type=int, default=12000, help="train utterances (default: %(default)s)")
+    p.add_argument("--dev", type=int, default=600, help="dev utterances (default: %(default)s)")
+    p.add_argument("--test-voices", type=int, default=600,
+                   help="test_voices utterances (default: %(default)s)")
+    p.add_argument("--test-hard", type=int, default=600,
+                   help="test_hard utterances (default: %(default)s)")
+    p.add_argument("--per-split", "--limit", type=int, metavar="N", dest="per_split",
+                   help="N utterances in every split (overrides the sizes above)")
+    p.add_argument("--splits", default=",".join(_splits()),
+                   help="comma-separated splits to make (default: %(default)s)")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: all cores)")
+    p.add_argument("--format", choices=("flac", "wav"), default="flac", dest="audio_format",
+                   help="audio file format (default: %(default)s)")
+    p.add_argument("--no-festival", action="store_true",
+                   help="do not use festival test voices even when installed")
+    p.add_argument("--grammar", type=Path, help="grammar YAML (default: the packaged one)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing split dirs")
+    p.add_argument("--text-only", action="store_true",
+                   help="only plan and write text/utt2voice (no audio)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list-engines", action="store_true",
+                   help="say which engines and voices are installed, and exit")
+    p.set_defaults(func=run_synth)
+
+    e = sub.add_parser("engines", help="say which TTS engines and voices are installed")
+    e.set_defaults(func=run_engines)
+
+
+def _splits() -> tuple[str, ...]:
+    from pasu.data.synth import SPLITS
+
+    return SPLITS
+
+
+def run_engines(args: argparse.Namespace) -> int:
+    from pasu.data.engines import detect_engines
+
+    engines = detect_engines()
+    print(engines.describe())
+    return 0 if engines.training_voices() and engines.test_voices() else 1
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    if args.list_engines:
+        return run_engines(args)
+    from pasu.data.grammar import Grammar
+    from pasu.data.synth import SynthOptions, plan_corpus, synthesize_corpus, write_texts
+    from pasu.data.engines import detect_engines
+
+    opts = SynthOptions(
+        out_dir=args.out, seed=args.seed, train=args.train, dev=args.dev,
+        test_voices=args.test_voices, test_hard=args.test_hard,
+        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
+        jobs=args.jobs, audio_format=args.audio_format, festival=not args.no_festival,
+        grammar_path=args.grammar, progress=not args.no_progress, overwrite=args.overwrite,
+    )
+    if args.per_split is not None:
+        opts = opts.with_per_split(args.per_split)
+    try:
+        if args.text_only:
+            plans = plan_corpus(opts, Grammar.load(opts.grammar_path), detect_engines())
+            write_texts(opts, plans)
+            print(f"planned {sum(len(p) for p in plans.values())} utterances in {opts.out_dir}")
+            return 0
+        summary = synthesize_corpus(opts)
+    except (FileExistsError, RuntimeError, ValueError) as err:
+        print(f"pasu data synth: {err}", file=sys.stderr)
+        return 2
+    for split, n in summary.counts.items():
+        print(f"{split:12s} {n:6d} utterances {summary.seconds[split] / 3600:6.2f} h  "
+              f"{summary.out_dir / split}")
+    print(f"done in {summary.wall_s:.0f} s" + (f"; {len(summary.failed)} failed" if summary.failed else ""))
+    return 1 if summary.failed else 0

@@ -1,0 +1,164 @@
+"""One decoder step with a real key/value cache, for ESPnet's Transformer decoder.
+
+ESPnet's ``forward_one_step`` caches each layer's *output* and, every step,
+re-embeds the whole prefix, re-projects every cached position into keys and
+values, and re-projects the encoder output into source-attention keys and
+values once per hypothesis. Here each position is projected once, when it is
+new, and the encoder output once per utterance, shared by all its hypotheses —
+the same arithmetic on the same numbers, just not repeated, so the scores
+equal ESPnet's up to float rounding. Anything that is not the plain
+Transformer layout falls back to ``forward_one_step``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pasu.decoding.scorers import EncoderBatch, ScorerSession
+
+
+def supports(decoder: torch.nn.Module) -> bool:
+    from espnet2.legacy.nets.pytorch_backend.transformer.attention import MultiHeadedAttention
+    from espnet2.legacy.nets.pytorch_backend.transformer.decoder_layer import DecoderLayer
+    from espnet2.legacy.nets.pytorch_backend.transformer.embedding import PositionalEncoding
+
+    layers = getattr(decoder, "decoders", None)
+    embed = getattr(decoder, "embed", None)
+    if layers is None or not isinstance(embed, torch.nn.Sequential) or len(embed) != 2:
+        return False
+    if not isinstance(embed[0], torch.nn.Embedding) or type(embed[1]) is not PositionalEncoding:
+        return False
+    for layer in layers:
+        if type(layer) is not DecoderLayer or layer.concat_after:
+            return False
+        for att in (layer.self_attn, layer.src_attn):
+            if type(att) is not MultiHeadedAttention or getattr(att, "use_sdpa", False) or att.use_flash_attn:
+                return False
+    return getattr(decoder, "output_layer", None) is not None
+
+
+def _heads(att, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+    """(n, L, D) -> (n, h, L, d_k)"""
+    return linear(x).view(x.size(0), -1, att.h, att.d_k).transpose(1, 2)
+
+
+def _attend(att, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """ESPnet's ``MultiHeadedAttention.forward_attention`` for projected q, k, v."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(att.d_k)
+    if mask is not None:
+        m = mask.unsqueeze(1).eq(0)
+        scores = scores.masked_fill(m, torch.finfo(scores.dtype).min)
+        p = torch.softmax(scores, dim=-1).masked_fill(m, 0.0)
+    else:
+        p = torch.softmax(scores, dim=-1)
+    x = torch.matmul(p, v)
+    n = x.size(0)
+    return att.linear_out(x.transpose(1, 2).contiguous().view(n, -1, att.h * att.d_k))
+
+
+class KVCacheDecoderSession(ScorerSession):
+    """Self-attention keys/values per layer for the running rows; source keys/values per utterance."""
+
+    def __init__(self, decoder: torch.nn.Module, batch: EncoderBatch) -> None:
+        self.dec = decoder
+        self.layers = list(decoder.decoders)
+        enc = batch.enc
+        self.single = enc.size(0) == 1
+        self.src: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layer in self.layers:
+            att = layer.src_attn
+            self.src.append((att.k_norm(_heads(att, enc, att.linear_k)), _heads(att, enc, att.linear_v)))
+        if batch.padded:
+            t = torch.arange(enc.size(1))
+            self.src_mask = (t[None, :] < batch.lengths[:, None]).unsqueeze(1).to(enc.device)  # (B, 1, T)
+        else:
+            self.src_mask = None
+        self.cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _source(self, i: int, row_utt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        k, v = self.src[i]
+        mask = self.src_mask
+        if not self.single:
+            idx = row_utt.to(k.device)
+            k, v = k.index_select(0, idx), v.index_select(0, idx)
+            mask = None if mask is None else mask.index_select(0, idx)
+        return k, v, mask  # one utterance: (1, h, T, d_k) broadcasts over the rows
+
+    def score(self, yseq, row_utt, candidates):
+        dec = self.dec
+        emb, pos_enc = dec.embed[0], dec.embed[1]
+        pos = yseq.size(1) - 1
+        x = emb(yseq[:, -1:]) * pos_enc.xscale + pos_enc.pe[:, pos : pos + 1]
+        pending = []
+        for i, layer in enumerate(self.layers):
+            sa, ca = layer.self_attn, layer.src_attn
+            residual = x
+            h = layer.norm1(x) if layer.normalize_before else x
+            q = sa.q_norm(_heads(sa, h, sa.linear_q))
+            k_new, v_new = sa.k_norm(_heads(sa, h, sa.linear_k)), _heads(sa, h, sa.linear_v)
+            if self.cache is None:
+                k, v = k_new, v_new
+            else:
+                k = torch.cat((self.cache[i][0], k_new), dim=2)
+                v = torch.cat((self.cache[i][1], v_new), dim=2)
+            pending.append((k, v))
+            x = residual + _attend(sa, q, k, v, None)  # the newest position may see all before it
+            if not layer.normalize_before:
+                x = layer.norm1(x)
+            residual = x
+            h = layer.norm2(x) if layer.normalize_before else x
+            sk, sv, smask = self._source(i, row_utt)
+            x = residual + _attend(ca, ca.q_norm(_heads(ca, h, ca.linear_q)), sk, sv, smask)
+            if not layer.normalize_before:
+                x = layer.norm2(x)
+            residual = x
+            h = layer.norm3(x) if layer.normalize_before else x
+            x = residual + layer.feed_forward(h)
+            if not layer.normalize_before:
+                x = layer.norm3(x)
+        y = dec.after_norm(x[:, -1]) if dec.normalize_before else x[:, -1]
+        self._pending = pending
+        return torch.log_softmax(dec.output_layer(y), dim=-1)
+
+    def prime(self, yseq, row_utt, hint=None):
+        """Teacher-force the prefix through the decoder in one parallel pass (causal mask)."""
+        dec = self.dec
+        n, L = yseq.shape
+        if L == 1:
+            return torch.zeros(n)
+        x = dec.embed(yseq)  # all positions: embedding + positional encoding
+        causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=x.device)).unsqueeze(0)
+        cache = []
+        for i, layer in enumerate(self.layers):
+            sa, ca = layer.self_attn, layer.src_attn
+            residual = x
+            h = layer.norm1(x) if layer.normalize_before else x
+            q = sa.q_norm(_heads(sa, h, sa.linear_q))
+            k, v = sa.k_norm(_heads(sa, h, sa.linear_k)), _heads(sa, h, sa.linear_v)
+            cache.append((k[:, :, :-1], v[:, :, :-1]))  # the last position is recomputed by score()
+            x = residual + _attend(sa, q, k, v, causal)
+            if not layer.normalize_before:
+                x = layer.norm1(x)
+            residual = x
+            h = layer.norm2(x) if layer.normalize_before else x
+            sk, sv, smask = self._source(i, row_utt)
+            x = residual + _attend(ca, ca.q_norm(_heads(ca, h, ca.linear_q)), sk, sv, smask)
+            if not layer.normalize_before:
+                x = layer.norm2(x)
+            residual = x
+            h = layer.norm3(x) if layer.normalize_before else x
+            x = residual + layer.feed_forward(h)
+            if not layer.normalize_before:
+                x = layer.norm3(x)
+        y = dec.after_norm(x[:, :-1]) if dec.normalize_before else x[:, :-1]
+        logp = torch.log_softmax(dec.output_layer(y), dim=-1)  # (n, L-1, V): p(y_u | y_<u)
+        self.cache = cache
+        return logp.gather(2, yseq[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
+
+    def advance(self, parents, tokens):
+        idx = parents.to(self._pending[0][0].device)
+        self.cache = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._pending]
+        self._pending = None

@@ -1,0 +1,51 @@
+"""The `pasu` command line: real subprocesses, real output contracts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def pasu(*args: str, env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pasu.cli", *args], capture_output=True, text=True, env=env, check=check, timeout=600
+    )
+
+
+def test_help_lists_subcommands():
+    out = pasu("--help").stdout
+    for cmd in ("demo", "decode", "model", "bench"):
+        assert cmd in out
+
+
+def test_decode_json_lines(tiny_model_dirs, audio_files, tmp_path):
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(str(f) for f in audio_files[:2]) + "\n")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    r = pasu("decode", "--model", str(tiny_model_dirs["conformer"]), "--nbest", "2", str(listing), str(bad), check=False)
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(audio_files[0]), str(audio_files[1]), str(bad)]
+    assert all(len(line["nbest"]) == 2 and line["text"] == line["nbest"][0]["text"] for line in lines[:2])
+    assert "cannot decode" in lines[2]["error"]
+    assert r.returncode == 1  # a bad file is reported, the others still decoded
+
+
+def test_bench_decoder_last_line_contract(tiny_model_dirs, audio_files):
+    r = pasu("bench", "decoder", "--model", str(tiny_model_dirs["branchformer"]), "--audio", *map(str, audio_files[:3]))
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"espnet_s", "pasu_s", "speedup", "identical", "utterances"} <= set(last)
+    assert last["identical"] is True and last["utterances"] == 3
+    assert last["espnet_s"] > 0 and last["pasu_s"] > 0
+
+
+@pytest.mark.parametrize("args", [["decode", "--model", "/nonexistent", "x.wav"]])
+def test_clear_error_for_missing_model(args):
+    r = pasu(*args, check=False)
+    assert r.returncode != 0
+    assert "model path does not exist: /nonexistent" in r.stderr
