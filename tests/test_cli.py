@@ -49,3 +49,11 @@ def test_clear_error_for_missing_model(args):
     r = pasu(*args, check=False)
     assert r.returncode != 0
     assert "model path does not exist: /nonexistent" in r.stderr
+
+
+def test_bench_latency_last_line_contract(tiny_model_dirs, audio_files):
+    r = pasu("bench", "latency", "--model", str(tiny_model_dirs["late"]), "--no-ablation",
+             "--audio", *map(str, audio_files[:2]))
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"espnet_p50_s", "pasu_p50_s", "ratio_p50", "acc_espnet", "acc_pasu"} <= set(last)
+    assert last["utterances"] == 2 and last["espnet_p50_s"] > 0 and last["pasu_p50_s"] > 0

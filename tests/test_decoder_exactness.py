@@ -25,7 +25,7 @@ def assert_same_nbest(ref, ours, utt: str) -> None:
             assert abs(r.scores[k] - o.scores[k]) <= TOL, f"{utt}: {k} score {r.scores[k]} vs {o.scores[k]}"
 
 
-@pytest.mark.parametrize("kind", ["conformer", "branchformer"])
+@pytest.mark.parametrize("kind", ["conformer", "branchformer", "late"])
 def test_nbest_equals_espnet_on_all_clips(kind, tiny_models, audio):
     model = tiny_models[kind]
     options = DecodingOptions(beam_size=10, ctc_weight=0.3, nbest=5)

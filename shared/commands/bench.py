@@ -23,6 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--json-out", default=None, help="also write per-utterance rows as JSON here")
     d.set_defaults(func=run_decoder)
 
+    lat = bsub.add_parser("latency", help="end-of-speech latency: stock ESPnet vs a pasu streaming session")
+    add_model_args(lat)
+    add_decoding_args(lat)
+    lat.add_argument("--audio", nargs="+", default=None,
+                     help="audio files, a list file, or an ESPnet data dir / wav.scp (default: the bundled clips)")
+    lat.add_argument("--text", default=None, help="references (ESPnet text file) for accuracy")
+    lat.add_argument("--chunk-s", type=float, default=0.16, help="audio chunk duration (default 0.16 s)")
+    lat.add_argument("--realtime", action="store_true", help="pace audio on the wall clock instead of a simulated one")
+    lat.add_argument("--no-ablation", action="store_true", help="skip the one-technique-at-a-time rows")
+    lat.add_argument("--off", nargs="*", default=[], metavar="TECHNIQUE",
+                     help="techniques to turn off: late_context pilots beam_collapse beam_termination ctc_leap")
+    lat.add_argument("--pilot-period-s", type=float, default=None)
+    lat.add_argument("--limit", type=int, default=None, help="at most N utterances")
+    lat.add_argument("--threads", type=int, default=None)
+    lat.add_argument("--json-out", default=None)
+    lat.set_defaults(func=run_latency)
+
 
 def run_decoder(args: argparse.Namespace) -> int:
     import torch
@@ -47,3 +64,53 @@ def run_decoder(args: argparse.Namespace) -> int:
             json.dump(result_dict(result), f, indent=2)
     print(json.dumps(result.summary()), flush=True)
     return 0 if result.identical else 1
+
+
+def run_latency(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from pasu.audio import read_scp
+    from pasu.bench.latency import LatencyBenchOptions, format_table, result_dict, run_latency_bench
+    from pasu.model_store import resolve_model
+    from pasu.models import load_model
+    from pasu.resources import AUDIO_DIR, example_audio
+    from pasu.streaming import TECHNIQUES, StreamingOptions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(resolve_model(args.model), args.device)
+    refs: dict[str, str] = {}
+    if args.audio:
+        items = list(args.audio)
+        if len(items) == 1 and Path(items[0]).is_dir():  # an ESPnet data dir
+            d = Path(items[0])
+            items = [str(d / "wav.scp")]
+            refs = read_scp(d / "text") if (d / "text").is_file() else {}
+        files = expand_audio_args(items)
+    else:
+        files = [str(f) for f in example_audio()]
+        refs = read_scp(AUDIO_DIR / "text")
+    if args.text:
+        refs = read_scp(args.text)
+    if args.limit:
+        files = files[: args.limit]
+    bad = [t for t in args.off if t not in TECHNIQUES]
+    if bad:
+        raise SystemExit(f"unknown technique(s) {bad}; choose from {TECHNIQUES}")
+    streaming = StreamingOptions().with_(**{t: False for t in args.off})
+    if args.pilot_period_s:
+        streaming = streaming.with_(pilot_period_s=args.pilot_period_s)
+    result = run_latency_bench(
+        model, files, refs, decoding_options(args), streaming,
+        LatencyBenchOptions(chunk_s=args.chunk_s, realtime=args.realtime, ablation=not args.no_ablation),
+    )
+    print(f"model: {model.name} ({model.files.root}); beam {args.beam_size}; chunk {args.chunk_s} s; "
+          f"{'real-time' if args.realtime else 'simulated'} clock; torch threads {torch.get_num_threads()}")
+    print(format_table(result))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result_dict(result), f, indent=2)
+    print(json.dumps(result.summary()), flush=True)
+    return 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pasu.decoding.beam_search import BeamSearch, Hypothesis
+from pasu.decoding.beam_search import BeamSearch, Hypothesis, StopRule
 from pasu.decoding.ctc import CTCPrefixScorer
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.scorers import AttentionDecoderScorer, EncoderBatch, LengthBonus
@@ -75,9 +75,24 @@ class Recognizer:
         return EncoderBatch(enc=enc, lengths=lengths)
 
     @torch.inference_mode()
-    def decode(self, batch: EncoderBatch) -> list[list[NBestEntry]]:
-        """Beam search over a batch of encoded utterances; the n-best of each."""
-        return [[self.entry(h) for h in hyps[: self.options.nbest]] for hyps in self.search(batch)]
+    def decode(
+        self,
+        batch: EncoderBatch,
+        *,
+        prefixes: list[list[int]] | None = None,
+        beam_size: int | None = None,
+        nbest: int | None = None,
+        stop: StopRule | None = None,
+        prime_hints: dict[str, object] | None = None,
+    ) -> list[list[NBestEntry]]:
+        """Beam search over a batch of encoded utterances; the n-best of each.
+
+        The keyword arguments are for pilot inference (seeded prefixes, a
+        narrower beam, early termination); without them this is ESPnet's search.
+        """
+        hyps = self.search(batch, prefixes=prefixes, beam_size=beam_size, stop=stop, prime_hints=prime_hints)
+        n = nbest or self.options.nbest
+        return [[self.entry(h) for h in hs[:n]] for hs in hyps]
 
     def recognize(self, speech: Sequence[np.ndarray | torch.Tensor]) -> list[list[NBestEntry]]:
         return self.decode(self.encode(speech))

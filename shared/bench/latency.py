@@ -1,0 +1,239 @@
+"""Latency benchmark: end of speech -> final result, stock ESPnet vs a pasu streaming session.
+
+Each utterance is fed as a live stream. By default on a *simulated clock* that
+still measures all compute for real: chunk i arrives at (i + 1) x chunk
+duration; work on it starts at the later of its arrival and the end of earlier
+work, so a pipeline slower than real time pays for its backlog; a pilot that
+comes due while the pipeline is behind is skipped. Stock ESPnet's Speech2Text
+starts when the audio ends. ``realtime=True`` paces the audio on the wall
+clock instead (slower; for spot checks) with the session's background worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pasu.audio import read_audio
+from pasu.decoding.options import DecodingOptions
+from pasu.decoding.recognizer import Recognizer
+from pasu.models import LoadedModel
+from pasu.reference import espnet_nbest, espnet_speech2text
+from pasu.streaming import TECHNIQUES, StreamingOptions, StreamingSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyBenchOptions:
+    chunk_s: float = 0.16
+    realtime: bool = False
+    ablation: bool = True  # one extra run per technique alone
+    warmup: int = 1
+
+
+@dataclass
+class StreamRun:
+    """One utterance through one pipeline."""
+
+    latency_s: float  # end of speech -> final result
+    during_s: float  # compute while audio arrived
+    after_s: float  # compute after the end of speech
+    text: str
+    yseq: list[int]
+
+
+@dataclass
+class UttRow:
+    utt: str
+    audio_s: float
+    espnet: StreamRun
+    pasu: StreamRun
+    ablation: dict[str, StreamRun] = field(default_factory=dict)
+
+
+def _p(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(values, q))
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"\s+", " ", text.strip()).split(" ") if text.strip() else []
+
+
+def accuracy(hyps: list[str], refs: list[str | None]) -> dict[str, float | None]:
+    """Intent accuracy (first word, when references carry intent labels) and WER."""
+    import jiwer
+
+    pairs = [(h, r) for h, r in zip(hyps, refs) if r is not None]
+    if not pairs:
+        return {"intent_acc": None, "wer": None}
+    with_intent = all("_" in (_words(r) or [""])[0] for _, r in pairs)
+    acc = None
+    if with_intent:
+        acc = sum((_words(h) or [""])[0] == _words(r)[0] for h, r in pairs) / len(pairs)
+    refs_t = [" ".join(_words(r)[1:] if with_intent else _words(r)) or "<empty>" for _, r in pairs]
+    hyps_t = [" ".join(_words(h)[1:] if with_intent else _words(h)) or "<empty>" for h, _ in pairs]
+    return {"intent_acc": acc, "wer": jiwer.wer(refs_t, hyps_t)}
+
+
+def run_espnet(s2t, audio: np.ndarray) -> StreamRun:
+    t0 = time.perf_counter()
+    best = espnet_nbest(s2t, audio)[0]
+    dt = time.perf_counter() - t0
+    return StreamRun(latency_s=dt, during_s=0.0, after_s=dt, text=best.text, yseq=best.yseq)
+
+
+def run_stream(rec: Recognizer, options: StreamingOptions, audio: np.ndarray, bench: LatencyBenchOptions) -> StreamRun:
+    rate = rec.model.sample_rate
+    step = max(1, int(bench.chunk_s * rate))
+    chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
+    if bench.realtime:
+        return _run_realtime(rec, options, chunks, bench.chunk_s)
+    session = StreamingSession(rec, options, background=False)
+    busy_until = during = 0.0
+    for i, chunk in enumerate(chunks):
+        arrival = (i + 1) * bench.chunk_s
+        start = max(arrival, busy_until)
+        t0 = time.perf_counter()
+        session.feed(chunk, may_pilot=busy_until <= arrival)
+        dt = time.perf_counter() - t0
+        during += dt
+        busy_until = start + dt
+    end_of_speech = len(chunks) * bench.chunk_s
+    start = max(end_of_speech, busy_until)
+    t0 = time.perf_counter()
+    result = session.finalize()
+    dt = time.perf_counter() - t0
+    best = result.best
+    return StreamRun(
+        latency_s=start + dt - end_of_speech,
+        during_s=during,
+        after_s=dt,
+        text=best.text if best else "",
+        yseq=best.yseq if best else [],
+    )
+
+
+def _run_realtime(rec: Recognizer, options: StreamingOptions, chunks: list[np.ndarray], chunk_s: float) -> StreamRun:
+    session = StreamingSession(rec, options, background=True)
+    t_start = time.perf_counter()
+    for i, chunk in enumerate(chunks):
+        wait = t_start + (i + 1) * chunk_s - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        session.feed(chunk)
+    end = time.perf_counter()
+    result = session.finalize()
+    done = time.perf_counter()
+    best = result.best
+    return StreamRun(done - end, sum(p.seconds for p in result.pilots), done - end, best.text if best else "",
+                     best.yseq if best else [])
+
+
+@dataclass
+class LatencyBenchResult:
+    rows: list[UttRow]
+    options: StreamingOptions
+    refs: dict[str, str | None]
+    peak_rss_mb: float | None = None
+
+    def summary(self) -> dict:
+        es = [r.espnet.latency_s for r in self.rows]
+        pa = [r.pasu.latency_s for r in self.rows]
+        acc_e = accuracy([r.espnet.text for r in self.rows], [self.refs.get(r.utt) for r in self.rows])
+        acc_p = accuracy([r.pasu.text for r in self.rows], [self.refs.get(r.utt) for r in self.rows])
+        audio = sum(r.audio_s for r in self.rows)
+        out = {
+            "espnet_p50_s": round(_p(es, 50), 4),
+            "pasu_p50_s": round(_p(pa, 50), 4),
+            "ratio_p50": round(_p(es, 50) / _p(pa, 50), 3),
+            "acc_espnet": acc_e["intent_acc"] if acc_e["intent_acc"] is not None else _wacc(acc_e["wer"]),
+            "acc_pasu": acc_p["intent_acc"] if acc_p["intent_acc"] is not None else _wacc(acc_p["wer"]),
+            "espnet_p90_s": round(_p(es, 90), 4),
+            "pasu_p90_s": round(_p(pa, 90), 4),
+            "ratio_p90": round(_p(es, 90) / _p(pa, 90), 3),
+            "wer_espnet": acc_e["wer"],
+            "wer_pasu": acc_p["wer"],
+            "intent_acc_espnet": acc_e["intent_acc"],
+            "intent_acc_pasu": acc_p["intent_acc"],
+            "same_output": sum(r.espnet.yseq == r.pasu.yseq for r in self.rows) / max(1, len(self.rows)),
+            "rtf_during": round(sum(r.pasu.during_s for r in self.rows) / audio, 4) if audio else None,
+            "utterances": len(self.rows),
+        }
+        for t in TECHNIQUES:
+            runs = [r.ablation[t].latency_s for r in self.rows if t in r.ablation]
+            if runs:
+                out[f"ablation_{t}_p50_s"] = round(_p(runs, 50), 4)
+        return out
+
+
+def _wacc(wer: float | None) -> float | None:
+    """Word accuracy (1 - WER) where there are no intent labels to score."""
+    return None if wer is None else round(1.0 - wer, 4)
+
+
+def run_latency_bench(
+    model: LoadedModel,
+    audio_files: list[str | Path],
+    refs: dict[str, str] | None = None,
+    decoding: DecodingOptions = DecodingOptions(),
+    streaming: StreamingOptions = StreamingOptions(),
+    bench: LatencyBenchOptions = LatencyBenchOptions(),
+) -> LatencyBenchResult:
+    s2t = espnet_speech2text(model, decoding, device=str(model.device))
+    rec = Recognizer(model, decoding)
+    audio = {Path(f).stem: read_audio(f, model.sample_rate) for f in audio_files}
+    for a in list(audio.values())[: bench.warmup]:
+        run_espnet(s2t, a)
+        run_stream(rec, streaming, a, bench)
+    rows = []
+    for utt, a in tqdm(audio.items(), desc="latency bench", unit="utt"):
+        row = UttRow(utt, len(a) / model.sample_rate, run_espnet(s2t, a), run_stream(rec, streaming, a, bench))
+        if bench.ablation:
+            for t in TECHNIQUES:
+                row.ablation[t] = run_stream(rec, StreamingOptions.only(t), a, bench)
+        rows.append(row)
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except ImportError:  # pragma: no cover - not on Windows
+        peak = None
+    return LatencyBenchResult(rows, streaming, {u: (refs or {}).get(u) for u in audio}, peak)
+
+
+def format_table(result: LatencyBenchResult) -> str:
+    lines = [f"{'utterance':<14}{'audio s':>8}{'espnet s':>10}{'pasu s':>9}{'ratio':>7}{'during s':>10}{'after s':>9}  same"]
+    for r in result.rows:
+        lines.append(
+            f"{r.utt:<14}{r.audio_s:>8.2f}{r.espnet.latency_s:>10.3f}{r.pasu.latency_s:>9.3f}"
+            f"{r.espnet.latency_s / max(r.pasu.latency_s, 1e-9):>7.2f}{r.pasu.during_s:>10.3f}{r.pasu.after_s:>9.3f}"
+            f"  {'yes' if r.espnet.yseq == r.pasu.yseq else 'no'}"
+        )
+    s = result.summary()
+    lines.append(f"median latency: espnet {s['espnet_p50_s']:.3f} s, pasu {s['pasu_p50_s']:.3f} s "
+                 f"-> {s['ratio_p50']:.2f}x; p90 {s['espnet_p90_s']:.3f} vs {s['pasu_p90_s']:.3f} s")
+    lines.append(f"accuracy: espnet {s['acc_espnet']}, pasu {s['acc_pasu']}; same output as espnet on "
+                 f"{100 * s['same_output']:.0f}% of utterances; incremental RTF {s['rtf_during']}")
+    if any(r.ablation for r in result.rows):
+        lines.append("ablation (one technique on, median end-of-speech latency):")
+        for t in TECHNIQUES:
+            key = f"ablation_{t}_p50_s"
+            if key in s:
+                runs = [r.ablation[t] for r in result.rows]
+                same = sum(x.yseq == r.espnet.yseq for x, r in zip(runs, result.rows)) / len(runs)
+                lines.append(f"  {t:<18}{s[key]:>8.3f} s  ({s['espnet_p50_s'] / s[key]:.2f}x; same output {100 * same:.0f}%)")
+    return "\n".join(lines)
+
+
+def result_dict(result: LatencyBenchResult) -> dict:
+    return {"summary": result.summary(), "options": asdict(result.options), "rows": [asdict(r) for r in result.rows]}

@@ -1,0 +1,63 @@
+"""Streaming settings: one switch per PASU technique, so each can be measured alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+TECHNIQUES = ("late_context", "pilots", "beam_collapse", "beam_termination", "ctc_leap")
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    """How a :class:`~pasu.streaming.session.StreamingSession` spends work during and after speech.
+
+    With every technique off the session buffers audio and, at ``finalize()``,
+    runs exactly the whole-utterance recognizer (stock behaviour).
+    """
+
+    # 1. late contextualization: frontend, subsampling and local encoder blocks
+    #    run on each chunk as it arrives; only the attention blocks run late.
+    late_context: bool = True
+    # 2. pilot inference: decode the partial input every `pilot_period_s` of new audio.
+    pilots: bool = True
+    pilot_period_s: float = 0.64
+    pilot_beam_size: int = 4
+    pilot_nbest: int = 2
+    # 3. beam collapse: when the last `collapse_pilots` pilots agree on a prefix
+    #    (and the latest one's n-best margin is at least `collapse_margin`), the
+    #    search starts from that prefix, less `collapse_holdback` tokens at its
+    #    end, with `collapse_beam_size` beams.
+    beam_collapse: bool = True
+    collapse_pilots: int = 2
+    collapse_holdback: int = 2
+    collapse_margin: float = 0.0
+    collapse_beam_size: int = 3
+    # 4. beam termination: stop once no running hypothesis can beat the n-best
+    #    (exact), or once the predicted length (pilots, CTC greedy) plus slack is
+    #    reached with a finished hypothesis in hand (approximate).
+    beam_termination: bool = True
+    termination_slack: int = 2
+    # 5. CTC leap: the agreed prefix's CTC forward variables are carried from
+    #    pilot to pilot and extended over new frames only.
+    ctc_leap: bool = True
+    # Memory stays bounded: a segment longer than this is cut by the caller (VAD).
+    max_segment_s: float = 20.0
+
+    @classmethod
+    def stock(cls) -> "StreamingOptions":
+        return cls(late_context=False, pilots=False, beam_collapse=False, beam_termination=False, ctc_leap=False)
+
+    @classmethod
+    def only(cls, technique: str) -> "StreamingOptions":
+        """One technique on, the others off (ablation). Collapse and leap need pilots."""
+        if technique not in TECHNIQUES:
+            raise ValueError(f"unknown technique {technique!r}; choose from {TECHNIQUES}")
+        on = {technique: True}
+        if technique in ("beam_collapse", "ctc_leap"):
+            on["pilots"] = True
+        if technique == "ctc_leap":
+            on["beam_collapse"] = True  # the leap carries the collapsed prefix
+        return replace(cls.stock(), **on)
+
+    def with_(self, **changes) -> "StreamingOptions":
+        return replace(self, **changes)

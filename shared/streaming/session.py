@@ -1,0 +1,303 @@
+"""A streaming session: audio in as it arrives, answers at any time (PASU's pilot inference).
+
+``feed`` takes chunks of any size; with ``background=True`` all model work
+(incremental encoding, pilots) runs on one worker thread, so feeding never
+blocks on a running pilot; with ``background=False`` it runs inline, which is
+what the latency benchmark's simulated clock needs. ``finalize`` reuses what
+the pilots learnt: the agreed prefix (beam collapse), its CTC forward variables
+(CTC leap) and the expected length (beam termination).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rapidfuzz.distance import Levenshtein
+
+from pasu.audio import check_samples
+from pasu.decoding.recognizer import NBestEntry, Recognizer
+from pasu.decoding.scorers import EncoderBatch
+from pasu.streaming.ctc_leap import PrefixForwardCache
+from pasu.streaming.options import StreamingOptions
+from pasu.streaming.termination import BeamTermination
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PilotRecord:
+    """One pilot: what it heard, what it said, what it cost."""
+
+    audio_s: float
+    frames: int
+    nbest: list[NBestEntry]
+    prefix_len: int  # tokens it was seeded with (beam collapse)
+    seconds: float
+
+
+@dataclass
+class FinalResult:
+    nbest: list[NBestEntry]
+    features: dict[str, float]  # for the confidence estimator (offramps)
+    pilots: list[PilotRecord]
+    prefix_len: int  # tokens the final search was seeded with
+    beam_size: int
+    encode_s: float
+    decode_s: float
+    stops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def best(self) -> NBestEntry | None:
+        return self.nbest[0] if self.nbest else None
+
+
+def common_prefix(seqs: list[list[int]]) -> list[int]:
+    if not seqs:
+        return []
+    n = min(len(s) for s in seqs)
+    k = 0
+    while k < n and all(s[k] == seqs[0][k] for s in seqs):
+        k += 1
+    return list(seqs[0][:k])
+
+
+class StreamingSession:
+    """One utterance (segment), fed incrementally. Not reusable after ``finalize``."""
+
+    def __init__(
+        self, recognizer: Recognizer, options: StreamingOptions = StreamingOptions(), background: bool = False
+    ) -> None:
+        self.rec = recognizer
+        self.o = options
+        self.rate = recognizer.model.sample_rate
+        asr = recognizer.model.model
+        self._ctc = asr.ctc
+        self._encoder = None
+        if options.late_context:
+            from pasu.encoders.incremental import IncrementalEncoder
+
+            self._encoder = IncrementalEncoder(asr)
+        self._audio: list[np.ndarray] = []
+        self.samples = 0
+        self._samples_at_pilot = 0
+        self.pilots: list[PilotRecord] = []
+        self._leap = PrefixForwardCache()
+        self._finalized = False
+        self._error: BaseException | None = None
+        self._queue: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue()
+            self._worker = threading.Thread(target=self._work, name="pasu-pilot", daemon=True)
+            self._worker.start()
+
+    # -- input ---------------------------------------------------------------
+    def feed(self, chunk: np.ndarray, may_pilot: bool = True) -> None:
+        """Add 16 kHz mono audio (float32 in [-1, 1] or int16). Never waits for a pilot.
+
+        ``may_pilot=False`` skips a pilot that would be due now (the benchmark's
+        simulated clock says the previous one has not finished).
+        """
+        if self._finalized:
+            raise RuntimeError("feed() after finalize()")
+        a = np.asarray(chunk)
+        if a.size == 0:
+            return
+        a = check_samples(a, "chunk")
+        if self._queue is not None:
+            self._queue.put((a, may_pilot))
+            return
+        self._ingest(a, may_pilot)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                # Drain what is queued first: a pilot on stale audio is wasted work.
+                chunks = [item]
+                while not self._queue.empty():
+                    nxt = self._queue.get()
+                    if nxt is None:
+                        self._ingest_many(chunks)
+                        return
+                    chunks.append(nxt)
+                self._ingest_many(chunks)
+            except BaseException as e:  # reported by finalize()
+                log.exception("streaming worker failed")
+                self._error = e
+
+    def _ingest_many(self, chunks: list[tuple[np.ndarray, bool]]) -> None:
+        for a, _ in chunks[:-1]:
+            self._push(a)
+        self._ingest(*chunks[-1])
+
+    def _push(self, a: np.ndarray) -> None:
+        if self._encoder is not None:
+            self._encoder.feed(a)
+        else:
+            self._audio.append(a)
+        self.samples += len(a)
+
+    def _ingest(self, a: np.ndarray, may_pilot: bool) -> None:
+        self._push(a)
+        due = self.samples - self._samples_at_pilot >= self.o.pilot_period_s * self.rate
+        if self.o.pilots and may_pilot and due:
+            self._samples_at_pilot = self.samples
+            self._run_pilot()
+
+    # -- encoding ------------------------------------------------------------
+    @torch.inference_mode()
+    def _encode(self, final: bool = False) -> EncoderBatch | None:
+        if self._encoder is not None:
+            enc, lens = self._encoder.encode(final=final)
+            if enc.size(1) == 0:
+                return None
+            return EncoderBatch(enc=enc, lengths=lens.cpu().long())
+        if not self._audio:
+            return None
+        audio = np.concatenate(self._audio)
+        self._audio = [audio]
+        try:
+            return self.rec.encode([audio])
+        except Exception as e:  # too short for the subsampling yet
+            log.debug("cannot encode %d samples yet: %s", len(audio), e)
+            return None
+
+    # -- pilots --------------------------------------------------------------
+    def _seed(self, batch: EncoderBatch) -> tuple[list[int], dict[str, object] | None]:
+        """The prefix recent pilots agree on (beam collapse), and its CTC state (leap)."""
+        o = self.o
+        if not o.beam_collapse or len(self.pilots) < o.collapse_pilots:
+            return [], None
+        recent = self.pilots[-o.collapse_pilots :]
+        if any(not p.nbest for p in recent):
+            return [], None
+        latest = recent[-1].nbest
+        if len(latest) > 1 and latest[0].score - latest[1].score < o.collapse_margin:
+            return [], None
+        agreed = common_prefix([p.nbest[0].token_ids for p in recent])
+        prefix = agreed[: max(0, len(agreed) - o.collapse_holdback)]
+        if not prefix or len(prefix) >= int(batch.lengths[0]) - 1:
+            return [], None
+        if not o.ctc_leap:
+            return prefix, None
+        logp = self._ctc.log_softmax(batch.enc)[0]
+        return prefix, {"ctc": self._leap.update(prefix, logp, leap=True)}
+
+    @torch.inference_mode()
+    def _run_pilot(self) -> None:
+        t0 = time.perf_counter()
+        batch = self._encode()
+        if batch is None:
+            return
+        prefix, hints = self._seed(batch)
+        stop = BeamTermination(self.o.pilot_nbest, self.rec.options.penalty) if self.o.beam_termination else None
+        nbest = self.rec.decode(
+            batch,
+            prefixes=[prefix] if prefix else None,
+            beam_size=min(self.o.pilot_beam_size, self.rec.options.beam_size),
+            nbest=self.o.pilot_nbest,
+            stop=stop,
+            prime_hints=hints,
+        )[0]
+        self.pilots.append(
+            PilotRecord(self.samples / self.rate, int(batch.lengths[0]), nbest, len(prefix), time.perf_counter() - t0)
+        )
+
+    def pilot(self) -> list[NBestEntry]:
+        """The latest pilot's n-best (running one now if none has run and audio allows)."""
+        if not self.pilots and self._queue is None and self.samples:
+            self._run_pilot()
+        return list(self.pilots[-1].nbest) if self.pilots else []
+
+    # -- the end ---------------------------------------------------------------
+    @torch.inference_mode()
+    def finalize(self) -> FinalResult:
+        """The final n-best, reusing the pilots; frees the per-utterance state."""
+        if self._finalized:
+            raise RuntimeError("finalize() called twice")
+        self._finalized = True
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+        if self._error is not None:
+            raise RuntimeError(f"streaming worker failed: {self._error}") from self._error
+        t0 = time.perf_counter()
+        batch = self._encode(final=True)
+        if batch is None:
+            raise ValueError(f"segment too short to decode ({self.samples} samples)")
+        encode_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        o, d = self.o, self.rec.options
+        prefix, hints = self._seed(batch)
+        stop = None
+        greedy = self._ctc_greedy(batch)
+        if o.beam_termination:
+            predicted = max([len(greedy)] + ([len(self.pilots[-1].nbest[0].token_ids)] if self.pilots and self.pilots[-1].nbest else []))
+            stop = BeamTermination(d.nbest, d.penalty, predicted_length=predicted, slack=o.termination_slack)
+        beam = o.collapse_beam_size if prefix else d.beam_size
+        nbest = self.rec.decode(
+            batch, prefixes=[prefix] if prefix else None, beam_size=beam, stop=stop, prime_hints=hints
+        )[0]
+        decode_s = time.perf_counter() - t1
+        features = self._features(nbest, greedy)
+        result = FinalResult(
+            nbest=nbest,
+            features=features,
+            pilots=self.pilots,
+            prefix_len=len(prefix),
+            beam_size=beam,
+            encode_s=encode_s,
+            decode_s=decode_s,
+            stops={"exact": stop.stops_exact, "predicted": stop.stops_predicted} if stop else {},
+        )
+        self._free()
+        return result
+
+    def _ctc_greedy(self, batch: EncoderBatch) -> list[int]:
+        ids = self._ctc.argmax(batch.enc)[0].tolist()
+        out, prev = [], None
+        for t in ids:
+            if t != prev and t != 0:
+                out.append(t)
+            prev = t
+        return [t for t in out if t != self.rec.model.eos]
+
+    def _features(self, nbest: list[NBestEntry], greedy: list[int]) -> dict[str, float]:
+        """What the confidence estimator reads: scores, margins, agreements, how much was heard."""
+        best = nbest[0] if nbest else None
+        n = max(1, len(best.token_ids)) if best else 1
+        f = {
+            "audio_s": self.samples / self.rate,
+            "n_tokens": float(len(best.token_ids)) if best else 0.0,
+            "score_per_token": best.score / n if best else -1e3,
+            "decoder_per_token": best.scores.get("decoder", 0.0) / n if best else -1e3,
+            "ctc_per_token": best.scores.get("ctc", 0.0) / n if best else -1e3,
+            "nbest_margin": (best.score - nbest[1].score) if len(nbest) > 1 else 10.0,
+            "ctc_attention_agreement": 1.0
+            - (Levenshtein.distance(greedy, best.token_ids) / max(len(greedy), n, 1) if best else 1.0),
+            "n_pilots": float(len(self.pilots)),
+        }
+        pilot_bests = [p.nbest[0].token_ids for p in self.pilots if p.nbest]
+        if best and pilot_bests:
+            f["pilot_final_agreement"] = 1.0 - Levenshtein.distance(pilot_bests[-1], best.token_ids) / n
+            f["pilot_stability"] = len(common_prefix(pilot_bests[-2:])) / n if len(pilot_bests) > 1 else 0.0
+        else:
+            f["pilot_final_agreement"] = 0.0
+            f["pilot_stability"] = 0.0
+        return f
+
+    def _free(self) -> None:
+        self._encoder = None
+        self._audio = []
+        self._leap = PrefixForwardCache()

@@ -1,0 +1,140 @@
+"""Streaming sessions (pilot inference): each technique is a switch; the exact ones stay exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pasu.audio import AudioError
+from pasu.decoding import DecodingOptions, Recognizer
+from pasu.streaming import StreamingOptions, StreamingSession
+from pasu.streaming.ctc_leap import PrefixForwardCache
+from pasu.streaming.termination import BeamTermination
+
+
+def stream(rec, options, audio, chunk=2560, background=False):
+    s = StreamingSession(rec, options, background=background)
+    for i in range(0, len(audio), chunk):
+        s.feed(audio[i : i + chunk])
+    return s.finalize()
+
+
+@pytest.fixture(scope="module")
+def late_rec(tiny_models):
+    return Recognizer(tiny_models["late"], DecodingOptions(beam_size=8, nbest=3))
+
+
+def test_stock_options_equal_whole_utterance_decoding(tiny_models, audio):
+    rec = Recognizer(tiny_models["conformer"], DecodingOptions(beam_size=8, nbest=3))
+    for utt in list(audio)[:4]:
+        got = stream(rec, StreamingOptions.stock(), audio[utt])
+        want = rec.recognize([audio[utt]])[0]
+        assert [h.yseq for h in got.nbest] == [h.yseq for h in want], utt
+        assert got.pilots == [] and got.prefix_len == 0
+
+
+@pytest.mark.parametrize("chunk", [160, 2560, 7777])
+def test_late_contextualization_alone_is_exact(late_rec, audio, chunk):
+    for utt in list(audio)[:3]:
+        got = stream(late_rec, StreamingOptions.only("late_context"), audio[utt], chunk)
+        want = late_rec.recognize([audio[utt]])[0]
+        assert [h.yseq for h in got.nbest] == [h.yseq for h in want], utt
+        assert all(abs(a.score - b.score) < 1e-3 for a, b in zip(got.nbest, want))
+
+
+def test_exact_termination_never_changes_the_nbest(tiny_models, audio):
+    for kind in ("conformer", "late"):
+        rec = Recognizer(tiny_models[kind], DecodingOptions(beam_size=8, nbest=2))
+        for utt in list(audio)[:6]:
+            batch = rec.encode([audio[utt]])
+            stop = BeamTermination(nbest=2, penalty=0.0)
+            early = rec.decode(batch, stop=stop)[0]
+            full = rec.decode(batch)[0]
+            assert [h.yseq for h in early] == [h.yseq for h in full], (kind, utt)
+            assert [h.score for h in early] == pytest.approx([h.score for h in full], abs=1e-5)
+
+
+def test_pilots_run_during_ingestion_and_seed_the_final_search(late_rec, audio):
+    utt = max(audio, key=lambda u: len(audio[u]))
+    opts = StreamingOptions(pilot_period_s=0.32, collapse_holdback=1)
+    res = stream(late_rec, opts, audio[utt], chunk=1600)
+    assert len(res.pilots) >= 4
+    heard = [p.audio_s for p in res.pilots]
+    assert heard == sorted(heard) and heard[-1] <= len(audio[utt]) / 16000
+    assert all(p.nbest for p in res.pilots)
+    # the seed is what the last pilots agreed on, less the hold-back
+    if res.prefix_len:
+        assert res.beam_size == opts.collapse_beam_size
+        assert res.best.token_ids[: res.prefix_len] == res.pilots[-1].nbest[0].token_ids[: res.prefix_len]
+    for key in ("score_per_token", "nbest_margin", "ctc_attention_agreement", "pilot_final_agreement", "audio_s"):
+        assert key in res.features and np.isfinite(res.features[key])
+
+
+def test_ctc_leap_equals_recomputation_when_old_frames_are_unchanged(late_rec, audio):
+    """With the old frames' posteriors unchanged the leap is exact; it must match a full recomputation."""
+    rec = late_rec
+    speech = audio[list(audio)[0]]
+    batch = rec.encode([speech])
+    with torch.inference_mode():
+        logp = rec.model.model.ctc.log_softmax(batch.enc)[0]
+    tokens = rec.decode(batch)[0][0].token_ids[:6]
+    assert tokens
+    T = logp.size(0)
+    full = PrefixForwardCache().update(tokens, logp, leap=False)
+    cache = PrefixForwardCache()
+    cache.update(tokens[:4], logp[: T // 2], leap=True)
+    leapt = cache.update(tokens, logp, leap=True)
+    assert leapt.psi == pytest.approx(full.psi, abs=1e-4)
+    assert torch.allclose(leapt.r.clamp(min=-1e4), full.r.clamp(min=-1e4), atol=1e-3)
+    # and the forward variables equal the decoder's own CTC scorer replaying the prefix
+    yseq = torch.tensor([[rec.model.sos, *tokens]])
+    with torch.inference_mode():
+        sess = rec.scorers["ctc"].begin(batch, torch.tensor([0]))
+        replay = float(sess.prime(yseq, torch.tensor([0]))[0])
+    assert replay == pytest.approx(full.psi, abs=1e-3)
+
+
+def test_seeded_search_with_leap_hint_equals_replay(late_rec, audio):
+    rec = late_rec
+    speech = audio[list(audio)[1]]
+    batch = rec.encode([speech])
+    with torch.inference_mode():
+        logp = rec.model.model.ctc.log_softmax(batch.enc)[0]
+    prefix = rec.decode(batch)[0][0].token_ids[:4]
+    hint = PrefixForwardCache().update(prefix, logp, leap=False)
+    a = rec.decode(batch, prefixes=[prefix], beam_size=3)[0]
+    b = rec.decode(batch, prefixes=[prefix], beam_size=3, prime_hints={"ctc": hint})[0]
+    assert [h.yseq for h in a] == [h.yseq for h in b]
+    assert all(h.token_ids[: len(prefix)] == prefix for h in a)
+    assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-3)
+
+
+def test_background_worker_gives_the_same_answer(late_rec, audio):
+    speech = audio[list(audio)[2]]
+    opts = StreamingOptions.only("late_context")
+    fg = stream(late_rec, opts, speech)
+    bg = stream(late_rec, opts, speech, background=True)
+    assert [h.yseq for h in bg.nbest] == [h.yseq for h in fg.nbest]
+    # with pilots on, the worker runs them while the caller keeps feeding
+    s = StreamingSession(late_rec, StreamingOptions(pilot_period_s=0.2), background=True)
+    for i in range(0, len(speech), 800):
+        s.feed(speech[i : i + 800])
+    res = s.finalize()
+    assert res.best is not None and len(res.pilots) >= 1
+
+
+def test_bad_input_and_misuse(late_rec, audio):
+    s = StreamingSession(late_rec, StreamingOptions())
+    with pytest.raises(AudioError, match="NaN"):
+        s.feed(np.array([0.0, np.nan], dtype=np.float32))
+    s.feed(np.zeros(100, dtype=np.float32) + 1e-3)
+    with pytest.raises(ValueError, match="too short"):
+        s.finalize()
+    with pytest.raises(RuntimeError, match="after finalize"):
+        s.feed(np.zeros(10, dtype=np.float32))
+    ok = StreamingSession(late_rec, StreamingOptions())
+    ok.feed((audio[list(audio)[0]] * 32767).astype(np.int16))  # int16 works too
+    ok.finalize()
+    with pytest.raises(RuntimeError, match="twice"):
+        ok.finalize()
