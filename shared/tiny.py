@@ -15,12 +15,13 @@ import argparse
 import logging
 import string
 from dataclasses import dataclass
-from pasu.resources import CONFIGS
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+
+from pasu.resources import CONFIGS
 
 log = logging.getLogger(__name__)
 

@@ -87,75 +87,62 @@ class KVCacheDecoderSession(ScorerSession):
             mask = None if mask is None else mask.index_select(0, idx)
         return k, v, mask  # one utterance: (1, h, T, d_k) broadcasts over the rows
 
-    def score(self, yseq, row_utt, candidates):
+    def _layer(self, i: int, x: torch.Tensor, row_utt: torch.Tensor, past, self_mask):
+        """One decoder layer for the positions in ``x``; returns its output and the layer's keys/values."""
+        layer = self.layers[i]
+        sa, ca = layer.self_attn, layer.src_attn
+        residual = x
+        h = layer.norm1(x) if layer.normalize_before else x
+        q = sa.q_norm(_heads(sa, h, sa.linear_q))
+        k, v = sa.k_norm(_heads(sa, h, sa.linear_k)), _heads(sa, h, sa.linear_v)
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        x = residual + _attend(sa, q, k, v, self_mask)
+        if not layer.normalize_before:
+            x = layer.norm1(x)
+        residual = x
+        h = layer.norm2(x) if layer.normalize_before else x
+        sk, sv, smask = self._source(i, row_utt)
+        x = residual + _attend(ca, ca.q_norm(_heads(ca, h, ca.linear_q)), sk, sv, smask)
+        if not layer.normalize_before:
+            x = layer.norm2(x)
+        residual = x
+        h = layer.norm3(x) if layer.normalize_before else x
+        x = residual + layer.feed_forward(h)
+        if not layer.normalize_before:
+            x = layer.norm3(x)
+        return x, (k, v)
+
+    def _logp(self, x: torch.Tensor) -> torch.Tensor:
         dec = self.dec
-        emb, pos_enc = dec.embed[0], dec.embed[1]
+        y = dec.after_norm(x) if dec.normalize_before else x
+        return torch.log_softmax(dec.output_layer(y), dim=-1)
+
+    def score(self, yseq, row_utt, candidates):
+        emb, pos_enc = self.dec.embed[0], self.dec.embed[1]
         pos = yseq.size(1) - 1
         x = emb(yseq[:, -1:]) * pos_enc.xscale + pos_enc.pe[:, pos : pos + 1]
         pending = []
-        for i, layer in enumerate(self.layers):
-            sa, ca = layer.self_attn, layer.src_attn
-            residual = x
-            h = layer.norm1(x) if layer.normalize_before else x
-            q = sa.q_norm(_heads(sa, h, sa.linear_q))
-            k_new, v_new = sa.k_norm(_heads(sa, h, sa.linear_k)), _heads(sa, h, sa.linear_v)
-            if self.cache is None:
-                k, v = k_new, v_new
-            else:
-                k = torch.cat((self.cache[i][0], k_new), dim=2)
-                v = torch.cat((self.cache[i][1], v_new), dim=2)
-            pending.append((k, v))
-            x = residual + _attend(sa, q, k, v, None)  # the newest position may see all before it
-            if not layer.normalize_before:
-                x = layer.norm1(x)
-            residual = x
-            h = layer.norm2(x) if layer.normalize_before else x
-            sk, sv, smask = self._source(i, row_utt)
-            x = residual + _attend(ca, ca.q_norm(_heads(ca, h, ca.linear_q)), sk, sv, smask)
-            if not layer.normalize_before:
-                x = layer.norm2(x)
-            residual = x
-            h = layer.norm3(x) if layer.normalize_before else x
-            x = residual + layer.feed_forward(h)
-            if not layer.normalize_before:
-                x = layer.norm3(x)
-        y = dec.after_norm(x[:, -1]) if dec.normalize_before else x[:, -1]
+        for i in range(len(self.layers)):
+            # the newest position may see every earlier one: no self-attention mask
+            x, kv = self._layer(i, x, row_utt, None if self.cache is None else self.cache[i], None)
+            pending.append(kv)
         self._pending = pending
-        return torch.log_softmax(dec.output_layer(y), dim=-1)
+        return self._logp(x[:, -1])
 
     def prime(self, yseq, row_utt, hint=None):
         """Teacher-force the prefix through the decoder in one parallel pass (causal mask)."""
-        dec = self.dec
         n, L = yseq.shape
         if L == 1:
             return torch.zeros(n)
-        x = dec.embed(yseq)  # all positions: embedding + positional encoding
+        x = self.dec.embed(yseq)  # all positions: embedding + positional encoding
         causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=x.device)).unsqueeze(0)
         cache = []
-        for i, layer in enumerate(self.layers):
-            sa, ca = layer.self_attn, layer.src_attn
-            residual = x
-            h = layer.norm1(x) if layer.normalize_before else x
-            q = sa.q_norm(_heads(sa, h, sa.linear_q))
-            k, v = sa.k_norm(_heads(sa, h, sa.linear_k)), _heads(sa, h, sa.linear_v)
+        for i in range(len(self.layers)):
+            x, (k, v) = self._layer(i, x, row_utt, None, causal)
             cache.append((k[:, :, :-1], v[:, :, :-1]))  # the last position is recomputed by score()
-            x = residual + _attend(sa, q, k, v, causal)
-            if not layer.normalize_before:
-                x = layer.norm1(x)
-            residual = x
-            h = layer.norm2(x) if layer.normalize_before else x
-            sk, sv, smask = self._source(i, row_utt)
-            x = residual + _attend(ca, ca.q_norm(_heads(ca, h, ca.linear_q)), sk, sv, smask)
-            if not layer.normalize_before:
-                x = layer.norm2(x)
-            residual = x
-            h = layer.norm3(x) if layer.normalize_before else x
-            x = residual + layer.feed_forward(h)
-            if not layer.normalize_before:
-                x = layer.norm3(x)
-        y = dec.after_norm(x[:, :-1]) if dec.normalize_before else x[:, :-1]
-        logp = torch.log_softmax(dec.output_layer(y), dim=-1)  # (n, L-1, V): p(y_u | y_<u)
         self.cache = cache
+        logp = self._logp(x[:, :-1])  # (n, L-1, V): p(y_u | y_<u)
         return logp.gather(2, yseq[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
 
     def advance(self, parents, tokens):
