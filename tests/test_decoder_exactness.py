@@ -37,7 +37,8 @@ def test_nbest_equals_espnet_on_all_clips(kind, tiny_models, audio):
         ours = rec.recognize([speech])[0]
         assert len(ref) == options.nbest
         assert_same_nbest(ref, ours, utt)
-        assert ours[0].text == ref[0].text
+        # pasu drops the stray <eos> ESPnet keeps in a hypothesis cut at the length limit
+        assert ours[0].text == ref[0].text.replace("<sos/eos>", "")
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,6 @@ class LatencyBenchResult:
     rows: list[UttRow]
     options: StreamingOptions
     refs: dict[str, str | None]
-    peak_rss_mb: float | None = None
 
     def summary(self) -> dict:
         es = [r.espnet.latency_s for r in self.rows]
@@ -202,13 +201,7 @@ def run_latency_bench(
             for t in TECHNIQUES:
                 row.ablation[t] = run_stream(rec, StreamingOptions.only(t), a, bench)
         rows.append(row)
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    except ImportError:  # pragma: no cover - not on Windows
-        peak = None
-    return LatencyBenchResult(rows, streaming, {u: (refs or {}).get(u) for u in audio}, peak)
+    return LatencyBenchResult(rows, streaming, {u: (refs or {}).get(u) for u in audio})
 
 
 def format_table(result: LatencyBenchResult) -> str:

@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--json-out", default=None, help="also write per-utterance rows as JSON here")
     d.set_defaults(func=run_decoder)
 
+    from pasu.bench.cloud import register_bench
+
+    register_bench(bsub)  # pasu bench cloud
+
     lat = bsub.add_parser("latency", help="end-of-speech latency: stock ESPnet vs a pasu streaming session")
     add_model_args(lat)
     add_decoding_args(lat)
@@ -37,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--pilot-period-s", type=float, default=None)
     lat.add_argument("--limit", type=int, default=None, help="at most N utterances")
     lat.add_argument("--threads", type=int, default=None)
+    lat.add_argument("--memory", action="store_true",
+                     help="also measure each side's peak memory, each in a fresh child process")
     lat.add_argument("--json-out", default=None)
     lat.set_defaults(func=run_latency)
 
@@ -109,8 +115,20 @@ def run_latency(args: argparse.Namespace) -> int:
     print(f"model: {model.name} ({model.files.root}); beam {args.beam_size}; chunk {args.chunk_s} s; "
           f"{'real-time' if args.realtime else 'simulated'} clock; torch threads {torch.get_num_threads()}")
     print(format_table(result))
+    summary = result.summary()
+    if args.memory:
+        from pasu.bench.memory import measure_in_child
+
+        mem = {side: measure_in_child(side, str(model.files.root), files) for side in ("espnet", "pasu")}
+        for side, m in mem.items():
+            print(f"peak memory {side}: {m['peak_mb']:.0f} MB ({m['growth_mb']:.0f} MB over the loaded model)")
+        summary.update(
+            peak_mb_espnet=mem["espnet"]["peak_mb"],
+            peak_mb_pasu=mem["pasu"]["peak_mb"],
+            memory_ratio=round(mem["pasu"]["peak_mb"] / mem["espnet"]["peak_mb"], 3),
+        )
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump(result_dict(result), f, indent=2)
-    print(json.dumps(result.summary()), flush=True)
+            json.dump({**result_dict(result), "summary": summary}, f, indent=2)
+    print(json.dumps(summary), flush=True)
     return 0

@@ -37,10 +37,10 @@ class Hypothesis:
     score: float  # the weighted total that ranked it
     scores: dict[str, float]  # unweighted, per scorer name
 
-    @property
-    def token_ids(self) -> list[int]:
-        """ESPnet's ``yseq[1:-1]`` with blanks (id 0) removed."""
-        return [t for t in self.yseq[1:-1] if t != 0]
+    def token_ids(self, eos: int) -> list[int]:
+        """ESPnet's ``yseq[1:-1]`` with blanks (id 0) removed — and the extra ``<eos>``
+        ESPnet leaves in a hypothesis that ended exactly at the length limit."""
+        return [t for t in self.yseq[1:-1] if t != 0 and t != eos]
 
 
 @dataclass

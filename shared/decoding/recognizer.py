@@ -98,7 +98,7 @@ class Recognizer:
         return self.decode(self.encode(speech))
 
     def entry(self, hyp: Hypothesis) -> NBestEntry:
-        ids = hyp.token_ids
+        ids = hyp.token_ids(self.model.eos)
         return NBestEntry(
             text=self.model.text(ids),
             tokens=self.model.tokens(ids),

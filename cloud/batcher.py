@@ -1,0 +1,239 @@
+"""Dynamic batching: one thread turns concurrent requests into batched beam searches.
+
+The beam search already runs several utterances at once at about the cost of
+the longest, so throughput under load comes from grouping whatever requests
+are waiting. Requests enter a bounded queue (full → :class:`QueueFull`, which
+the service answers with RESOURCE_EXHAUSTED at once rather than letting
+latency grow without bound). The batching thread takes the oldest request,
+waits at most ``max_batch_wait_ms`` for up to ``max_batch_size - 1`` more with
+the *same* decoding options (the search runs one set of options), drops the
+ones nobody waits for any more, encodes each utterance alone (so batching never
+changes a result), and runs one search over the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from pasu.cloud import reuse as reuse_mod
+from pasu.cloud.config import WorkerConfig
+from pasu.cloud.jobs import Job, JobDropped, Outcome
+from pasu.cloud.metrics import WorkerMetrics
+from pasu.decoding.options import DecodingOptions
+from pasu.decoding.recognizer import Recognizer
+from pasu.decoding.scorers import EncoderBatch
+from pasu.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def pad(encoded: list[EncoderBatch]) -> EncoderBatch:
+    """Single-utterance encoder outputs as one padded batch (frames beyond a length are ignored)."""
+    lengths = torch.cat([e.lengths for e in encoded])
+    frames = [e.enc[0, : int(e.lengths[0])] for e in encoded]
+    return EncoderBatch(enc=torch.nn.utils.rnn.pad_sequence(frames, batch_first=True), lengths=lengths)
+
+
+class QueueFull(Exception):
+    """The batcher's queue holds ``max_queue`` requests already."""
+
+
+class Batcher:
+    """A bounded queue and the one thread that decodes it; start() before submit()."""
+
+    def __init__(self, model: LoadedModel, config: WorkerConfig, metrics: WorkerMetrics) -> None:
+        self.model = model
+        self.config = config
+        self.metrics = metrics
+        self._recognizers: dict[DecodingOptions, Recognizer] = {}
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._held = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.batches = 0  # batched searches run (for tests and the benchmark)
+        self.searched = 0  # utterances that went through a beam search
+        self.busy_s = 0.0  # time the thread spent computing (encode + search + rescoring)
+        self.decode_busy_s = 0.0  # of which beam search and rescoring: what decoder reuse saves
+
+    # -- public ----------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pasu-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` or raise :class:`QueueFull`; never blocks."""
+        with self._cond:
+            if self._stopping:
+                raise JobDropped("shutdown")
+            if len(self._queue) >= self.config.max_queue:
+                self.metrics.rejected.inc()
+                raise QueueFull(f"the server's queue is full ({self.config.max_queue} requests waiting)")
+            job.enqueued = time.monotonic()
+            self._queue.append(job)
+            self.metrics.queue_depth.set(len(self._queue))
+            self._cond.notify_all()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep the batching thread from starting new batches (tests, maintenance)."""
+        with self._cond:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
+                self._cond.notify_all()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the batch in progress, then fail whatever is still queued."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+            self.metrics.queue_depth.set(0)
+        for job in left:
+            self._drop(job, "shutdown")
+
+    def recognizer(self, options: DecodingOptions) -> Recognizer:
+        rec = self._recognizers.get(options)
+        if rec is None:
+            rec = self._recognizers[options] = Recognizer(self.model, options)
+        return rec
+
+    # -- the batching thread ---------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            t = time.monotonic()
+            try:
+                self._process(batch)
+            except Exception as e:  # a bug or a torch error: fail the batch, keep serving
+                log.exception("batch of %d failed", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+            self.busy_s += time.monotonic() - t
+
+    def _take_batch(self) -> list[Job] | None:
+        cfg = self.config
+        with self._cond:
+            while not self._stopping and (self._held or not self._queue):
+                self._cond.wait(0.5)
+            if self._stopping:
+                return None
+            first = self._queue.popleft()
+            group = [first]
+            until = time.monotonic() + cfg.max_batch_wait_ms / 1000.0
+            while len(group) < cfg.max_batch_size:
+                for job in [j for j in self._queue if j.options == first.options]:
+                    if len(group) >= cfg.max_batch_size:
+                        break
+                    self._queue.remove(job)
+                    group.append(job)
+                left = until - time.monotonic()
+                if len(group) >= cfg.max_batch_size or left <= 0 or self._stopping:
+                    break
+                self._cond.wait(left)
+            self.metrics.queue_depth.set(len(self._queue))
+            return group
+
+    def _drop(self, job: Job, reason: str) -> None:
+        self.metrics.dropped.labels(reason).inc()
+        log.info("dropped before decoding", extra={"request_id": job.request_id, "rpc": job.rpc, "reason": reason})
+        if not job.future.done():
+            job.future.set_exception(JobDropped(reason))
+
+    def _live(self, jobs: list[Job]) -> list[Job]:
+        now = time.monotonic()
+        out = []
+        for job in jobs:
+            reason = job.drop_reason(now)
+            if reason is None:
+                out.append(job)
+            else:
+                self._drop(job, reason)
+        return out
+
+    @torch.inference_mode()
+    def _process(self, batch: list[Job]) -> None:
+        start = time.monotonic()
+        jobs = self._live(batch)
+        if not jobs:
+            return
+        rec = self.recognizer(jobs[0].options)
+        outcomes: dict[int, Outcome] = {}
+        encoded: dict[int, EncoderBatch] = {}
+        for job in jobs:
+            t = time.monotonic()
+            encoded[id(job)] = rec.encode([job.samples])
+            outcomes[id(job)] = Outcome(nbest=[], options=job.options, queue_s=start - job.enqueued,
+                                        encode_s=time.monotonic() - t)
+        jobs = self._live(jobs)
+        search: list[Job] = []
+        reusable: list[Job] = []
+        for job in jobs:
+            if job.device_seqs is None:
+                search.append(job)
+            elif job.device_seqs and self.config.reuse == "rescore":
+                reusable.append(job)
+            else:
+                outcomes[id(job)].reuse = reuse_mod.FULL_DECODE
+                self.metrics.reuse.labels("full_decode").inc()
+                search.append(job)
+        if reusable:
+            t = time.monotonic()
+            decisions = reuse_mod.decide(rec, pad([encoded[id(j)] for j in reusable]),
+                                         [j.device_seqs or [] for j in reusable], self.config.reuse_margin,
+                                         rec.options.nbest)
+            rescore_s = time.monotonic() - t
+            self.decode_busy_s += rescore_s
+            for job, d in zip(reusable, decisions):
+                out = outcomes[id(job)]
+                out.decode_s, out.reuse = rescore_s, d.outcome
+                self.metrics.reuse.labels(reuse_mod.OUTCOME_NAMES[d.outcome]).inc()
+                if d.outcome == reuse_mod.FULL_DECODE:
+                    search.append(job)
+                else:
+                    out.nbest, out.batch_size = d.nbest, len(reusable)
+                    self._resolve(job, out)
+        if not search:
+            return
+        enc = pad([encoded[id(j)] for j in search])
+        t = time.monotonic()
+        results = rec.decode(enc)
+        decode_s = time.monotonic() - t
+        self.decode_busy_s += decode_s
+        self.batches += 1
+        self.searched += len(search)
+        self.metrics.batch_size.observe(len(search))
+        self.metrics.decoded.inc(len(search))
+        for job, nbest in zip(search, results):
+            out = outcomes[id(job)]
+            out.nbest, out.batch_size = nbest, len(search)
+            out.decode_s += decode_s
+            self._resolve(job, out)
+
+    def _resolve(self, job: Job, out: Outcome) -> None:
+        for stage, s in (("queue", out.queue_s), ("encode", out.encode_s), ("decode", out.decode_s)):
+            self.metrics.observe_stage(stage, s)
+        if not job.future.done():
+            job.future.set_result(out)

@@ -1,0 +1,284 @@
+"""`pasu bench cloud`: load a cloud worker with concurrent clients; throughput and latency.
+
+Bounded by construction: a fixed number of requests, a wall-clock cap, and
+loopback targets only. With ``--serve-model`` the worker runs in this process
+(so dynamic batching can be compared with ``--max-batch-size 1`` on the same
+machine in one command each); with ``--reuse compare`` the same Offload
+requests run against a worker with decoder reuse off, then on, and the decode
+time saved and the agreement of the answers are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def register_bench(bsub: argparse._SubParsersAction) -> None:
+    """Add ``pasu bench cloud`` to the ``bench`` subcommands."""
+    from pasu.cloud.cli import add_worker_args
+
+    c = bsub.add_parser("cloud", help="load a cloud worker: throughput, p50/p99, batching and decoder reuse")
+    where = c.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target", help="HOST:PORT of a running worker (loopback only)")
+    where.add_argument("--serve-model", metavar="DIR",
+                       help="start a worker in this process on 127.0.0.1 with this model ('tiny' works)")
+    c.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
+    c.add_argument("--requests", type=int, default=32, help="requests in all (default 32)")
+    c.add_argument("--audio", nargs="+", default=None, help="audio files (default: the shipped clips)")
+    c.add_argument("--rpc", choices=("recognize", "offload"), default="recognize")
+    c.add_argument("--request-beam", type=int, default=None, help="beam_size sent with each request")
+    c.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, seconds")
+    c.add_argument("--max-wall", type=float, default=900.0, help="stop sending after this many seconds")
+    c.add_argument("--token-file", type=Path, default=None, help="bearer token for --target (first line)")
+    c.add_argument("--device-model", default="same",
+                   help="offload: model that makes the device n-best ('same' = --serve-model; default)")
+    c.add_argument("--device-beam", type=int, default=4, help="offload: device beam size")
+    c.add_argument("--threads", type=int, default=None, help="torch intra-op threads of an in-process worker")
+    add_worker_args(c, serve=False)
+    c.set_defaults(func=run_cloud_bench)
+    # `--reuse compare` runs both policies; widen the choices add_worker_args set.
+    for action in c._actions:
+        if action.dest == "reuse":
+            action.choices = ("off", "rescore", "compare")
+
+
+@dataclass
+class CloudBenchResult:
+    label: str
+    concurrency: int
+    requests: int = 0
+    errors: int = 0
+    wall_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    decode_s: float = 0.0  # server-reported decode time, summed
+    reuse: dict[str, int] = field(default_factory=dict)
+    best: dict[int, str] = field(default_factory=dict)  # clip index -> best text
+    error_codes: dict[str, int] = field(default_factory=dict)
+    mean_batch: float | None = None
+    server_busy_s: float | None = None  # in-process worker: batching thread compute time
+    server_decode_s: float | None = None  # of which search + rescoring
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
+
+    @property
+    def throughput(self) -> float:
+        return (self.requests - self.errors) / self.wall_s if self.wall_s else 0.0
+
+    def summary(self) -> dict:
+        out = {"requests": self.requests, "errors": self.errors, "throughput_rps": round(self.throughput, 3),
+               "p50_s": round(self.pct(0.5), 4), "p99_s": round(self.pct(0.99), 4),
+               "concurrency": self.concurrency, "decode_s": round(self.decode_s, 3)}
+        if self.mean_batch is not None:
+            out["mean_batch"] = round(self.mean_batch, 2)
+        if self.server_busy_s is not None:
+            out["server_busy_s"] = round(self.server_busy_s, 3)
+            out["server_decode_s"] = round(self.server_decode_s or 0.0, 3)
+        if self.reuse:
+            n = sum(self.reuse.values())
+            out["reuse"] = dict(self.reuse)
+            out["short_circuited"] = round((n - self.reuse.get("full_decode", 0)) / n, 3) if n else 0.0
+        if self.error_codes:
+            out["error_codes"] = dict(self.error_codes)
+        return out
+
+
+def _check_loopback(target: str) -> None:
+    host = target.rsplit(":", 1)[0]
+    if host not in LOOPBACK:
+        raise SystemExit(f"--target must be a loopback address (127.0.0.1, localhost, ::1), got {host!r}")
+
+
+def load_clips(files: list[str] | None):
+    from pasu.audio import read_audio
+    from pasu.resources import example_audio
+
+    paths = files or [str(p) for p in example_audio()]
+    return [read_audio(p) for p in paths]
+
+
+def device_results(clips, model_dir: str, beam: int):
+    """The device's n-best for each clip (untimed; what a device would send)."""
+    from pasu.cloud.client import device_result
+    from pasu.decoding.options import DecodingOptions
+    from pasu.decoding.recognizer import Recognizer
+    from pasu.model_store import resolve_model
+    from pasu.models import load_model
+
+    model = load_model(resolve_model(model_dir, "device"))
+    rec = Recognizer(model, DecodingOptions(beam_size=beam, nbest=min(beam, 3)))
+    return [device_result(rec.recognize([a])[0], model.token_list, name=model.name) for a in clips]
+
+
+def run_load(target: str, clips, args: argparse.Namespace, label: str, devices=None,
+             metadata: tuple = ()) -> CloudBenchResult:
+    """Send ``args.requests`` requests from ``args.concurrency`` threads; collect latencies."""
+    import grpc
+
+    from pasu.cloud import client as C
+    from pasu.cloud.reuse import OUTCOME_NAMES
+
+    res = CloudBenchResult(label=label, concurrency=args.concurrency)
+    lock = threading.Lock()
+    counter = iter(range(args.requests))
+    run_id = f"{label}-{time.time_ns()}"
+    deadline = time.monotonic() + args.max_wall
+    ch = C.channel(target)
+    s = C.stub(ch)
+
+    def one(i: int) -> None:
+        clip = i % len(clips)
+        rid = f"{run_id}-{i}"
+        t = time.monotonic()
+        try:
+            if args.rpc == "offload":
+                r = s.Offload(C.offload_requests(rid, clips[clip], devices[clip] if devices else None,
+                                                 beam_size=args.request_beam), timeout=args.timeout,
+                              metadata=metadata)
+                reuse = OUTCOME_NAMES.get(r.decoder_reuse, str(r.decoder_reuse))
+                result = r.result
+            else:
+                r = s.Recognize(C.recognize_request(rid, clips[clip], beam_size=args.request_beam),
+                                timeout=args.timeout, metadata=metadata)
+                reuse, result = None, r.result
+            dt = time.monotonic() - t
+            with lock:
+                res.latencies.append(dt)
+                res.decode_s += result.timing.decode_duration.ToNanoseconds() / 1e9
+                res.best[clip] = result.hypotheses[0].text if result.hypotheses else ""
+                if reuse:
+                    res.reuse[reuse] = res.reuse.get(reuse, 0) + 1
+        except grpc.RpcError as e:
+            with lock:
+                res.errors += 1
+                res.error_codes[e.code().name] = res.error_codes.get(e.code().name, 0) + 1
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                i = next(counter, None)
+                if i is None:
+                    return
+                res.requests += 1
+            one(i)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        for f in [pool.submit(client) for _ in range(args.concurrency)]:
+            f.result()
+    res.wall_s = time.monotonic() - t0
+    ch.close()
+    return res
+
+
+def _worker_config(args: argparse.Namespace, reuse: str):
+    from pasu.cloud.config import WorkerConfig
+
+    return WorkerConfig(
+        port=0, max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
+        max_queue=max(args.max_queue, args.concurrency), default_beam_size=args.beam_size,
+        max_beam_size=max(args.max_beam_size, args.beam_size), default_nbest=args.nbest,
+        ctc_weight=args.ctc_weight, reuse=reuse, reuse_margin=args.reuse_margin,
+        idempotency_cache_size=0, max_workers=max(16, 2 * args.concurrency),
+    )
+
+
+def serve_and_load(model, clips, args, reuse: str, devices=None) -> CloudBenchResult:
+    """Start an in-process worker, warm it up, run the load, stop it."""
+    from pasu.cloud.server import CloudWorker
+
+    worker = CloudWorker(_worker_config(args, reuse), model)
+    port = worker.start(wait=True, timeout=600)
+    target = f"127.0.0.1:{port}"
+    try:
+        warm = argparse.Namespace(**{**vars(args), "requests": 1, "concurrency": 1})
+        run_load(target, clips, warm, "warmup", devices)
+        bt = worker.batcher
+        batches0, searched0, busy0, dec0 = bt.batches, bt.searched, bt.busy_s, bt.decode_busy_s
+        res = run_load(target, clips, args, f"batch{args.max_batch_size}-reuse-{reuse}", devices)
+        b = worker.batcher.batches - batches0
+        res.mean_batch = (bt.searched - searched0) / b if b else None
+        res.server_busy_s, res.server_decode_s = bt.busy_s - busy0, bt.decode_busy_s - dec0
+    finally:
+        worker.stop(grace=5)
+    return res
+
+
+def format_rows(rows: list[CloudBenchResult]) -> str:
+    head = f"{'run':<28} {'conc':>5} {'reqs':>5} {'err':>4} {'rps':>7} {'p50 s':>7} {'p99 s':>7} " \
+           f"{'batch':>6} {'busy s':>7} {'search s':>9} {'reused':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        s = r.summary()
+        batch = f"{r.mean_batch:.1f}" if r.mean_batch else "-"
+        reused = f"{s['short_circuited']:.0%}" if "short_circuited" in s else "-"
+        busy = f"{r.server_busy_s:.2f}" if r.server_busy_s is not None else "-"
+        search = f"{r.server_decode_s:.2f}" if r.server_decode_s is not None else "-"
+        lines.append(f"{r.label:<28} {r.concurrency:>5} {r.requests:>5} {r.errors:>4} {r.throughput:>7.2f} "
+                     f"{r.pct(0.5):>7.3f} {r.pct(0.99):>7.3f} {batch:>6} {busy:>7} {search:>9} {reused:>7}")
+    return "\n".join(lines)
+
+
+def run_cloud_bench(args: argparse.Namespace) -> int:
+    if args.concurrency < 1 or args.requests < 1:
+        raise SystemExit("--concurrency and --requests must be >= 1")
+    clips = load_clips(args.audio)
+    metadata: tuple = ()
+    if args.target:
+        _check_loopback(args.target)
+        if args.reuse == "compare":
+            raise SystemExit("--reuse compare needs --serve-model (it restarts the worker)")
+        if args.token_file:
+            metadata = (("authorization", f"Bearer {args.token_file.read_text().splitlines()[0].strip()}"),)
+        devices = None
+        if args.rpc == "offload" and args.device_model != "same":
+            devices = device_results(clips, args.device_model, args.device_beam)
+        rows = [run_load(args.target, clips, args, "remote", devices, metadata)]
+    else:
+        import torch
+
+        from pasu.model_store import resolve_model
+        from pasu.models import load_model
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = load_model(resolve_model(args.serve_model, "cloud"))
+        devices = None
+        if args.rpc == "offload":
+            dev = args.serve_model if args.device_model == "same" else args.device_model
+            devices = device_results(clips, dev, args.device_beam)
+        policies = ("off", "rescore") if args.reuse == "compare" else (args.reuse,)
+        rows = [serve_and_load(model, clips, args, p, devices) for p in policies]
+    print(format_rows(rows))
+    summary = rows[-1].summary()
+    if len(rows) == 2:
+        off, on = rows
+        common = [k for k in off.best if k in on.best]
+        agree = sum(off.best[k] == on.best[k] for k in common)
+        d_off, d_on = off.server_decode_s or 0.0, on.server_decode_s or 0.0
+        summary["reuse_compare"] = {
+            "search_s_off": round(d_off, 3), "search_s_rescore": round(d_on, 3),
+            "search_time_saved": round(1 - d_on / d_off, 3) if d_off else None,
+            "busy_s_off": round(off.server_busy_s or 0.0, 3), "busy_s_rescore": round(on.server_busy_s or 0.0, 3),
+            "throughput_rps_off": round(off.throughput, 3),
+            "best_text_agreement": round(agree / len(common), 3) if common else None,
+        }
+        print(f"decoder reuse: search time {d_off:.2f} s -> {d_on:.2f} s; "
+              f"short-circuited {summary.get('short_circuited', 0):.0%}; "
+              f"best text agrees on {agree}/{len(common)} clips")
+    print(json.dumps(summary), flush=True)
+    return 0 if all(r.errors == 0 for r in rows) else 1
