@@ -26,6 +26,7 @@ from pasu.cloud.jobs import Job, JobDropped, Outcome
 from pasu.cloud.metrics import WorkerMetrics
 from pasu.decoding.options import DecodingOptions
 from pasu.models import LoadedModel
+from pasu.slu import split_intent
 from pasu.v1 import hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -200,11 +201,7 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
     def result(self, state: WorkerState, out: Outcome, call: _Call) -> recognition_pb2.RecognitionResult:
         call.outcome = out
         conf = reuse_mod.confidences([e.score for e in out.nbest])
-        hyps = [
-            hypothesis_pb2.Hypothesis(text=e.text, token_ids=e.token_ids, scores=reuse_mod.to_proto_scores(e),
-                                      confidence=c)
-            for e, c in zip(out.nbest, conf)
-        ]
+        hyps = [_hypothesis(e, c) for e, c in zip(out.nbest, conf)]
         return recognition_pb2.RecognitionResult(
             hypotheses=hyps,
             model=state.model_info,
@@ -320,8 +317,13 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
         out = self._wait(job, context)
         conf = reuse_mod.confidences([e.score for e in out.nbest])
         return recognition_pb2.InterimResult(
-            hypotheses=[hypothesis_pb2.Hypothesis(text=e.text, token_ids=e.token_ids,
-                                                  scores=reuse_mod.to_proto_scores(e), confidence=c)
-                        for e, c in zip(out.nbest, conf)],
+            hypotheses=[_hypothesis(e, c) for e, c in zip(out.nbest, conf)],
             audio_end_offset=_duration(samples.size / state.model.sample_rate),
         )
+
+
+def _hypothesis(e, confidence: float) -> hypothesis_pb2.Hypothesis:
+    """The wire form: the intent label apart from the transcript (as the proto documents)."""
+    intent, transcript = split_intent(e.text)
+    return hypothesis_pb2.Hypothesis(text=transcript, intent=intent or "", token_ids=e.token_ids,
+                                     scores=reuse_mod.to_proto_scores(e), confidence=confidence)
