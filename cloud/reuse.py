@@ -69,7 +69,9 @@ def device_token_ids(
     for h in hyps:
         if not h.text.strip():
             continue
-        ids = model.converter.tokens2ids(model.tokenizer.text2tokens(h.text))
+        # the wire keeps the intent label apart; the model writes it first
+        text = f"{h.intent} {h.text}" if h.intent else h.text
+        ids = model.converter.tokens2ids(model.tokenizer.text2tokens(text))
         if ids and (unk is None or unk not in ids):
             out.append([int(i) for i in ids])
     return out, "retokenized"

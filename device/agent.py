@@ -1,0 +1,268 @@
+"""The device agent: VAD segments → pilot sessions → offramp decisions → local or cloud answer.
+
+Audio goes in as chunks (files, stdin, a microphone). Each VAD segment gets a
+:class:`~pasu.streaming.StreamingSession`; after each pilot the confidence
+estimator scores it and the policy may offload right then — an
+:class:`~pasu.device.offload.OffloadCall` starts streaming the audio so far
+and keeps streaming the rest as it arrives. At the end of the segment the
+local final pass runs in any case (it is the fallback, and it costs little
+after the pilots); a segment not offloaded yet gets one last decision. One
+finisher thread answers segments in order, so ingestion never waits for it.
+
+Every segment that starts gets exactly one answer: a cloud that is slow, down
+or wrong leaves the device's own result, marked ``fallback``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from pasu.decoding.recognizer import Recognizer
+from pasu.device.confidence import ConfidenceEstimator, FeatureTracker, load_estimator
+from pasu.device.config import AgentConfig
+from pasu.device.offload import CloudClient, OffloadCall, OffloadError, device_result, new_request_id, offload_config
+from pasu.device.output import SegmentOutcome, interim_record, segment_record
+from pasu.device.policy import DecisionContext, OffloadPolicy
+from pasu.device.vad import VadSegmenter, to_int16
+from pasu.models import LoadedModel, load_model
+from pasu.streaming.session import FinalResult, StreamingSession
+
+log = logging.getLogger(__name__)
+
+
+class DeviceAgent:
+    """Segments a stream and answers each segment, locally or through the cloud."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        model: LoadedModel,
+        estimator: ConfidenceEstimator | None = None,
+        client: CloudClient | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.rate = model.sample_rate
+        if self.rate != config.vad.sample_rate:
+            raise ValueError(f"the model runs at {self.rate} Hz, the agent at {config.vad.sample_rate} Hz")
+        self.recognizer = Recognizer(model, config.decoding)
+        self.estimator = estimator or load_estimator(config.confidence)
+        chunk_bytes = 2 * int(self.rate * config.cloud.chunk_ms / 1000)
+        self.policy = OffloadPolicy(config.policy, tail_bytes=chunk_bytes)
+        self._own_client = False
+        if client is None and config.cloud.target and config.policy.kind != "never":
+            client = CloudClient(config.cloud, max_segment_s=config.vad.max_segment_s)
+            self._own_client = True
+        if client is None and config.policy.kind != "never":
+            log.warning("policy %r without a cloud (--cloud): every segment stays local", config.policy.kind)
+        self.client = client
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pasu-finish")
+
+    @classmethod
+    def from_path(cls, config: AgentConfig, model_path, **kw) -> "DeviceAgent":
+        return cls(config, load_model(model_path, config.device), **kw)
+
+    def close(self) -> None:
+        self._finisher.shutdown(wait=True)
+        if self._own_client and self.client is not None:
+            self.client.close()
+
+    def __enter__(self) -> "DeviceAgent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- a stream ----------------------------------------------------------
+    def process(self, chunks: Iterable[np.ndarray], name: str = "-") -> Iterator[dict]:
+        """Records (JSON-ready dicts) for a stream of 16 kHz chunks: interim ones as pilots
+        run (if configured), one per segment as segments are answered, in order."""
+        vad = VadSegmenter(self.config.vad)
+        runs: dict[int, _SegmentRun] = {}
+        pending: deque[Future] = deque()
+        out: list[dict] = []
+
+        def handle(events) -> None:
+            for ev in events:
+                if ev.kind == "start":
+                    runs[ev.segment] = _SegmentRun(self, name, ev.segment, ev.at / self.rate)
+                elif ev.kind == "audio":
+                    out.extend(runs[ev.segment].feed(ev.audio))
+                else:
+                    run = runs.pop(ev.segment)
+                    run.end(ev.at / self.rate, ev.cut)
+                    pending.append(self._finisher.submit(run.finish))
+
+        failure: Exception | None = None
+        try:
+            for chunk in chunks:
+                handle(vad.push(to_int16(chunk)))
+                yield from out
+                out.clear()
+                while pending and pending[0].done():
+                    yield pending.popleft().result()
+            handle(vad.flush())
+        except Exception as e:  # the input failed mid-stream: still answer what was heard
+            log.error("input %s failed: %s", name, e)
+            failure = e
+        for run in runs.values():
+            run.end(vad.pos / self.rate, cut=True)
+            pending.append(self._finisher.submit(run.finish))
+        runs.clear()
+        yield from out
+        while pending:
+            yield pending.popleft().result()
+        if failure is not None:
+            raise failure
+
+
+class _SegmentRun:
+    """One segment from its VAD start to its answer."""
+
+    def __init__(self, agent: DeviceAgent, name: str, index: int, start_s: float) -> None:
+        self.a = agent
+        self.name = name
+        self.index = index
+        self.start_s = start_s
+        self.end_s: float | None = None
+        self.cut = False
+        cfg = agent.config
+        self.session = StreamingSession(agent.recognizer, cfg.streaming, background=cfg.background)
+        self.tracker = FeatureTracker()
+        self._pcm: list[bytes] = []
+        self._seen_pilots = 0
+        self.samples = 0
+        self.call: OffloadCall | None = None
+        self.reason: str | None = None
+        self.stage: str | None = None
+        self.confidence = 0.0
+        self.t_end: float | None = None
+        self.breakdown: dict[str, float] = {}
+        self._decide(DecisionContext("start", None, 0.0, 0))
+
+    # -- ingestion thread ----------------------------------------------------
+    def feed(self, audio: np.ndarray) -> list[dict]:
+        self.session.feed(audio)
+        pcm = audio.astype("<i2").tobytes()
+        self._pcm.append(pcm)
+        self.samples += audio.size
+        if self.call is not None:
+            self.call.push(pcm)
+        return self._new_pilots(decide=True)
+
+    def _new_pilots(self, decide: bool) -> list[dict]:
+        out = []
+        pilots = self.session.pilots
+        while self._seen_pilots < len(pilots):
+            rec = pilots[self._seen_pilots]
+            self._seen_pilots += 1
+            self.tracker.pilot(rec)
+            conf = self.a.estimator.score(self.tracker)
+            self.confidence = conf
+            if self.a.config.interim and rec.nbest:
+                out.append(interim_record(self.name, self.index, self.start_s, rec.audio_s, rec.nbest[0].text, conf))
+            if decide and self.call is None:
+                self._decide(DecisionContext("pilot", conf, rec.audio_s, self._seen_pilots), rec.nbest)
+        return out
+
+    def end(self, end_s: float, cut: bool) -> None:
+        self.end_s, self.cut = end_s, cut
+        self.t_end = time.perf_counter()
+        if self.call is not None:
+            self.call.finish()
+
+    def _decide(self, ctx: DecisionContext, nbest=None, final: FinalResult | None = None) -> None:
+        d = self.a.policy.decide(ctx)
+        if not d.offload or self.a.client is None:
+            return
+        self.reason, self.stage = d.reason, ctx.stage
+        m = self.a.model
+        dev = None
+        hyps = final.nbest if final is not None else nbest
+        if hyps:
+            dev = device_result(hyps, m.name, m.version, m.token_list, ctx.confidence or 0.0, complete=final is not None)
+        cfg = offload_config(new_request_id(), d.reason, dev, self.start_s, self.end_s, self.a.rate,
+                             self.a.config.cloud.nbest)
+        t0 = time.perf_counter()
+        self.call = self.a.client.open(cfg, self.a.rate)
+        backlog = b"".join(self._pcm)
+        self.call.push(backlog)
+        if self.end_s is not None:
+            self.call.finish()
+        log.debug("offloading", extra={"request_id": cfg.request_id, "stage": ctx.stage, "reason": d.reason,
+                                        "confidence": ctx.confidence, "heard_s": ctx.audio_s})
+        self.breakdown["offload_open_ms"] = 1000 * (time.perf_counter() - t0)
+
+    # -- finisher thread -----------------------------------------------------
+    def finish(self) -> dict:
+        """Local final pass, last decision, cloud answer or fallback: always one record."""
+        try:
+            return segment_record(self._finish())
+        except BaseException as e:  # the last line of defence: never lose a segment
+            log.exception("segment %d of %s failed", self.index, self.name)
+            return segment_record(self._outcome("", 0.0, error=f"internal error: {e!r}"))
+
+    def _finish(self) -> SegmentOutcome:
+        t0 = time.perf_counter()
+        final: FinalResult | None = None
+        error = None
+        try:
+            final = self.session.finalize()
+        except Exception as e:  # e.g. too short for the encoder
+            error = f"local decode failed: {e}"
+            log.warning("segment %d of %s: %s", self.index, self.name, error)
+        local_s = time.perf_counter() - t0
+        self.breakdown["local_final_ms"] = 1000 * local_s
+        self._new_pilots(decide=False)  # pilots a background worker ran after the last feed
+        if final is not None:
+            self.tracker.final(final)
+            self.confidence = self.a.estimator.score(self.tracker)
+            self.a.policy.link.observe_local(local_s, self.samples / self.a.rate)
+        else:
+            self.confidence = 0.0
+        self.breakdown["confidence_ms"] = 1000 * (time.perf_counter() - t0) - self.breakdown["local_final_ms"]
+        if self.call is None:
+            heard = self.samples / self.a.rate
+            self._decide(DecisionContext("final", self.confidence, heard, self._seen_pilots), final=final)
+        best = final.best if final is not None else None
+        text = best.text if best else ""
+        if self.call is None:
+            self.a.policy.segment_done(False)
+            return self._outcome(text, self.confidence, error=error)
+        t1 = time.perf_counter()
+        try:
+            ans = self.call.wait()
+        except OffloadError as e:
+            self.breakdown["cloud_wait_ms"] = 1000 * (time.perf_counter() - t1)
+            log.warning("segment %d of %s: cloud failed (%s); answering locally", self.index, self.name, e)
+            self.a.policy.segment_done(True)
+            err = f"cloud: {e}" + (f"; {error}" if error else "")
+            return self._outcome(text, self.confidence, fallback=True, error=err,
+                                 cloud={"attempts": e.attempts, "code": e.code})
+        self.breakdown["cloud_wait_ms"] = 1000 * (time.perf_counter() - t1)
+        self.breakdown["cloud_server_ms"] = 1000 * ans.server_s
+        self.a.policy.link.observe_call(ans.wait_s, ans.server_s, self.call.tail_bytes)
+        self.a.policy.segment_done(True)
+        top = ans.nbest[0]
+        return self._outcome(top.text, top.confidence, source="cloud", error=None,
+                             cloud={"model": ans.model, "attempts": ans.attempts, "decoder_reuse": ans.decoder_reuse,
+                                    "timing": {k: round(v * 1000, 1) for k, v in ans.timing.items()}})
+
+    def _outcome(self, text: str, confidence: float, source: str = "device", fallback: bool = False,
+                 error: str | None = None, cloud: dict | None = None) -> SegmentOutcome:
+        now = time.perf_counter()
+        latency = 1000 * (now - self.t_end) if self.t_end is not None else 0.0
+        return SegmentOutcome(
+            file=self.name, index=self.index, start_s=self.start_s, end_s=self.end_s or self.start_s,
+            text=text, confidence=confidence, device_confidence=self.confidence, source=source,
+            offloaded=self.call is not None, offload_reason=self.reason, offload_stage=self.stage,
+            latency_ms=latency, breakdown=dict(self.breakdown), fallback=fallback, cut=self.cut, error=error,
+            request_id=self.call.request_id if self.call is not None else None, cloud=cloud,
+        )
+

@@ -1,0 +1,242 @@
+"""`pasu device transcribe|run|train-confidence`: flags → :class:`AgentConfig`, nothing more.
+
+A bearer token is read from a file or the environment, never from a flag, so it
+does not show in ``ps`` or shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pasu.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
+from pasu.device.config import POLICY_KINDS, AgentConfig, CloudClientConfig, PolicyConfig, VadOptions
+from pasu.streaming.options import StreamingOptions
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "PASU_DEVICE_BEARER_TOKEN"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("device", help="the device agent: VAD, pilot inference, offramps, selective offload")
+    dsub = p.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
+
+    t = dsub.add_parser("transcribe", help="answer every speech segment of audio files (JSON lines)")
+    t.add_argument("audio", nargs="+", help="WAV/FLAC files (any rate), or a list file / wav.scp")
+    t.add_argument("--realtime", action="store_true", help="feed files at real-time pace (default: as fast as possible)")
+    add_agent_args(t)
+    t.set_defaults(func=run_transcribe)
+
+    r = dsub.add_parser("run", help="answer a live stream: raw 16 kHz int16 PCM on stdin, or --mic")
+    r.add_argument("--mic", action="store_true", help="read the microphone (needs sounddevice and PortAudio)")
+    r.add_argument("--mic-device", default=None, help="sounddevice input device (name or index)")
+    r.add_argument("--input", default="-", help="raw PCM file or '-' for stdin (default)")
+    r.add_argument("--name", default=None, help="the `file` field of the output (default: stdin or mic)")
+    add_agent_args(r)
+    r.set_defaults(func=run_live)
+
+    c = dsub.add_parser("train-confidence", help="train the offramp's confidence estimator on an ESPnet data dir")
+    add_model_args(c)
+    add_decoding_args(c)
+    c.add_argument("--data", required=True, type=Path, help="ESPnet data dir: wav.scp and text (uttid intent words…)")
+    c.add_argument("--out", required=True, type=Path, help="weights file (metadata goes to OUT.json)")
+    c.add_argument("--kind", choices=("logistic", "mlp", "cnn"), default="mlp")
+    c.add_argument("--hidden", type=int, default=16)
+    c.add_argument("--epochs", type=int, default=400)
+    c.add_argument("--lr", type=float, default=0.02)
+    c.add_argument("--eval-fraction", type=float, default=0.25, help="utterances held out for the report")
+    c.add_argument("--label", choices=("intent", "intent+text"), default="intent",
+                   help="what counts as right: the intent, or the intent and every word")
+    c.add_argument("--limit", type=int, default=None, help="first N utterances only")
+    c.add_argument("--plot", type=Path, default=None, help="reliability diagram PNG (default: OUT.reliability.png)")
+    c.add_argument("--seed", type=int, default=0)
+    add_streaming_args(c)
+    c.set_defaults(func=run_train)
+
+
+def add_streaming_args(p: argparse.ArgumentParser) -> None:
+    d = StreamingOptions()
+    g = p.add_argument_group("pilot inference")
+    g.add_argument("--pilot-period", type=float, default=d.pilot_period_s, help="seconds of audio between pilots")
+    g.add_argument("--pilot-beam", type=int, default=d.pilot_beam_size)
+    g.add_argument("--stock", action="store_true", help="every PASU technique off (buffer, decode at the end)")
+    g.add_argument("--chunk-ms", type=int, default=100, help="input chunk size")
+
+
+def add_agent_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_decoding_args(p)
+    add_streaming_args(p)
+    v = VadOptions()
+    g = p.add_argument_group("voice activity detection")
+    g.add_argument("--vad-aggressiveness", type=int, choices=(0, 1, 2, 3), default=v.aggressiveness)
+    g.add_argument("--vad-padding-ms", type=int, default=v.padding_ms, help="audio kept before and after speech")
+    g.add_argument("--vad-min-silence-ms", type=int, default=v.min_silence_ms, help="silence that ends a segment")
+    g.add_argument("--vad-max-segment-s", type=float, default=v.max_segment_s, help="longer segments are cut")
+    pc = PolicyConfig()
+    g = p.add_argument_group("offramp and offload policy")
+    g.add_argument("--policy", choices=POLICY_KINDS, default=None,
+                   help="when to offload (default: threshold with --cloud, never without)")
+    g.add_argument("--confidence", type=Path, default=None, help="trained estimator (train-confidence); default: prior")
+    g.add_argument("--threshold", type=float, default=pc.threshold, help="offload below this confidence")
+    g.add_argument("--target-rate", type=float, default=pc.target_rate, help="budget policy: offload rate to keep")
+    g.add_argument("--min-pilots", type=int, default=pc.min_pilots, help="earliest pilot that may offload")
+    g.add_argument("--no-early", action="store_true", help="decide only at the end of each segment")
+    cc = CloudClientConfig()
+    g = p.add_argument_group("cloud")
+    g.add_argument("--cloud", default=None, help="HOST:PORT or dns:///host:port of the cloud (default: local only)")
+    g.add_argument("--deadline", type=float, default=cc.deadline_s, help="seconds per attempt after the segment ends")
+    g.add_argument("--total-deadline", type=float, default=cc.total_deadline_s,
+                   help="seconds after the segment ends before answering locally")
+    g.add_argument("--attempts", type=int, default=cc.max_attempts)
+    g.add_argument("--tls-root-cert", type=Path, default=None, help="CA certificate: use TLS")
+    g.add_argument("--tls-client-cert", type=Path, default=None)
+    g.add_argument("--tls-client-key", type=Path, default=None)
+    g.add_argument("--tls-server-name", default=None)
+    g.add_argument("--bearer-token-file", type=Path, default=None, help=f"token file (or ${TOKEN_ENV})")
+    g.add_argument("--cloud-nbest", type=int, default=None)
+    g = p.add_argument_group("output")
+    g.add_argument("--interim", action="store_true", help="also print pilot hypotheses (\"interim\": true)")
+    g.add_argument("--human", action="store_true", help="a readable line per segment instead of JSON")
+
+
+def streaming_options(args: argparse.Namespace) -> StreamingOptions:
+    if args.stock:
+        return StreamingOptions.stock()
+    return StreamingOptions(pilot_period_s=args.pilot_period, pilot_beam_size=args.pilot_beam)
+
+
+def read_token(path: Path | None) -> str | None:
+    if path is not None:
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        return lines[0] if lines else None
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def agent_config(args: argparse.Namespace, realtime: bool, background: bool) -> AgentConfig:
+    kind = args.policy or ("threshold" if args.cloud else "never")
+    return AgentConfig(
+        vad=VadOptions(aggressiveness=args.vad_aggressiveness, padding_ms=args.vad_padding_ms,
+                       min_silence_ms=args.vad_min_silence_ms, max_segment_s=args.vad_max_segment_s),
+        streaming=streaming_options(args).with_(max_segment_s=args.vad_max_segment_s + 1),
+        decoding=decoding_options(args),
+        policy=PolicyConfig(kind=kind, threshold=args.threshold, target_rate=args.target_rate,
+                            min_pilots=args.min_pilots, early=not args.no_early),
+        cloud=CloudClientConfig(
+            target=args.cloud, deadline_s=args.deadline, total_deadline_s=max(args.total_deadline, args.deadline),
+            max_attempts=args.attempts, root_cert=args.tls_root_cert, client_cert=args.tls_client_cert,
+            client_key=args.tls_client_key, server_name=args.tls_server_name,
+            bearer_token=read_token(args.bearer_token_file), nbest=args.cloud_nbest,
+        ),
+        confidence=args.confidence,
+        chunk_ms=args.chunk_ms,
+        realtime=realtime,
+        background=background,
+        interim=args.interim,
+        device=args.device,
+    )
+
+
+def _agent(args: argparse.Namespace, realtime: bool, background: bool):
+    from pasu.device.agent import DeviceAgent
+    from pasu.model_store import resolve_model
+
+    config = agent_config(args, realtime, background)
+    return DeviceAgent.from_path(config, resolve_model(args.model, "device"))
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    from pasu.audio import AudioError
+    from pasu.device.output import Writer
+    from pasu.device.sources import file_chunks
+
+    try:
+        agent = _agent(args, realtime=args.realtime, background=args.realtime)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    writer = Writer(human=args.human)
+    status = 0
+    with agent:
+        for path in expand_audio_args(args.audio):
+            try:
+                chunks = file_chunks(path, agent.config.chunk_ms, agent.config.realtime, agent.rate)
+            except AudioError as e:
+                writer.write({"file": path, "error": str(e)}) if not args.human else print(f"{path}: {e}")
+                status = 1
+                continue
+            for rec in agent.process(chunks, path):
+                writer.write(rec)
+    return status
+
+
+def run_live(args: argparse.Namespace) -> int:
+    from pasu.device.output import Writer
+    from pasu.device.sources import MicrophoneError, mic_chunks, pcm_chunks
+
+    rate = 16000  # the agent's rate (VAD and models)
+    if args.mic:  # fail fast, before the model loads
+        device = int(args.mic_device) if args.mic_device and args.mic_device.isdigit() else args.mic_device
+        try:
+            chunks = mic_chunks(args.chunk_ms, rate, device)
+        except MicrophoneError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        name = args.name or "mic"
+    else:
+        stream = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
+        chunks = pcm_chunks(stream, args.chunk_ms, rate)
+        name = args.name or ("stdin" if args.input == "-" else args.input)
+    try:
+        agent = _agent(args, realtime=True, background=True)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    writer = Writer(human=args.human)
+    with agent:
+        try:
+            for rec in agent.process(chunks, name):
+                writer.write(rec)
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pasu.device.train_confidence import TrainOptions, train
+    from pasu.model_store import resolve_model
+    from pasu.models import load_model
+
+    options = TrainOptions(kind=args.kind, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
+                           eval_fraction=args.eval_fraction, seed=args.seed, label=args.label,
+                           chunk_ms=args.chunk_ms, limit=args.limit, decoding=decoding_options(args),
+                           streaming=streaming_options(args))
+    model = load_model(resolve_model(args.model, "device"), args.device)
+
+    def progress(items):
+        return tqdm(items, desc="decoding", unit="utt", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    meta = train(model, args.data, args.out, options, plot=args.plot, progress=progress)
+    ev = meta["metrics"]["eval"]
+
+    def fmt(r: dict) -> str:
+        auroc = "n/a (one class)" if r.get("auroc") is None else f"{r['auroc']:.3f}"
+        return (f"ECE {r['ece']:.3f}  AUROC {auroc}  Brier {r['brier']:.3f}  "
+                f"(n={r['n']}, right={r['positives']})")
+
+    print(f"confidence estimator ({options.kind}) → {args.out} (+ .json)")
+    print(f"utterances: train {meta['utterances']['train']}, eval {meta['utterances']['eval']}")
+    print(f"eval, every step:  {fmt(ev['all_steps'])}")
+    print(f"eval, final step:  {fmt(ev['final_step'])}")
+    if ev["pilot_steps"]["n"]:
+        print(f"eval, pilot steps: {fmt(ev['pilot_steps'])}")
+    print(f"reliability diagram: {meta['reliability_diagram']}")
+    print(json.dumps({"ece": ev["all_steps"]["ece"], "auroc": ev["all_steps"]["auroc"]}))
+    return 0

@@ -1,0 +1,269 @@
+"""The autoregression offramp: P(the device's final answer is right), from pilots on.
+
+Features are defined per *step* — each pilot, then the final pass — from what
+that step has: its n-best (per-scorer scores per token, margin), how it agrees
+with the previous step, how much audio was heard. So the same estimator scores
+pilot k (the early decision, before the user has finished) and the final
+hypothesis (the last check), and it is trained on both, always against the
+label of the *final* answer: the early question is "will the device get this
+right?".
+
+The model is small on purpose: logistic regression, a tiny MLP, or (``cnn``,
+as in the PASU paper) a 1-D CNN over the sequence of recent step features plus
+the current step. Weights are saved as a plain state dict (``torch.save``,
+loaded with ``weights_only=True``) beside a JSON file with everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from rapidfuzz.distance import Levenshtein
+from torch import nn
+
+from pasu.decoding.recognizer import NBestEntry
+from pasu.streaming.session import FinalResult, PilotRecord, common_prefix
+
+log = logging.getLogger(__name__)
+
+#: One step's features, in the order of the vector. Final-only features are 0 at pilots.
+FEATURES: tuple[str, ...] = (
+    "score_per_token",
+    "decoder_per_token",
+    "ctc_per_token",
+    "nbest_margin",
+    "n_tokens",
+    "audio_s",
+    "tokens_per_s",
+    "agreement_prev",  # 1 - edit distance to the previous step's best / length
+    "stability_prev",  # common prefix with the previous step's best / length
+    "mean_agreement",  # agreement_prev averaged over the steps so far
+    "n_pilots",
+    "is_final",
+    "ctc_attention_agreement",  # final only: CTC greedy vs the attention best
+)
+SEQ_LEN = 8  # steps the CNN sees (most recent last; zero-padded in front)
+MARGIN_CAP = 10.0  # a single hypothesis has an "infinite" margin: capped
+FORMAT = "pasu-confidence/1"
+
+Kind = Literal["logistic", "mlp", "cnn"]
+KINDS: tuple[str, ...] = ("logistic", "mlp", "cnn")
+
+
+def step_features(
+    nbest: Sequence[NBestEntry],
+    audio_s: float,
+    previous: Sequence[list[int]],
+    n_pilots: int,
+    final: bool = False,
+    ctc_attention_agreement: float = 0.0,
+) -> np.ndarray:
+    """One step's feature vector (``FEATURES`` order); ``previous`` are earlier steps' best token ids."""
+    best = nbest[0] if nbest else None
+    n = max(1, len(best.token_ids)) if best else 1
+    ids = best.token_ids if best else []
+
+    def agreement(a: list[int], b: list[int]) -> float:
+        return 1.0 - min(1.0, Levenshtein.distance(a, b) / max(len(a), len(b), 1))
+
+    agree = agreement(previous[-1], ids) if previous else 0.0
+    history = [agreement(previous[i - 1], previous[i]) for i in range(1, len(previous))] + ([agree] if previous else [])
+    f = {
+        "score_per_token": best.score / n if best else -10.0,
+        "decoder_per_token": best.scores.get("decoder", 0.0) / n if best else -10.0,
+        "ctc_per_token": best.scores.get("ctc", 0.0) / n if best else -10.0,
+        "nbest_margin": min(MARGIN_CAP, best.score - nbest[1].score) if len(nbest) > 1 else MARGIN_CAP,
+        "n_tokens": float(len(ids)),
+        "audio_s": float(audio_s),
+        "tokens_per_s": len(ids) / max(audio_s, 0.1),
+        "agreement_prev": agree,
+        "stability_prev": len(common_prefix([previous[-1], ids])) / n if previous else 0.0,
+        "mean_agreement": float(np.mean(history)) if history else 0.0,
+        "n_pilots": float(n_pilots),
+        "is_final": 1.0 if final else 0.0,
+        "ctc_attention_agreement": float(ctc_attention_agreement) if final else 0.0,
+    }
+    v = np.array([f[k] for k in FEATURES], dtype=np.float32)
+    return np.nan_to_num(v, nan=0.0, posinf=MARGIN_CAP, neginf=-10.0 * MARGIN_CAP)
+
+
+class FeatureTracker:
+    """Step features of one segment as its pilots come in, then its final pass."""
+
+    def __init__(self) -> None:
+        self.steps: list[np.ndarray] = []
+        self._bests: list[list[int]] = []
+        self._pilots = 0
+
+    def pilot(self, record: PilotRecord) -> np.ndarray:
+        v = step_features(record.nbest, record.audio_s, self._bests, self._pilots + 1)
+        self._add(v, record.nbest)
+        self._pilots += 1
+        return v
+
+    def final(self, result: FinalResult) -> np.ndarray:
+        v = step_features(
+            result.nbest,
+            result.features.get("audio_s", 0.0),
+            self._bests,
+            self._pilots,
+            final=True,
+            ctc_attention_agreement=result.features.get("ctc_attention_agreement", 0.0),
+        )
+        self._add(v, result.nbest)
+        return v
+
+    def _add(self, v: np.ndarray, nbest: Sequence[NBestEntry]) -> None:
+        self.steps.append(v)
+        if nbest:
+            self._bests.append(list(nbest[0].token_ids))
+
+    def sequence(self) -> np.ndarray:
+        """The last ``SEQ_LEN`` steps (SEQ_LEN, F), zero-padded in front."""
+        return pad_sequence(self.steps)
+
+
+def pad_sequence(steps: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.zeros((SEQ_LEN, len(FEATURES)), dtype=np.float32)
+    recent = list(steps)[-SEQ_LEN:]
+    if recent:
+        out[SEQ_LEN - len(recent) :] = np.stack(recent)
+    return out
+
+
+class ConfidenceNet(nn.Module):
+    """Normalized features → logit. ``cnn`` adds a 1-D CNN over the recent steps."""
+
+    def __init__(self, kind: Kind = "mlp", hidden: int = 16, channels: int = 8) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        F = len(FEATURES)
+        self.kind = kind
+        self.register_buffer("mean", torch.zeros(F))
+        self.register_buffer("std", torch.ones(F))
+        extra = channels if kind == "cnn" else 0
+        if kind == "logistic":
+            self.head = nn.Linear(F, 1)
+        else:
+            self.head = nn.Sequential(nn.Linear(F + extra, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        if kind == "cnn":
+            self.conv = nn.Sequential(nn.Conv1d(F, channels, kernel_size=3, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor, seq: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, F), seq (B, SEQ_LEN, F) → logits (B,)."""
+        xn = (x - self.mean) / self.std
+        if self.kind == "cnn":
+            if seq is None:
+                raise ValueError("the cnn estimator needs the step sequence")
+            present = (seq.abs().sum(-1, keepdim=True) > 0).float()  # padding stays 0 after normalizing
+            sn = ((seq - self.mean) / self.std * present).transpose(1, 2)
+            pooled = self.conv(sn).amax(dim=2)
+            xn = torch.cat([xn, pooled], dim=1)
+        return self.head(xn).squeeze(-1)
+
+
+@dataclass
+class ConfidenceEstimator:
+    """A trained (or hand-set) confidence model plus what it was trained on."""
+
+    net: ConfidenceNet
+    meta: dict = field(default_factory=dict)
+
+    @torch.inference_mode()
+    def predict(self, features: np.ndarray, sequence: np.ndarray | None = None) -> float:
+        """P(right) for one step (``features`` from :func:`step_features`)."""
+        x = torch.as_tensor(features, dtype=torch.float32).reshape(1, -1)
+        s = torch.as_tensor(sequence, dtype=torch.float32).unsqueeze(0) if sequence is not None else None
+        return float(torch.sigmoid(self.net.eval()(x, s))[0])
+
+    @torch.inference_mode()
+    def predict_many(self, X: np.ndarray, seqs: np.ndarray | None = None) -> np.ndarray:
+        x = torch.as_tensor(X, dtype=torch.float32)
+        s = torch.as_tensor(seqs, dtype=torch.float32) if seqs is not None else None
+        return torch.sigmoid(self.net.eval()(x, s)).numpy()
+
+    def score(self, tracker: FeatureTracker) -> float:
+        """P(right) at the tracker's latest step."""
+        if not tracker.steps:
+            return 0.0
+        return self.predict(tracker.steps[-1], tracker.sequence() if self.net.kind == "cnn" else None)
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def from_weights(cls, weights: dict[str, float], bias: float, name: str = "fixed") -> "ConfidenceEstimator":
+        """Logistic regression on raw features with hand-set weights (unnamed features weigh 0)."""
+        unknown = set(weights) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown features {sorted(unknown)}; known: {FEATURES}")
+        net = ConfidenceNet("logistic")
+        with torch.no_grad():
+            net.head.weight.zero_()
+            for k, w in weights.items():
+                net.head.weight[0, FEATURES.index(k)] = float(w)
+            net.head.bias.fill_(float(bias))
+        return cls(net, {"format": FORMAT, "kind": "logistic", "name": name, "features": list(FEATURES)})
+
+    @classmethod
+    def prior(cls) -> "ConfidenceEstimator":
+        """An untrained, uncalibrated default: high per-token scores, stable pilots and a
+        clear n-best margin mean confident. Train one for real decisions."""
+        return cls.from_weights(
+            {"score_per_token": 4.0, "agreement_prev": 1.0, "nbest_margin": 0.15, "ctc_attention_agreement": 1.0},
+            bias=-0.7,
+            name="prior",
+        )
+
+    # -- files -------------------------------------------------------------
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """``path`` (state dict) and ``path.json`` (metadata)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), p)
+        meta = dict(self.meta, format=FORMAT, kind=self.net.kind, features=list(FEATURES),
+                    hidden=_hidden(self.net), channels=_channels(self.net))
+        j = meta_path(p)
+        j.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return p, j
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "ConfidenceEstimator":
+        p = Path(path)
+        j = meta_path(p)
+        if not p.is_file() or not j.is_file():
+            raise FileNotFoundError(f"a confidence estimator is {p} plus {j}; one is missing")
+        meta = json.loads(j.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{j}: not a {FORMAT} file (format={meta.get('format')!r})")
+        if list(meta.get("features", [])) != list(FEATURES):
+            raise ValueError(f"{j}: trained on features {meta.get('features')}, this pasu computes {list(FEATURES)}")
+        net = ConfidenceNet(meta["kind"], hidden=meta.get("hidden") or 16, channels=meta.get("channels") or 8)
+        net.load_state_dict(torch.load(p, map_location=device, weights_only=True))
+        return cls(net.eval(), meta)
+
+
+def meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _hidden(net: ConfidenceNet) -> int | None:
+    return net.head[0].out_features if isinstance(net.head, nn.Sequential) else None
+
+
+def _channels(net: ConfidenceNet) -> int | None:
+    return net.conv[0].out_channels if net.kind == "cnn" else None
+
+
+def load_estimator(path: str | Path | None) -> ConfidenceEstimator:
+    """A trained estimator, or the built-in prior (with a warning) when ``path`` is None."""
+    if path is None:
+        log.warning("no confidence estimator given (--confidence); using the uncalibrated built-in prior")
+        return ConfidenceEstimator.prior()
+    return ConfidenceEstimator.load(path)

@@ -1,0 +1,215 @@
+"""`pasu device train-confidence`: fit the offramp estimator on an ESPnet data dir.
+
+Each utterance is streamed through the same :class:`StreamingSession` the agent
+uses; every pilot and the final pass become one example, all labelled with
+whether the *final* device answer was right (intent, and optionally the
+words). Utterances — never steps of one utterance — are split into train and
+eval, so the eval numbers (ECE, AUROC, Brier, reliability diagram) are honest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from pasu.audio import AudioError, read_audio, read_scp
+from pasu.decoding.options import DecodingOptions
+from pasu.decoding.recognizer import Recognizer
+from pasu.device.calibration import reliability_diagram, report
+from pasu.device.confidence import KINDS, ConfidenceEstimator, ConfidenceNet, FeatureTracker, Kind, pad_sequence
+from pasu.models import LoadedModel
+from pasu.streaming.options import StreamingOptions
+from pasu.streaming.session import StreamingSession
+
+log = logging.getLogger(__name__)
+
+Label = Literal["intent", "intent+text"]
+LABELS: tuple[str, ...] = ("intent", "intent+text")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    kind: Kind = "mlp"
+    hidden: int = 16
+    epochs: int = 400
+    lr: float = 0.02
+    weight_decay: float = 1e-3
+    eval_fraction: float = 0.25
+    seed: int = 0
+    label: Label = "intent"
+    chunk_ms: int = 100
+    limit: int | None = None  # first N utterances (quick runs)
+    decoding: DecodingOptions = DecodingOptions()
+    streaming: StreamingOptions = StreamingOptions()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError("eval_fraction must be in [0, 1)")
+
+
+@dataclass
+class Examples:
+    X: np.ndarray  # (N, F) step features
+    seqs: np.ndarray  # (N, SEQ_LEN, F) the steps up to each one
+    y: np.ndarray  # (N,) 1 = the final answer was right
+    utt: np.ndarray  # (N,) utterance index
+    final: np.ndarray  # (N,) bool: the final pass (else a pilot)
+    utt_ids: list[str] = field(default_factory=list)
+    hyps: list[str] = field(default_factory=list)  # final text per utterance
+
+    def take(self, mask: np.ndarray) -> "Examples":
+        return Examples(self.X[mask], self.seqs[mask], self.y[mask], self.utt[mask], self.final[mask],
+                        self.utt_ids, self.hyps)
+
+
+def read_data_dir(data: str | Path) -> list[tuple[str, Path, str]]:
+    """(utterance id, audio path, reference text) from ``wav.scp`` and ``text``."""
+    d = Path(data)
+    for name in ("wav.scp", "text"):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{d / name} is missing (an ESPnet data dir has wav.scp and text)")
+    wavs, texts = read_scp(d / "wav.scp"), read_scp(d / "text")
+    out = []
+    for utt, where in wavs.items():
+        if where.rstrip().endswith("|"):
+            raise ValueError(f"{d / 'wav.scp'}: {utt} is a command pipe; only file paths are supported")
+        if utt not in texts:
+            log.warning("%s has no transcript in %s; skipped", utt, d / "text")
+            continue
+        p = Path(where)
+        out.append((utt, p if p.is_absolute() else d / p if (d / p).exists() else p, texts[utt]))
+    if not out:
+        raise ValueError(f"{d}: no utterance has both audio and a transcript")
+    return out
+
+
+def is_right(hyp: str, ref: str, label: Label = "intent") -> bool:
+    """The intent (first word) matches; with ``intent+text`` the words must match too."""
+    h, r = hyp.split(), ref.split()
+    if not h or not r or h[0] != r[0]:
+        return False
+    return label == "intent" or h[1:] == r[1:]
+
+
+def collect(model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
+            progress: Callable | None = None) -> Examples:
+    """Stream every utterance as the agent does and record each step's features."""
+    rec = Recognizer(model, options.decoding)
+    chunk = max(1, model.sample_rate * options.chunk_ms // 1000)
+    X, seqs, y, utt, final, ids, hyps = [], [], [], [], [], [], []
+    items = progress(data) if progress else data
+    for i, (uid, path, ref) in enumerate(items):
+        try:
+            audio = read_audio(path, model.sample_rate)
+        except AudioError as e:
+            log.warning("%s: %s; skipped", uid, e)
+            continue
+        session = StreamingSession(rec, options.streaming, background=False)
+        for j in range(0, audio.size, chunk):
+            session.feed(audio[j : j + chunk])
+        try:
+            result = session.finalize()
+        except ValueError as e:
+            log.warning("%s: %s; skipped", uid, e)
+            continue
+        tracker = FeatureTracker()
+        steps = [tracker.pilot(p) for p in result.pilots] + [tracker.final(result)]
+        text = result.best.text if result.best else ""
+        right = float(is_right(text, ref, options.label))
+        for k, v in enumerate(steps):
+            X.append(v)
+            seqs.append(pad_sequence(steps[: k + 1]))
+            y.append(right)
+            utt.append(len(ids))
+            final.append(k == len(steps) - 1)
+        ids.append(uid)
+        hyps.append(text)
+    if not ids:
+        raise ValueError("no utterance could be decoded")
+    return Examples(np.stack(X), np.stack(seqs), np.array(y, np.float32), np.array(utt), np.array(final), ids, hyps)
+
+
+def split(ex: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    n = len(ex.utt_ids)
+    n_eval = int(round(fraction * n)) if n >= 2 else 0
+    n_eval = min(max(n_eval, 1 if fraction > 0 and n >= 2 else 0), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    eval_utts = set(perm[:n_eval].tolist())
+    mask = np.array([u in eval_utts for u in ex.utt])
+    return ex.take(~mask), ex.take(mask)
+
+
+def fit(ex: Examples, options: TrainOptions) -> ConfidenceEstimator:
+    """Full-batch Adam on binary cross-entropy (small data: seconds on a CPU)."""
+    torch.manual_seed(options.seed)
+    net = ConfidenceNet(options.kind, hidden=options.hidden)
+    X = torch.as_tensor(ex.X)
+    S = torch.as_tensor(ex.seqs)
+    y = torch.as_tensor(ex.y)
+    with torch.no_grad():
+        net.mean.copy_(X.mean(0))
+        std = X.std(0, unbiased=False)
+        net.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+    opt = torch.optim.Adam(net.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    net.train()
+    loss = torch.tensor(0.0)
+    for _ in range(options.epochs):
+        opt.zero_grad()
+        loss = loss_fn(net(X, S if options.kind == "cnn" else None), y)
+        loss.backward()
+        opt.step()
+    net.eval()
+    return ConfidenceEstimator(net, {"train_loss": round(float(loss.detach()), 5)})
+
+
+def evaluate(est: ConfidenceEstimator, ex: Examples) -> dict:
+    """Calibration and ranking on every step, and on the final step alone."""
+    if ex.X.shape[0] == 0:
+        return {}
+    p = est.predict_many(ex.X, ex.seqs if est.net.kind == "cnn" else None)
+    return {"all_steps": report(p, ex.y), "final_step": report(p[ex.final], ex.y[ex.final]),
+            "pilot_steps": report(p[~ex.final], ex.y[~ex.final])}
+
+
+def train(model: LoadedModel, data_dir: str | Path, out: str | Path, options: TrainOptions = TrainOptions(),
+          plot: str | Path | None = None, progress: Callable | None = None) -> dict:
+    """Collect, split, fit, evaluate, save. Returns the report (also stored in the JSON metadata)."""
+    t0 = time.perf_counter()
+    data = read_data_dir(data_dir)[: options.limit] if options.limit else read_data_dir(data_dir)
+    ex = collect(model, data, options, progress)
+    train_ex, eval_ex = split(ex, options.eval_fraction, options.seed)
+    if eval_ex.X.shape[0] == 0:
+        log.warning("too few utterances for an eval split: the report is on the training data")
+        eval_ex = train_ex
+    est = fit(train_ex, options)
+    metrics = {"train": evaluate(est, train_ex), "eval": evaluate(est, eval_ex)}
+    p = est.predict_many(eval_ex.X, eval_ex.seqs if est.net.kind == "cnn" else None)
+    plot_path = Path(plot) if plot else Path(str(out) + ".reliability.png")
+    reliability_diagram(p, eval_ex.y, plot_path, title=f"{options.kind} on {Path(data_dir).name} (eval)")
+    opts = {k: v for k, v in asdict(options).items() if k not in ("decoding", "streaming")}
+    est.meta.update(
+        name=f"{model.name}-confidence",
+        model={"name": model.name, "version": model.version},
+        data=str(data_dir),
+        utterances={"train": int(len(set(train_ex.utt.tolist()))), "eval": int(len(set(eval_ex.utt.tolist())))},
+        options=opts,
+        decoding=asdict(options.decoding),
+        streaming=asdict(options.streaming),
+        metrics=metrics,
+        reliability_diagram=str(plot_path),
+        seconds=round(time.perf_counter() - t0, 2),
+    )
+    est.save(out)
+    return est.meta

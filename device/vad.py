@@ -1,0 +1,200 @@
+"""Voice-activity segmentation of a continuous stream (webrtcvad), as events.
+
+The segmenter is incremental: ``push`` takes any chunk and returns the events
+it completed — a segment's start, its audio as it arrives, its end — so the
+agent can stream a segment into a pilot session (and the cloud) while the user
+is still talking, instead of waiting for the segment to close.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from pasu.device.config import VadOptions
+
+EventKind = Literal["start", "audio", "end"]
+
+
+@dataclass(frozen=True)
+class VadEvent:
+    """``start`` (at = first sample), ``audio`` (int16 samples), or ``end`` (at = end sample)."""
+
+    kind: EventKind
+    segment: int  # 0, 1, ... in stream order
+    at: int  # absolute sample index in the stream
+    audio: np.ndarray | None = None
+    cut: bool = False  # end: the segment hit max_segment_s, speech goes on in the next one
+
+
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1] (or int16) → int16, as webrtcvad and LINEAR16 want it."""
+    a = np.asarray(samples)
+    if a.dtype == np.int16:
+        return a
+    return (np.clip(a.astype(np.float32), -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+
+
+def _load_webrtcvad():
+    try:
+        import webrtcvad
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("voice-activity detection needs webrtcvad: pip install webrtcvad-wheels") from e
+    return webrtcvad
+
+
+class VadSegmenter:
+    """Incremental segmentation: ``push(chunk) -> events``, ``flush() -> events`` at end of stream."""
+
+    def __init__(self, options: VadOptions = VadOptions()) -> None:
+        self.o = options
+        self._vad = _load_webrtcvad().Vad(options.aggressiveness)
+        self._n = options.frame_samples
+        self._pad = options.frames(options.padding_ms) if options.padding_ms else 0
+        self._window = options.frames(options.start_window_ms)
+        self._start = options.frames(options.start_ms)
+        self._silence = options.frames(options.min_silence_ms)
+        self._max = max(1, int(options.max_segment_s * 1000 / options.frame_ms))
+        self._rest = np.zeros(0, dtype=np.int16)
+        self.pos = 0  # samples classified so far
+        self._pre: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._pad + self._window)
+        self._open = False
+        self._segment = -1
+        self._emitted = 0  # frames of the open segment emitted
+        self._tail: list[np.ndarray] = []  # unvoiced frames past the padding, held back
+        self._silence_run = 0
+        self._end = 0  # sample index just after the last emitted frame
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def segments(self) -> int:
+        """Segments started so far."""
+        return self._segment + 1
+
+    def push(self, samples: np.ndarray) -> list[VadEvent]:
+        a = to_int16(samples)
+        if self._rest.size:
+            a = np.concatenate([self._rest, a])
+        events: list[VadEvent] = []
+        n_frames = a.size // self._n
+        for i in range(n_frames):
+            frame = a[i * self._n : (i + 1) * self._n]
+            voiced = self._loud(frame) and self._vad.is_speech(frame.tobytes(), self.o.sample_rate)
+            self._frame(frame, voiced, events)
+            self.pos += self._n
+        self._rest = a[n_frames * self._n :].copy()
+        return events
+
+    def flush(self) -> list[VadEvent]:
+        """End of stream: close the open segment (the partial last frame counts as audio)."""
+        events: list[VadEvent] = []
+        if self._open:
+            if self._rest.size and not self._tail and self._silence_run <= self._pad:
+                events.append(VadEvent("audio", self._segment, self._end, self._rest))
+                self._end += self._rest.size
+            self._close(events)
+        self.pos += self._rest.size
+        self._rest = np.zeros(0, dtype=np.int16)
+        return events
+
+    # -- per frame ---------------------------------------------------------
+    def _loud(self, frame: np.ndarray) -> bool:
+        if self.o.energy_floor_dbfs is None:
+            return True
+        power = float(np.mean(np.square(frame.astype(np.float64)))) / 32768.0**2
+        return 10.0 * np.log10(power + 1e-12) >= self.o.energy_floor_dbfs
+
+    def _frame(self, frame: np.ndarray, voiced: bool, events: list[VadEvent]) -> None:
+        if not self._open:
+            self._pre.append((frame, voiced))
+            recent = list(self._pre)[-self._window :]
+            if sum(v for _, v in recent) >= self._start:
+                self._begin(events)
+            return
+        if voiced:
+            self._silence_run = 0
+            if self._tail:
+                self._emit(np.concatenate(self._tail), len(self._tail), events)
+                self._tail = []
+            self._emit(frame, 1, events)
+        else:
+            self._silence_run += 1
+            if self._silence_run <= self._pad:
+                self._emit(frame, 1, events)
+            else:
+                self._tail.append(frame)
+            if self._silence_run >= self._silence:
+                self._close(events)
+                return
+        if self._emitted >= self._max:
+            self._close(events, cut=True)
+
+    def _begin(self, events: list[VadEvent]) -> None:
+        frames = list(self._pre)
+        recent_start = len(frames) - min(self._window, len(frames))
+        first_voiced = next(i for i in range(recent_start, len(frames)) if frames[i][1])
+        keep = frames[max(0, first_voiced - self._pad) :]
+        self._pre.clear()
+        self._open = True
+        self._segment += 1
+        self._emitted = 0
+        self._tail = []
+        self._silence_run = 0
+        for _, v in reversed(keep):  # trailing unvoiced frames of the pre-roll count as silence
+            if v:
+                break
+            self._silence_run += 1
+        start = self.pos + self._n - len(keep) * self._n
+        self._end = start
+        events.append(VadEvent("start", self._segment, start))
+        self._emit(np.concatenate([f for f, _ in keep]), len(keep), events)
+
+    def _emit(self, audio: np.ndarray, frames: int, events: list[VadEvent]) -> None:
+        events.append(VadEvent("audio", self._segment, self._end, audio))
+        self._end += audio.size
+        self._emitted += frames
+
+    def _close(self, events: list[VadEvent], cut: bool = False) -> None:
+        events.append(VadEvent("end", self._segment, self._end, cut=cut))
+        # Held-back silence is not part of this segment but may pre-roll the next.
+        for f in self._tail[-self._pre.maxlen :] if self._pre.maxlen else []:
+            self._pre.append((f, False))
+        self._tail = []
+        self._open = False
+        self._silence_run = 0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A whole segment (offline use and tests)."""
+
+    index: int
+    start: int
+    end: int
+    audio: np.ndarray  # int16
+    cut: bool
+
+
+def segment_audio(samples: np.ndarray, options: VadOptions = VadOptions(), chunk: int = 1600) -> list[Segment]:
+    """Segment a whole recording (chunked through the streaming segmenter, so both agree)."""
+    seg = VadSegmenter(options)
+    parts: dict[int, list[np.ndarray]] = {}
+    starts: dict[int, int] = {}
+    out: list[Segment] = []
+    a = to_int16(samples)
+    events = [e for i in range(0, a.size, chunk) for e in seg.push(a[i : i + chunk])] + seg.flush()
+    for e in events:
+        if e.kind == "start":
+            starts[e.segment], parts[e.segment] = e.at, []
+        elif e.kind == "audio":
+            parts[e.segment].append(e.audio)
+        else:
+            audio = np.concatenate(parts.pop(e.segment)) if parts.get(e.segment) else np.zeros(0, np.int16)
+            out.append(Segment(e.segment, starts.pop(e.segment), e.at, audio, e.cut))
+    return out

@@ -1,0 +1,86 @@
+"""`pasu experiment offload`: the paper's offload-rate figure, on any ESPnet data dir."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="offload-rate experiments")
+    esub = p.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", required=True)
+    o = esub.add_parser("offload", help="accuracy vs offload rate and latency, pasu vs baselines")
+    o.add_argument("--data", required=True, help="ESPnet data dir (wav.scp, text)")
+    o.add_argument("--out", required=True, help="output dir (cache, CSV, plots, summary)")
+    o.add_argument("--device-model", default=None, help="device model (default: the shipped one)")
+    o.add_argument("--cloud-model", default=None, help="cloud model, run in-process (default: the shipped one)")
+    o.add_argument("--cloud", default=None, metavar="HOST:PORT", help="use a running cloud worker instead (loopback)")
+    o.add_argument("--confidence", default=None, help="confidence estimator (default: the one shipped with the model)")
+    o.add_argument("--limit", type=int, default=None, help="at most N utterances")
+    o.add_argument("--rtt-ms", type=float, nargs="+", default=[20.0, 100.0, 300.0])
+    o.add_argument("--mbit", type=float, nargs="+", default=[1.0, 10.0])
+    o.add_argument("--seed", type=int, default=0)
+    o.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pasu.audio import read_scp
+    from pasu.experiment.collect import CollectOptions, collect
+    from pasu.experiment.report import plot, write_csv, write_summary
+    from pasu.experiment.sweep import Network, pilot_confidences, sweep
+    from pasu.model_store import resolve_model
+    from pasu.models import load_model
+
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wav = read_scp(data / "wav.scp")
+    refs = read_scp(data / "text") if (data / "text").is_file() else {}
+    if args.limit:
+        wav = dict(list(wav.items())[: args.limit])
+    for k, v in wav.items():  # relative paths are relative to the data dir's parent, as ESPnet writes them
+        p = Path(v)
+        if not p.is_absolute() and not p.exists() and (data.parent / p).exists():
+            wav[k] = str(data.parent / p)
+    device = load_model(resolve_model(args.device_model, "device"))
+    cloud = None if args.cloud else load_model(resolve_model(args.cloud_model, "cloud"))
+    records = collect(device, cloud, wav, out, CollectOptions(), cloud_target=args.cloud)
+    estimator = _estimator(args.confidence, device)
+    networks = [Network(rtt_s=r / 1000, mbit_s=m) for r in args.rtt_ms for m in args.mbit]
+    points = sweep(records, refs, estimator, networks, seed=args.seed)
+    write_csv(points, out / "points.csv")
+    main_net = next((n for n in networks if abs(n.rtt_s - 0.1) < 1e-9 and n.mbit_s == 10.0), networks[0])
+    conf = pilot_confidences(records, estimator)
+    from pasu.experiment.sweep import Scorer
+
+    scorer = Scorer(refs)
+    import numpy as np
+
+    finals = np.array([conf[u][-1][1] for u in records])
+    correct = np.array([scorer.correct(u, records[u]["device"]["final"]["nbest"][0]["text"]
+                                       if records[u]["device"]["final"]["nbest"] else "") for u in records], float)
+    plots = []
+    for n in [main_net] + [n for n in networks if n is not main_net]:
+        plots += plot(points, n.name, out, (finals, correct) if n is main_net else None)
+    command = "pasu " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = write_summary(points, [main_net.name] + [n.name for n in networks if n is not main_net], out, command, plots)
+    summary["utterances"] = len(records)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print((out / "summary.md").read_text())
+    print(json.dumps({k: summary[k] for k in summary if k not in ("networks",)}), flush=True)
+    return 0
+
+
+def _estimator(path: str | None, device):
+    """The trained estimator: --confidence, else the one shipped beside the device model, else a prior."""
+    from pathlib import Path
+
+    from pasu.device.confidence import ConfidenceEstimator, load_estimator
+
+    if path:
+        return load_estimator(path)
+    shipped = Path(device.files.root) / "confidence.pt"
+    return load_estimator(shipped) if shipped.is_file() else ConfidenceEstimator.prior()

@@ -1,0 +1,131 @@
+"""Run the device and the cloud once per utterance and cache what every policy needs.
+
+The sweep (``sweep.py``) then replays policies and thresholds from the cache
+without recomputing. Per utterance we keep: the device's streaming run (each
+pilot's n-best and when it finished on the simulated clock; the final n-best
+and its latency), the stock end-of-utterance decode (ESPnet's Speech2Text on
+the device model: its text, score and time) and the cloud model's answer and
+compute time. One JSON file per utterance, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pasu.audio import read_audio
+from pasu.decoding import DecodingOptions, Recognizer
+from pasu.decoding.recognizer import NBestEntry
+from pasu.models import LoadedModel
+from pasu.reference import espnet_nbest, espnet_speech2text
+from pasu.streaming import StreamingOptions, StreamingSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    chunk_s: float = 0.16
+    decoding: DecodingOptions = DecodingOptions(nbest=2)
+    streaming: StreamingOptions = StreamingOptions()
+
+
+def _entry(e: NBestEntry) -> dict:
+    return {"text": e.text, "token_ids": e.token_ids, "score": e.score, "scores": e.scores}
+
+
+def nbest_from_json(items: list[dict]) -> list[NBestEntry]:
+    return [NBestEntry(text=i["text"], tokens=[], token_ids=list(i["token_ids"]), score=i["score"],
+                       scores=dict(i["scores"]), yseq=[]) for i in items]
+
+
+def device_stream(rec: Recognizer, options: CollectOptions, audio: np.ndarray) -> dict:
+    """The device's pasu session on a simulated clock (as ``pasu bench latency``), with pilot timings."""
+    rate = rec.model.sample_rate
+    step = max(1, int(options.chunk_s * rate))
+    session = StreamingSession(rec, options.streaming, background=False)
+    busy = 0.0
+    pilots = []
+    chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
+    for i, chunk in enumerate(chunks):
+        arrival = (i + 1) * options.chunk_s
+        start = max(arrival, busy)
+        t0 = time.perf_counter()
+        n_before = len(session.pilots)
+        session.feed(chunk, may_pilot=busy <= arrival)
+        busy = start + time.perf_counter() - t0
+        for p in session.pilots[n_before:]:
+            pilots.append({"audio_s": p.audio_s, "done_s": busy, "nbest": [_entry(e) for e in p.nbest]})
+    eos = len(chunks) * options.chunk_s
+    start = max(eos, busy)
+    t0 = time.perf_counter()
+    final = session.finalize()
+    latency = start + time.perf_counter() - t0 - eos
+    return {"pilots": pilots, "final": {"nbest": [_entry(e) for e in final.nbest], "features": final.features},
+            "latency_s": latency, "eos_s": eos}
+
+
+def collect(
+    device: LoadedModel,
+    cloud: LoadedModel | None,
+    wav_scp: dict[str, str],
+    out: Path,
+    options: CollectOptions = CollectOptions(),
+    cloud_target: str | None = None,
+) -> dict[str, dict]:
+    """Per-utterance records, computed once and cached under ``out/cache``."""
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    rec = Recognizer(device, options.decoding)
+    s2t = espnet_speech2text(device, options.decoding)
+    cloud_rec = Recognizer(cloud, options.decoding) if cloud is not None else None
+    records = {}
+    todo = [u for u in wav_scp if not (cache / f"{u}.json").is_file()]
+    if len(todo) < len(wav_scp):
+        log.info("resuming: %d of %d utterances cached", len(wav_scp) - len(todo), len(wav_scp))
+    for utt in tqdm(todo, desc="device + cloud", unit="utt"):
+        audio = read_audio(wav_scp[utt], device.sample_rate)
+        t0 = time.perf_counter()
+        stock = espnet_nbest(s2t, audio)
+        stock_s = time.perf_counter() - t0
+        rec_ = {"utt": utt, "audio_s": len(audio) / device.sample_rate, "bytes_pcm16": 2 * len(audio)}
+        rec_["device"] = device_stream(rec, options, audio)
+        n_tok = max(1, len(stock[0].yseq) - 2) if stock else 1
+        rec_["stock"] = {"text": stock[0].text if stock else "", "score": stock[0].score if stock else -1e9,
+                         "score_per_token": (stock[0].score / n_tok) if stock else -1e9, "latency_s": stock_s}
+        rec_["cloud"] = _cloud(cloud_rec, cloud_target, audio, utt)
+        (cache / f"{utt}.json").write_text(json.dumps(rec_))
+    for utt in wav_scp:
+        records[utt] = json.loads((cache / f"{utt}.json").read_text())
+    return records
+
+
+def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, utt: str) -> dict:
+    """The cloud's answer: in-process with the cloud model, or over gRPC (``Recognize``)."""
+    t0 = time.perf_counter()
+    if target:
+        import grpc
+
+        from pasu.cloud import client as cc
+
+        with cc.channel(target) as ch:
+            resp = cc.stub(ch).Recognize(cc.recognize_request(f"experiment-{utt}", audio), timeout=120)
+        hyps = resp.result.hypotheses
+        text = hyps[0].text if hyps else ""
+        del grpc
+    elif cloud_rec is not None:
+        best = cloud_rec.recognize([audio])[0]
+        text = best[0].text if best else ""
+    else:
+        raise ValueError("need a cloud model or a cloud target")
+    return {"text": text, "compute_s": time.perf_counter() - t0}
+
+
+def options_dict(options: CollectOptions) -> dict:
+    return {"chunk_s": options.chunk_s, "decoding": asdict(options.decoding), "streaming": asdict(options.streaming)}

@@ -1,0 +1,163 @@
+"""Outputs of the offload experiment: points.csv, plots, summary.md and summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pasu.experiment.sweep import Point
+
+POLICIES = ("local", "cloud", "random", "baseline_eou", "pasu_offramp", "pasu_latency")
+
+
+def write_csv(points: list[Point], path: Path) -> None:
+    fields = [k for k in asdict(points[0]) if k != "latencies"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for p in points:
+            row = asdict(p)
+            row.pop("latencies")
+            w.writerow(row)
+
+
+def min_rate_reaching(points: list[Point], target: float) -> Point | None:
+    """The operating point with the lowest offload rate whose accuracy reaches ``target``."""
+    ok = [p for p in points if p.accuracy >= target - 1e-12]
+    return min(ok, key=lambda p: (p.offload_rate, -p.accuracy)) if ok else None
+
+
+def headline(points: list[Point], network: str) -> dict:
+    at = [p for p in points if p.network == network]
+    cloud = next(p for p in at if p.policy == "cloud")
+    local = next(p for p in at if p.policy == "local")
+    target = cloud.accuracy - 0.005
+    base = min_rate_reaching([p for p in at if p.policy == "baseline_eou"], target)
+    pasu = min_rate_reaching([p for p in at if p.policy == "pasu_offramp"], target)
+    ratio = None  # undefined when pasu needs no offloading at all (JSON has no infinity)
+    if base and pasu and pasu.offload_rate > 0:
+        ratio = base.offload_rate / pasu.offload_rate
+    return {
+        "network": network,
+        "target_accuracy": round(target, 4),
+        "cloud_accuracy": cloud.accuracy,
+        "local_accuracy": local.accuracy,
+        "offload_rate_baseline": base.offload_rate if base else None,
+        "offload_rate_pasu": pasu.offload_rate if pasu else None,
+        "offload_ratio": ratio,
+        "latency_p50_baseline_s": base.latency_p50_s if base else None,
+        "latency_p50_pasu_s": pasu.latency_p50_s if pasu else None,
+        "latency_p50_local_s": local.latency_p50_s,
+        "latency_p50_cloud_s": cloud.latency_p50_s,
+    }
+
+
+def plot(points: list[Point], network: str, out: Path, reliability: tuple[np.ndarray, np.ndarray] | None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    at = [p for p in points if p.network == network]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for pol, style in (("random", ":"), ("baseline_eou", "--"), ("pasu_offramp", "-"), ("pasu_latency", "-.")):
+        ps = sorted((p for p in at if p.policy == pol), key=lambda p: p.offload_rate)
+        ax.plot([p.offload_rate for p in ps], [100 * p.accuracy for p in ps], style, marker=".", label=pol)
+    for pol, marker in (("local", "s"), ("cloud", "^")):
+        p = next(p for p in at if p.policy == pol)
+        ax.plot([p.offload_rate], [100 * p.accuracy], marker, markersize=9, label=pol)
+    cloud = next(p for p in at if p.policy == "cloud")
+    ax.axhline(100 * cloud.accuracy - 0.5, color="grey", lw=0.8, label="cloud − 0.5 pt")
+    ax.set_xlabel("offload rate")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"accuracy vs offload rate ({network})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    files.append(out / f"accuracy_vs_offload_{_slug(network)}.png")
+    fig.tight_layout()
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+
+    h = headline(points, network)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for pol in ("local", "cloud", "baseline_eou", "pasu_offramp"):
+        if pol in ("baseline_eou", "pasu_offramp"):
+            rate = h["offload_rate_baseline" if pol == "baseline_eou" else "offload_rate_pasu"]
+            cand = [p for p in at if p.policy == pol and rate is not None and p.offload_rate == rate]
+            if not cand:
+                continue
+            p = cand[0]
+        else:
+            p = next(p for p in at if p.policy == pol)
+        lat = np.sort(np.array(p.latencies))
+        ax.step(lat, np.arange(1, len(lat) + 1) / len(lat), where="post", label=f"{pol} (offload {p.offload_rate:.2f})")
+    ax.set_xlabel("end of speech → answer (s)")
+    ax.set_ylabel("fraction of utterances")
+    ax.set_title(f"latency CDF at the target accuracy ({network})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    files.append(out / f"latency_cdf_{_slug(network)}.png")
+    fig.tight_layout()
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+
+    if reliability is not None:
+        conf, correct = reliability
+        bins = np.linspace(0, 1, 11)
+        idx = np.clip(np.digitize(conf, bins) - 1, 0, 9)
+        xs, ys = [], []
+        for b in range(10):
+            m = idx == b
+            if m.any():
+                xs.append(conf[m].mean())
+                ys.append(correct[m].mean())
+        fig, ax = plt.subplots(figsize=(4.8, 4.4))
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+        ax.plot(xs, ys, marker="o")
+        ax.set_xlabel("predicted confidence")
+        ax.set_ylabel("observed accuracy")
+        ax.set_title("confidence reliability (final step)")
+        ax.grid(alpha=0.3)
+        files.append(out / "reliability.png")
+        fig.tight_layout()
+        fig.savefig(files[-1], dpi=120)
+        plt.close(fig)
+    return files
+
+
+def _slug(s: str) -> str:
+    return s.replace("/", "_").replace(".", "p")
+
+
+def write_summary(points: list[Point], networks: list[str], out: Path, command: str, plots: list[Path]) -> dict:
+    heads = [headline(points, n) for n in networks]
+    main = heads[0]
+    summary = {**main, "networks": heads, "utterances": None, "command": command}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    lines = [
+        "# Offload experiment",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Headline: offload rate needed to reach the cloud-only accuracy minus 0.5 points, "
+        "end-of-utterance baseline divided by pasu's offramps.",
+        "",
+        "| network | target acc | baseline offload | pasu offload | ratio | p50 latency baseline | p50 latency pasu |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for h in heads:
+        fmt = lambda v, f="{:.3f}": "—" if v is None else f.format(v)  # noqa: E731
+        lines.append(
+            f"| {h['network']} | {fmt(h['target_accuracy'])} | {fmt(h['offload_rate_baseline'])} | "
+            f"{fmt(h['offload_rate_pasu'])} | {fmt(h['offload_ratio'], '{:.2f}x')} | "
+            f"{fmt(h['latency_p50_baseline_s'], '{:.3f} s')} | {fmt(h['latency_p50_pasu_s'], '{:.3f} s')} |"
+        )
+    lines += ["", f"Local only: accuracy {main['local_accuracy']:.3f}; cloud only: {main['cloud_accuracy']:.3f}.", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return summary

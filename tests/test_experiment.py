@@ -1,0 +1,61 @@
+"""The offload experiment end to end on a handful of utterances (tiny models, real audio)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pasu.resources import AUDIO_DIR
+
+
+@pytest.fixture()
+def data_dir(tmp_path, audio_files):
+    d = tmp_path / "data"
+    d.mkdir()
+    texts = dict(line.split(" ", 1) for line in (AUDIO_DIR / "text").read_text().splitlines() if line.strip())
+    files = audio_files[:4]
+    (d / "wav.scp").write_text("".join(f"{f.stem} {f}\n" for f in files))
+    # SLURP-style references: intent label first
+    (d / "text").write_text("".join(f"{f.stem} general_quirky {texts[f.stem]}\n" for f in files))
+    return d
+
+
+def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
+    out = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "pasu.cli", "experiment", "offload", "--data", str(data_dir), "--out", str(out),
+           "--device-model", str(tiny_model_dirs["late"]), "--cloud-model", str(tiny_model_dirs["conformer"]),
+           "--rtt-ms", "100", "--mbit", "10"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("offload_rate_baseline", "offload_rate_pasu", "offload_ratio", "target_accuracy",
+                "latency_p50_baseline_s", "latency_p50_pasu_s"):
+        assert key in last
+    rows = list(csv.DictReader(open(out / "points.csv")))
+    by_policy = {}
+    for row in rows:
+        by_policy.setdefault(row["policy"], []).append(row)
+    assert set(by_policy) == {"local", "cloud", "random", "baseline_eou", "pasu_offramp", "pasu_latency"}
+    assert float(by_policy["cloud"][0]["offload_rate"]) == 1.0
+    assert float(by_policy["local"][0]["offload_rate"]) == 0.0
+    assert int(by_policy["local"][0]["bytes_uploaded"]) == 0
+    assert int(by_policy["cloud"][0]["bytes_uploaded"]) > 0
+    for pol in ("baseline_eou", "pasu_offramp", "random"):
+        rates = [float(r["offload_rate"]) for r in by_policy[pol]]
+        assert min(rates) == 0.0 and max(rates) == 1.0  # the sweeps span never..always
+        for r in by_policy[pol]:
+            if float(r["offload_rate"]) == 1.0 and pol != "random":
+                assert float(r["accuracy"]) == float(by_policy["cloud"][0]["accuracy"])
+    for png in ("accuracy_vs_offload_100ms_10Mbit.png", "latency_cdf_100ms_10Mbit.png", "reliability.png"):
+        assert (out / png).stat().st_size > 1000
+    assert (out / "summary.md").read_text().startswith("# Offload experiment")
+    # resumable: a second run reuses the cache (no new device/cloud work) and gives the same summary
+    cached = sorted(p.name for p in (out / "cache").iterdir())
+    assert len(cached) == 4
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert json.loads(r2.stdout.strip().splitlines()[-1])["offload_rate_pasu"] == last["offload_rate_pasu"]
