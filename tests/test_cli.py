@@ -57,3 +57,10 @@ def test_bench_latency_last_line_contract(tiny_model_dirs, audio_files):
     last = json.loads(r.stdout.strip().splitlines()[-1])
     assert {"espnet_p50_s", "pasu_p50_s", "ratio_p50", "acc_espnet", "acc_pasu"} <= set(last)
     assert last["utterances"] == 2 and last["espnet_p50_s"] > 0 and last["pasu_p50_s"] > 0
+
+
+def test_demo_runs_device_and_cloud(tmp_path):
+    r = pasu("demo", "--limit", "1", env_extra={"PASU_CACHE": str(tmp_path)})
+    out = r.stdout
+    assert "cloud worker: 127.0.0.1:" in out
+    assert "cmd00.flac" in out and "decided on" in out and "said:   wake me up at seven am" in out
