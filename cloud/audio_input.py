@@ -100,8 +100,15 @@ class AudioAssembler:
         if not data.startswith(FLAC_MAGIC):
             raise InvalidRequest("corrupt FLAC: the stream does not start with the 'fLaC' marker")
         try:
+            # the header's frame count sizes soundfile's buffer: check it before reading
+            frames = sf.info(io.BytesIO(data)).frames
+            if frames > (self.max_seconds + 1) * self.rate:
+                raise InvalidRequest(f"FLAC header claims {frames} samples, more than "
+                                     f"max_audio_seconds={self.max_seconds:g} allows")
             samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
+            if isinstance(e, InvalidRequest):
+                raise
             raise InvalidRequest(f"corrupt FLAC: cannot decode ({e})") from e
         if rate != self.rate:
             raise InvalidRequest(f"FLAC header says {rate} Hz but audio_format.sample_rate_hz is {self.rate}")

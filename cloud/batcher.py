@@ -20,9 +20,11 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from pasu.cloud import reuse as reuse_mod
+from pasu.cloud.audio_input import InvalidRequest
 from pasu.cloud.config import WorkerConfig
 from pasu.cloud.jobs import Job, JobDropped, Outcome
 from pasu.cloud.metrics import WorkerMetrics
@@ -32,6 +34,7 @@ from pasu.decoding.scorers import EncoderBatch
 from pasu.models import LoadedModel
 
 log = logging.getLogger(__name__)
+_NO_AUDIO = np.zeros(0, dtype=np.float32)
 
 
 def pad(encoded: list[EncoderBatch]) -> EncoderBatch:
@@ -184,10 +187,19 @@ class Batcher:
         encoded: dict[int, EncoderBatch] = {}
         for job in jobs:
             t = time.monotonic()
-            encoded[id(job)] = rec.encode([job.samples])
+            try:
+                encoded[id(job)] = rec.encode([job.samples])
+            except Exception as e:  # e.g. shorter than the encoder's subsampling: this request only
+                log.info("cannot encode", extra={"request_id": job.request_id, "rpc": job.rpc, "error": str(e)})
+                if not job.future.done():
+                    job.future.set_exception(InvalidRequest(
+                        f"audio too short or malformed for the model ({job.samples.size} samples at "
+                        f"{rec.model.sample_rate} Hz): {e}"))
+                continue
             outcomes[id(job)] = Outcome(nbest=[], options=job.options, queue_s=start - job.enqueued,
                                         encode_s=time.monotonic() - t)
-        jobs = self._live(jobs)
+            job.samples = _NO_AUDIO  # the audio is no longer needed: do not keep it alive
+        jobs = self._live([j for j in jobs if id(j) in encoded])
         search: list[Job] = []
         reusable: list[Job] = []
         for job in jobs:

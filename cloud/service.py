@@ -269,6 +269,7 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
                     pass
                 samples = asm.samples()
                 seqs: list[list[int]] = []
+                _check_device_result(cfg.device_result, samples.size / state.model.sample_rate)
                 if cfg.device_result.complete:
                     seqs, how = reuse_mod.device_token_ids(cfg.device_result, state.model, state.token_list_id)
                     log.debug("device hypotheses via %s", how, extra={"request_id": call.request_id})
@@ -327,3 +328,19 @@ def _hypothesis(e, confidence: float) -> hypothesis_pb2.Hypothesis:
     intent, transcript = split_intent(e.text)
     return hypothesis_pb2.Hypothesis(text=transcript, intent=intent or "", token_ids=e.token_ids,
                                      scores=reuse_mod.to_proto_scores(e), confidence=confidence)
+
+
+MAX_DEVICE_HYPOTHESES = 16
+MAX_TOKENS_PER_SECOND = 50  # far above any speech rate: a longer "hypothesis" is not one
+
+
+def _check_device_result(device: speech_service_pb2.DeviceResult, seconds: float) -> None:
+    """Bound what a device may ask the worker to rescore (one batching thread serves everyone)."""
+    if len(device.hypotheses) > MAX_DEVICE_HYPOTHESES:
+        raise InvalidRequest(f"device_result has {len(device.hypotheses)} hypotheses; at most "
+                             f"{MAX_DEVICE_HYPOTHESES} are accepted")
+    limit = int(MAX_TOKENS_PER_SECOND * max(seconds, 1.0))
+    for i, h in enumerate(device.hypotheses):
+        if len(h.token_ids) > limit:
+            raise InvalidRequest(f"device_result.hypotheses[{i}] has {len(h.token_ids)} token ids, more than "
+                                 f"{limit} for {seconds:.2f} s of audio")

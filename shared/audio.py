@@ -59,15 +59,28 @@ def read_audio(path: str | Path, target_rate: int = MODEL_RATE) -> np.ndarray:
     return resample(check_samples(data, str(p)), rate, target_rate)
 
 
-def decode_bytes(data: bytes, target_rate: int = MODEL_RATE) -> np.ndarray:
-    """Decode a complete audio file (FLAC, WAV) held in memory."""
+def decode_bytes(data: bytes, target_rate: int = MODEL_RATE, max_seconds: float = 3600.0) -> np.ndarray:
+    """Decode a complete audio file (FLAC, WAV) held in memory.
+
+    The header's length is checked before reading: soundfile allocates what a
+    header claims, so a forged length would otherwise ask for gigabytes.
+    """
     if not data:
         raise AudioError("no audio bytes")
     try:
+        info = sf.info(io.BytesIO(data))
+        if info.samplerate <= 0 or info.frames > max_seconds * info.samplerate:
+            raise AudioError(f"audio header claims {info.frames} samples at {info.samplerate} Hz, "
+                             f"more than {max_seconds:g} s")
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
+        if isinstance(e, AudioError):
+            raise
         raise AudioError(f"cannot decode audio ({e})") from e
-    return resample(check_samples(samples), rate, target_rate)
+    out = resample(check_samples(samples), rate, target_rate)
+    if out.size == 0:
+        raise AudioError(f"audio too short: {samples.size} samples at {rate} Hz is nothing at {target_rate} Hz")
+    return out
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from pasu.bench.cloud import register_bench
 
     register_bench(bsub)  # pasu bench cloud
+    from pasu.bench.soak import register_bench as register_soak
+
+    register_soak(bsub)  # pasu bench soak
 
     lat = bsub.add_parser("latency", help="end-of-speech latency: stock ESPnet vs a pasu streaming session")
     add_model_args(lat)
