@@ -1,0 +1,500 @@
+"""The recipe: synthetic corpus -> BPE tokens -> MVN stats -> cloud -> device -> packages.
+
+Every stage is one function that skips when its outputs exist, so rerunning
+``pasu train`` after an interruption resumes where it stopped; the two training
+stages also pass ``--resume true`` so ESPnet continues from its last epoch
+checkpoint. Training itself is ESPnet's trainer (``python -m
+pasu.encoders.asr_train`` = ``ASRTask.main`` with ``late_context`` registered),
+run as a subprocess whose log goes to ``<exp>/<model>/train.log``, as asr.sh
+does — the models are ordinary ESPnet models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pasu.train import tokens as tok
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "resources" / "configs"
+NLSYMS = Path(__file__).resolve().parent.parent / "resources" / "slu" / "nlsyms.txt"
+STAGES = ("tokens", "stats", "cloud", "branches", "device", "package", "eval")
+# PASU's rule: keep self-attention only in layers whose attention branch carries
+# more than this share of a trained Branchformer layer's output.
+ATTENTION_WEIGHT_THRESHOLD = 0.2
+# ...but never more than this share of the device's blocks (see choose_attention_blocks).
+MAX_ATTENTION_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """Everything a recipe run depends on; the defaults are the shipped model pair."""
+
+    data_dir: Path = Path("data/synth")  # pasu data synth output: train/ dev/ test_*/
+    exp_dir: Path = Path("exp/train")
+    cloud_config: Path = CONFIG_DIR / "train_cloud.yaml"
+    device_config: Path = CONFIG_DIR / "train_device.yaml"
+    nlsyms: Path = NLSYMS
+    bpe_vocab_size: int = 300  # including the 54 intent labels
+    train_set: str = "train"
+    valid_set: str = "dev"
+    test_sets: tuple[str, ...] = ("test_voices", "test_hard")
+    max_epoch: int | None = None  # override the configs (timing / smoke runs)
+    num_workers: int = 1  # data-loader processes per training run
+    # torch threads per ESPnet run. One, measured: on a 2-core machine the data
+    # loader takes part of the second core, and with any neighbour load two
+    # OpenMP threads stall at every barrier (6x the CPU time per step).
+    num_threads: int | None = 1
+    seed: int = 0
+    # None: from the cloud model's measured attention-branch weights.
+    device_attention_blocks: int | None = None
+    branch_utterances: int = 100  # dev utterances to measure the branch weights on
+    eval_limit: int | None = None  # utterances per test set in the eval stage
+    eval_beam_size: int = 10
+    version: str = "1"
+    extra_args: tuple[str, ...] = ()  # appended to both asr_train calls
+    stages: tuple[str, ...] = STAGES
+
+    def with_(self, **changes: Any) -> "RecipeOptions":
+        return replace(self, **changes)
+
+    # Where each stage puts its outputs.
+    @property
+    def token_dir(self) -> Path:
+        return self.exp_dir / "tokens"
+
+    @property
+    def stats_dir(self) -> Path:
+        return self.exp_dir / "stats"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.exp_dir / "models"
+
+    def model_exp(self, role: str) -> Path:
+        return self.exp_dir / role
+
+
+@dataclass
+class StageTimer:
+    """Seconds per stage, kept in ``<exp>/timings.json`` across resumptions.
+
+    ``<stage>`` is wall-clock time; ``<stage>_cpu`` the CPU time of this process
+    and its children (ESPnet, its data loaders). On a shared machine the wall
+    time depends on the neighbours; CPU time over the core count estimates what
+    a machine to itself would take.
+    """
+
+    path: Path
+    times: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.path.is_file():
+            self.times = json.loads(self.path.read_text())
+
+    def record(self, stage: str, seconds: float, cpu_seconds: float) -> None:
+        self.times[stage] = round(self.times.get(stage, 0.0) + seconds, 1)
+        self.times[f"{stage}_cpu"] = round(self.times.get(f"{stage}_cpu", 0.0) + cpu_seconds, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.times, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------- stages
+
+
+def stage_tokens(opts: RecipeOptions) -> None:
+    """BPE model + ``tokens.txt`` from the training transcripts."""
+    if (opts.token_dir / "tokens.txt").is_file():
+        log.info("tokens: %s exists, skipping", opts.token_dir / "tokens.txt")
+        return
+    tok.train_bpe(
+        [opts.data_dir / opts.train_set / "text"],
+        tok.read_nlsyms(opts.nlsyms),
+        opts.token_dir,
+        vocab_size=opts.bpe_vocab_size,
+    )
+
+
+def stage_stats(opts: RecipeOptions) -> None:
+    """ESPnet ``--collect_stats``: global MVN statistics and the shape files for batching."""
+    stats = opts.stats_dir
+    done = stats / "train" / "text_shape.bpe"
+    if done.is_file():
+        log.info("stats: %s exists, skipping", stats)
+        return
+    if stats.exists():
+        shutil.rmtree(stats)  # a half-written stats dir: start it over
+    cmd = [
+        "--collect_stats", "true",
+        "--config", str(opts.cloud_config),
+        "--normalize", "none",
+        "--specaug", "none",
+        *_data_args(opts, shapes=False),
+        "--output_dir", str(stats),
+    ]
+    _run_espnet(cmd, stats.parent / "stats.log", opts)
+    n_tokens = len(_read_lines(opts.token_dir / "tokens.txt"))
+    for split in ("train", "valid"):
+        # asr.sh's convention: text_shape gets the vocabulary size as 2nd dimension.
+        lines = _read_lines(stats / split / "text_shape")
+        (stats / split / "text_shape.bpe").write_text("".join(f"{ln},{n_tokens}\n" for ln in lines))
+
+
+def stage_train(opts: RecipeOptions, role: str) -> None:
+    """Train the ``cloud`` or ``device`` model with ESPnet's trainer (resumable)."""
+    out = opts.model_exp(role)
+    base = opts.cloud_config if role == "cloud" else opts.device_config
+    epochs = opts.max_epoch or int(yaml.safe_load(base.read_text())["max_epoch"])
+    done = out / "train.done"
+    if done.is_file() and _done_epochs(done) >= epochs:
+        log.info("%s: %s says %d epochs are done, skipping", role, done, _done_epochs(done))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    extra: list[str] = []
+    if role == "cloud":
+        config = opts.cloud_config
+    else:
+        config = out / "train.yaml"
+        if config.is_file():  # resuming: keep the architecture the checkpoints have
+            log.info("device: reusing %s", config)
+        else:
+            write_device_config(opts, config)
+        cloud_ckpt = best_checkpoint(opts.model_exp("cloud"))
+        # The device decodes with the cloud's decoder: same weights, never updated.
+        extra += ["--init_param", f"{cloud_ckpt}:decoder:decoder", "--freeze_param", "decoder"]
+    cmd = [
+        "--config", str(config),
+        *_data_args(opts, shapes=True),
+        "--normalize", "global_mvn",
+        "--normalize_conf", f"stats_file={opts.stats_dir / 'train' / 'feats_stats.npz'}",
+        "--output_dir", str(out),
+        "--resume", "true",
+        "--use_tensorboard", "false",  # neither tensorboard nor matplotlib is a pasu dependency;
+        "--use_matplotlib", "false",  # train.log has the same numbers
+        *extra,
+        *opts.extra_args,
+    ]
+    if opts.max_epoch is not None:
+        cmd += ["--max_epoch", str(opts.max_epoch)]
+    _run_espnet(cmd, out / "train.log", opts)
+    best_checkpoint(out)  # fail here, not later, if ESPnet left no usable weights
+    # More epochs later (--max-epoch) resume training instead of skipping it.
+    done.write_text(f"max_epoch={epochs} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+
+
+def stage_branches(opts: RecipeOptions) -> None:
+    """Measure the cloud Branchformer's attention-branch weight per layer."""
+    out = opts.model_exp("cloud") / "branch_weights.json"
+    if out.is_file():
+        log.info("branches: %s exists, skipping", out)
+        return
+    from pasu.train.branches import measure_branch_weights
+
+    weights = measure_branch_weights(
+        _exp_model_dir(opts, "cloud"),
+        opts.data_dir / opts.valid_set,
+        limit=opts.branch_utterances,
+    )
+    out.write_text(json.dumps({"attention_weight": weights}, indent=2) + "\n")
+    log.info("cloud attention-branch weight per layer: %s", ", ".join(f"{w:.2f}" for w in weights))
+
+
+def stage_package(opts: RecipeOptions) -> None:
+    """``<exp>/models/{cloud,device}``: self-contained ESPnet model dirs with a model card."""
+    from pasu.train.package import PackageInfo, package_model
+
+    cloud_dir = opts.models_dir / "cloud"
+    for role in ("cloud", "device"):
+        out = opts.models_dir / role
+        if (out / "model_card.md").is_file():
+            log.info("package: %s exists, skipping", out)
+            continue
+        exp = opts.model_exp(role)
+        info = PackageInfo(
+            name=f"pasu-{role}",
+            role=role,
+            version=opts.version,
+            data_dir=opts.data_dir,
+            notes=_package_notes(opts, role),
+        )
+        package_model(
+            exp_dir=exp,
+            checkpoint=best_checkpoint(exp),
+            token_dir=opts.token_dir,
+            stats_file=opts.stats_dir / "train" / "feats_stats.npz",
+            out_dir=out,
+            info=info,
+            shared_decoder_from=cloud_dir / "model.pth" if role == "device" else None,
+        )
+
+
+def stage_eval(opts: RecipeOptions) -> None:
+    """Intent accuracy and WER of both packages on the test sets (``eval_<set>.json``)."""
+    from pasu.decoding import DecodingOptions
+    from pasu.train.evaluate import evaluate
+    from pasu.train.package import update_model_card
+
+    for role in ("cloud", "device"):
+        model_dir = opts.models_dir / role
+        wrote = False
+        for test in opts.test_sets:
+            out = model_dir / f"eval_{test}.json"
+            if out.is_file() or not (opts.data_dir / test / "text").is_file():
+                continue
+            result = evaluate(
+                model_dir,
+                opts.data_dir / test,
+                limit=opts.eval_limit,
+                options=DecodingOptions(beam_size=opts.eval_beam_size),
+            )
+            out.write_text(json.dumps(result.summary(), indent=2) + "\n")
+            log.info("eval %s on %s: %s", role, test, result.summary())
+            wrote = True
+        if wrote:
+            update_model_card(model_dir)
+
+
+def run_recipe(opts: RecipeOptions) -> Path:
+    """Run the selected stages in order; returns the packaged models' directory."""
+    unknown = set(opts.stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+    for split in (opts.train_set, opts.valid_set):
+        if not (opts.data_dir / split / "wav.scp").is_file():
+            raise FileNotFoundError(
+                f"{opts.data_dir / split}/wav.scp not found; run `pasu data synth --out {opts.data_dir}`"
+            )
+    if opts.num_threads:  # the in-process stages (branch weights, eval) too
+        import torch
+
+        torch.set_num_threads(opts.num_threads)
+    timer = StageTimer(opts.exp_dir / "timings.json")
+    actions: dict[str, Callable[[RecipeOptions], None]] = {
+        "tokens": stage_tokens,
+        "stats": stage_stats,
+        "cloud": lambda o: stage_train(o, "cloud"),
+        "branches": stage_branches,
+        "device": lambda o: stage_train(o, "device"),
+        "package": stage_package,
+        "eval": stage_eval,
+    }
+    opts.exp_dir.mkdir(parents=True, exist_ok=True)
+    (opts.exp_dir / "recipe_options.json").write_text(
+        json.dumps(asdict(opts), indent=2, default=str) + "\n"
+    )
+    for stage in STAGES:
+        if stage not in opts.stages:
+            continue
+        log.info("stage %s: start", stage)
+        t0, c0 = time.monotonic(), _cpu_seconds()
+        actions[stage](opts)
+        dt, cpu = time.monotonic() - t0, _cpu_seconds() - c0
+        timer.record(stage, dt, cpu)
+        log.info("stage %s: done in %.1f s (%.1f CPU s)", stage, dt, cpu)
+    return opts.models_dir
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def choose_attention_blocks(
+    weights: Sequence[float],
+    threshold: float = ATTENTION_WEIGHT_THRESHOLD,
+    max_fraction: float = MAX_ATTENTION_FRACTION,
+) -> int:
+    """How many top blocks keep self-attention, from per-layer attention-branch weights.
+
+    The late-context encoder needs its attention blocks on top, contiguous: the
+    lowest layer whose weight exceeds ``threshold`` and everything above it keep
+    attention; the layers below become local (convolution-only) blocks. At least
+    one block keeps attention (the intent needs utterance context), and at most
+    ``max_fraction`` of them: a small model trained for a few epochs can leave
+    every layer's weight near the untrained 0.5, and an all-attention device
+    encoder would lose the incremental computation that is its reason to exist
+    (``late_base.yaml`` keeps the same 1:1 local/attention ratio).
+    """
+    above = [i for i, w in enumerate(weights) if w > threshold]
+    first = above[0] if above else len(weights) - 1
+    cap = max(1, int(len(weights) * max_fraction))
+    return min(cap, max(1, len(weights) - first))
+
+
+def write_device_config(opts: RecipeOptions, path: Path) -> dict[str, Any]:
+    """The device training config: its encoder, the cloud's decoder, the measured split."""
+    device = yaml.safe_load(opts.device_config.read_text())
+    cloud = yaml.safe_load(opts.cloud_config.read_text())
+    # The shared decoder fixes the encoder width: cross-attention is output_size wide.
+    device["decoder"] = cloud["decoder"]
+    device["decoder_conf"] = cloud["decoder_conf"]
+    enc = device["encoder_conf"]
+    enc["output_size"] = cloud["encoder_conf"]["output_size"]
+    total = int(cloud["encoder_conf"].get("num_blocks", enc["num_local_blocks"] + enc["num_attention_blocks"]))
+    if opts.device_attention_blocks is not None:
+        n_att, why = opts.device_attention_blocks, "set by --device-attention-blocks"
+    else:
+        bw = opts.model_exp("cloud") / "branch_weights.json"
+        weights = json.loads(bw.read_text())["attention_weight"]
+        n_att = choose_attention_blocks(weights)
+        why = (
+            f"cloud attention-branch weights {[round(w, 3) for w in weights]}: attention where > "
+            f"{ATTENTION_WEIGHT_THRESHOLD}, in at most {MAX_ATTENTION_FRACTION:.0%} of the blocks"
+        )
+    n_att = min(max(1, n_att), total)
+    enc["num_attention_blocks"] = n_att
+    enc["num_local_blocks"] = total - n_att
+    header = (
+        f"# Generated by pasu.train.recipe from {opts.device_config.name} and {opts.cloud_config.name}.\n"
+        f"# {total - n_att} local + {n_att} attention blocks: {why}.\n"
+    )
+    path.write_text(header + yaml.safe_dump(device, sort_keys=False))
+    log.info("device encoder: %d local + %d attention blocks (%s)", total - n_att, n_att, why)
+    return device
+
+
+def best_checkpoint(exp: Path) -> Path:
+    """ESPnet's n-best average (``valid.acc.ave.pth``), else its single best."""
+    for name in ("valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.ave.pth", "valid.loss.best.pth"):
+        if (exp / name).exists():
+            return exp / name
+    raise FileNotFoundError(f"no averaged/best checkpoint in {exp}; did training finish?")
+
+
+def _exp_model_dir(opts: RecipeOptions, role: str) -> Path:
+    """A loadable view of an experiment dir (config.yaml + best weights) for analysis."""
+    exp = opts.model_exp(role)
+    view = exp / "best_model"
+    view.mkdir(exist_ok=True)
+    for name, src in (("config.yaml", exp / "config.yaml"), ("model.pth", best_checkpoint(exp))):
+        dst = view / name
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        dst.symlink_to(src.resolve())
+    return view
+
+
+def _package_notes(opts: RecipeOptions, role: str) -> dict[str, Any]:
+    notes: dict[str, Any] = {}
+    timings = opts.exp_dir / "timings.json"
+    if timings.is_file():
+        t = json.loads(timings.read_text())
+        if role in t:
+            notes["training_wall_s"] = t[role]
+            notes["training_cpu_s"] = t.get(f"{role}_cpu")
+    if role == "device":
+        bw = opts.model_exp("cloud") / "branch_weights.json"
+        if bw.is_file():
+            notes["cloud_attention_branch_weights"] = json.loads(bw.read_text())["attention_weight"]
+    return notes
+
+
+def _data_args(opts: RecipeOptions, shapes: bool) -> list[str]:
+    tr, va = opts.data_dir / opts.train_set, opts.data_dir / opts.valid_set
+    args = [
+        "--use_preprocessor", "true",
+        "--token_type", "bpe",
+        "--bpemodel", str(opts.token_dir / "bpe.model"),
+        "--token_list", str(opts.token_dir / "tokens.txt"),
+        "--train_data_path_and_name_and_type", f"{tr / 'wav.scp'},speech,sound",
+        "--train_data_path_and_name_and_type", f"{tr / 'text'},text,text",
+        "--valid_data_path_and_name_and_type", f"{va / 'wav.scp'},speech,sound",
+        "--valid_data_path_and_name_and_type", f"{va / 'text'},text,text",
+        "--ngpu", "0",
+        "--num_workers", str(opts.num_workers),
+        "--seed", str(opts.seed),
+    ]
+    if shapes:
+        s = opts.stats_dir
+        args += [
+            "--train_shape_file", str(s / "train" / "speech_shape"),
+            "--train_shape_file", str(s / "train" / "text_shape.bpe"),
+            "--valid_shape_file", str(s / "valid" / "speech_shape"),
+            "--valid_shape_file", str(s / "valid" / "text_shape.bpe"),
+        ]
+    else:  # collect_stats reads the utterance ids from the "shape" (key) files
+        args += [
+            "--train_shape_file", str(tr / "wav.scp"),
+            "--valid_shape_file", str(va / "wav.scp"),
+        ]
+    return args
+
+
+_PROGRESS = re.compile(r"(\d+epoch results:.*|\d+epoch:.*iter.*|Error.*|Traceback.*)")
+
+
+def _run_espnet(cmd: list[str], log_file: Path, opts: RecipeOptions) -> None:
+    """``python -m pasu.encoders.asr_train CMD`` with its log in ``log_file``.
+
+    A subprocess (as asr.sh runs it) keeps ESPnet's logging setup and any crash
+    out of this process; its progress lines are relayed to our logger.
+    """
+    full = [sys.executable, "-m", "pasu.encoders.asr_train", *cmd]
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log.info("running ESPnet (log: %s): %s", log_file, " ".join(full[1:]))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine
+    # spinning burns the neighbours' CPU (and inflates our CPU-time figures).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if opts.num_threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(opts.num_threads)
+    with open(log_file, "a", encoding="utf-8") as fh:
+        fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(full)}\n")
+        fh.flush()
+        proc = subprocess.Popen(full, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    pos = log_file.stat().st_size
+    try:
+        while proc.poll() is None:
+            time.sleep(5)
+            pos = _relay_progress(log_file, pos)
+    except BaseException:
+        proc.terminate()  # our own child only; ESPnet checkpoints each epoch
+        proc.wait()
+        raise
+    _relay_progress(log_file, pos)
+    if proc.returncode != 0:
+        tail = "".join(log_file.read_text(encoding="utf-8", errors="replace").splitlines(True)[-20:])
+        raise RuntimeError(f"ESPnet exited with {proc.returncode}; see {log_file}:\n{tail}")
+
+
+def _relay_progress(log_file: Path, pos: int) -> int:
+    with open(log_file, encoding="utf-8", errors="replace") as fh:
+        fh.seek(pos)
+        chunk = fh.read()
+        pos = fh.tell()
+    for line in chunk.splitlines():
+        m = _PROGRESS.search(line)
+        if m:
+            log.info("espnet: %s", m.group(1)[:300])
+    return pos
+
+
+def _done_epochs(done: Path) -> int:
+    m = re.match(r"max_epoch=(\d+)", done.read_text())
+    return int(m.group(1)) if m else 0
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]

@@ -1,0 +1,137 @@
+"""`pasu train` smoke run: every recipe stage on a tiny corpus with the tiny configs.
+
+One epoch of a ~0.1 M-parameter pair on 16 utterances: the numbers are
+meaningless, the point is that each stage runs, resumes, and that the packages
+are ordinary ESPnet models sharing one decoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pasu.cli import main
+from pasu.data.engines import FLITE_TEST, FLITE_TRAIN, detect_engines
+from pasu.data.synth import SynthOptions, synthesize_corpus
+
+ENGINES = detect_engines()
+needs_engines = pytest.mark.skipif(
+    not (ENGINES.espeak_ng and set(FLITE_TRAIN) <= set(ENGINES.flite)
+         and set(FLITE_TEST) & set(ENGINES.flite)),
+    reason="espeak-ng and flite are not installed; run shared/data/install_engines.sh",
+)
+PER_SPLIT = 12
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("recipe")
+    opts = SynthOptions(out_dir=root / "data", seed=5, jobs=2, progress=False).with_per_split(PER_SPLIT)
+    assert synthesize_corpus(opts, engines=ENGINES).failed == []
+    argv = ["train", "--tiny", "--data", str(root / "data"), "--exp", str(root / "exp"),
+            "--eval-limit", "3", "--eval-beam", "2", "--num-workers", "0"]
+    assert main(argv) == 0
+    return root
+
+
+@needs_engines
+def test_every_stage_leaves_its_outputs(recipe: Path) -> None:
+    exp = recipe / "exp"
+    timings = json.loads((exp / "timings.json").read_text())
+    stages = {"tokens", "stats", "cloud", "branches", "device", "package", "eval"}
+    assert set(timings) == stages | {f"{s}_cpu" for s in stages}
+    assert (exp / "stats" / "train" / "feats_stats.npz").is_file()
+    assert (exp / "cloud" / "train.done").is_file() and (exp / "device" / "train.done").is_file()
+    weights = json.loads((exp / "cloud" / "branch_weights.json").read_text())["attention_weight"]
+    assert len(weights) == 2 and all(0.0 < w < 1.0 for w in weights)
+    for role in ("cloud", "device"):
+        d = exp / "models" / role
+        assert {p.name for p in d.iterdir()} >= {
+            "config.yaml", "model.pth", "feats_stats.npz", "tokens.txt", "bpe.model", "model_card.md",
+            "eval_test_voices.json", "eval_test_hard.json",
+        }
+        assert "| test_voices |" in (d / "model_card.md").read_text()
+
+
+@needs_engines
+def test_rerun_skips_finished_stages(recipe: Path) -> None:
+    exp = recipe / "exp"
+    before = {p: p.stat().st_mtime_ns for p in (exp / "models").rglob("*") if p.is_file()}
+    assert main(["train", "--tiny", "--data", str(recipe / "data"), "--exp", str(exp)]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (exp / "models").rglob("*") if p.is_file()}
+    assert before == after
+
+
+@needs_engines
+def test_packaged_config_names_only_files_in_the_model_dir(recipe: Path) -> None:
+    import yaml
+
+    for role in ("cloud", "device"):
+        cfg = yaml.safe_load((recipe / "exp" / "models" / role / "config.yaml").read_text())
+        assert cfg["token_list"] == "tokens.txt"
+        assert cfg["bpemodel"] == "bpe.model"
+        assert cfg["normalize_conf"]["stats_file"] == "feats_stats.npz"
+        assert cfg["init_param"] == [] and cfg["train_data_path_and_name_and_type"] == []
+        assert cfg["pasu"]["role"] == role
+    device = yaml.safe_load((recipe / "exp" / "models" / "device" / "config.yaml").read_text())
+    assert device["encoder"] == "late_context" and device["freeze_param"] == ["decoder"]
+
+
+@needs_engines
+def test_models_load_with_pasu_and_share_the_decoder(recipe: Path) -> None:
+    from pasu.models import load_model
+
+    cloud = load_model(recipe / "exp" / "models" / "cloud")
+    device = load_model(recipe / "exp" / "models" / "device")
+    assert type(device.model.encoder).__name__ == "LateContextEncoder"
+    assert cloud.token_list == device.token_list
+    c, d = cloud.model.decoder.state_dict(), device.model.decoder.state_dict()
+    assert c.keys() == d.keys()
+    for k in c:
+        assert torch.equal(c[k], d[k]), k
+
+
+@needs_engines
+def test_espnet_kept_the_frozen_decoder(recipe: Path) -> None:
+    """The checkpoints as ESPnet wrote them, before packaging pins anything."""
+    from pasu.models import load_state_dict
+
+    exp = recipe / "exp"
+    cloud = load_state_dict(exp / "cloud" / "valid.acc.ave.pth")
+    device = load_state_dict(exp / "device" / "valid.acc.ave.pth")
+    keys = [k for k in cloud if k.startswith("decoder.")]
+    assert keys and all(torch.equal(cloud[k], device[k]) for k in keys)
+    assert not torch.equal(cloud["ctc.ctc_lo.weight"], device["ctc.ctc_lo.weight"])  # the rest trained
+
+
+@needs_engines
+def test_models_load_with_espnet_speech2text(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pasu.encoders  # noqa: F401  (late_context for the device model)
+    from espnet2.bin.asr_inference import Speech2Text
+
+    from pasu.audio import read_audio, read_scp
+
+    wav = next(iter(read_scp(recipe / "data" / "test_voices" / "wav.scp").values()))
+    audio = read_audio(wav)
+    for role in ("cloud", "device"):
+        monkeypatch.chdir(recipe / "exp" / "models" / role)  # ESPnet resolves paths from the cwd
+        s2t = Speech2Text(asr_train_config="config.yaml", asr_model_file="model.pth",
+                          beam_size=2, ctc_weight=0.3, maxlenratio=0.3, device="cpu")
+        results = s2t(torch.as_tensor(audio))
+        assert results and isinstance(results[0][0], str)
+
+
+@needs_engines
+def test_eval_prints_a_table_and_a_json_line(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["eval", "--model", str(recipe / "exp" / "models" / "device"),
+            "--data", str(recipe / "data" / "test_voices"), "--limit", "2", "--beam-size", "2",
+            "--no-progress"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("intent accuracy") for line in lines)
+    summary = json.loads(lines[-1])
+    assert set(summary) == {"intent_acc", "wer", "utterances"}
+    assert summary["utterances"] == 2 and 0.0 <= summary["intent_acc"] <= 1.0

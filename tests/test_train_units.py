@@ -1,0 +1,68 @@
+"""pasu.train pieces that need no training: tokens, the attention rule, scoring, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pasu.train.evaluate import EvalResult
+from pasu.train.recipe import CONFIG_DIR, NLSYMS, RecipeOptions, choose_attention_blocks, write_device_config
+from pasu.train.tokens import read_nlsyms, train_bpe
+
+
+def test_intent_labels_are_single_bpe_tokens(tmp_path: Path) -> None:
+    import sentencepiece as spm
+
+    intents = read_nlsyms(NLSYMS)
+    assert len(intents) == 54
+    text = tmp_path / "text"
+    text.write_text("u1 alarm_set wake me up at seven am\nu2 weather_query is it raining in paris\n")
+    model, tokens = train_bpe([text], intents, tmp_path / "tok", vocab_size=120)
+    token_list = tokens.read_text().split()
+    assert token_list[0] == "<blank>" and token_list[1] == "<unk>" and token_list[-1] == "<sos/eos>"
+    assert set(intents) <= set(token_list)
+    pieces = spm.SentencePieceProcessor(model_file=str(model)).encode("alarm_set wake me up", out_type=str)
+    assert [p for p in pieces if p != "▁"][0] == "alarm_set"
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ([0.05, 0.1, 0.15, 0.1, 0.3, 0.4, 0.5, 0.6], 4),  # attention from layer 4 up
+        ([0.05, 0.1, 0.15, 0.1, 0.1, 0.1, 0.5, 0.6], 2),
+        ([0.1] * 8, 1),  # at least one attention block
+        ([0.5] * 8, 4),  # at most half (the device must stay incremental)
+        ([0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.25], 4),  # contiguous on top, capped
+    ],
+)
+def test_attention_split_rule(weights: list[float], expected: int) -> None:
+    assert choose_attention_blocks(weights) == expected
+
+
+def test_device_config_takes_the_cloud_decoder_and_width(tmp_path: Path) -> None:
+    opts = RecipeOptions(exp_dir=tmp_path, device_attention_blocks=3)
+    cfg = write_device_config(opts, tmp_path / "device.yaml")
+    cloud = yaml.safe_load((CONFIG_DIR / "train_cloud.yaml").read_text())
+    assert cfg["decoder_conf"] == cloud["decoder_conf"]
+    assert cfg["encoder_conf"]["output_size"] == cloud["encoder_conf"]["output_size"]
+    assert cfg["encoder_conf"]["num_attention_blocks"] == 3
+    assert cfg["encoder_conf"]["num_local_blocks"] + 3 == cloud["encoder_conf"]["num_blocks"]
+    assert yaml.safe_load((tmp_path / "device.yaml").read_text()) == cfg
+
+
+@pytest.mark.parametrize("name", ["train_cloud", "train_device", "train_cloud_tiny", "train_device_tiny"])
+def test_training_configs_use_specaug_and_global_mvn(name: str) -> None:
+    cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert cfg["specaug"] == "specaug" and cfg["normalize"] == "global_mvn"
+
+
+def test_scores_intent_first_word_and_wer_on_the_rest() -> None:
+    r = EvalResult(
+        refs={"a": "alarm_set wake me up", "b": "weather_query is it raining"},
+        hyps={"a": "alarm_set wake me", "b": "alarm_query is it raining"},
+    )
+    assert r.intent_acc == 0.5
+    assert r.wer == pytest.approx(1 / 6)
+    assert r.summary() == {"intent_acc": 0.5, "wer": 0.1667, "utterances": 2}
