@@ -26,8 +26,9 @@ from pasu.cloud.config import WorkerConfig
 from pasu.cloud.metrics import WorkerMetrics
 from pasu.cloud.reuse import token_list_id
 from pasu.cloud.service import SERVICE_NAME, SpeechService, WorkerState
+from pasu.cloud.wire import add_speech_service
 from pasu.models import LoadedModel, load_model
-from pasu.v1 import hypothesis_pb2, speech_service_pb2_grpc
+from pasu.v1 import hypothesis_pb2
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class CloudWorker:
                 ("grpc.so_reuseport", 0),  # two workers on one port is a mistake, not a feature
             ],
         )
-        speech_service_pb2_grpc.add_SpeechServiceServicer_to_server(self.service, server)
+        add_speech_service(self.service, server)  # requests that do not parse: INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -24,6 +24,7 @@ from pasu.cloud.config import WorkerConfig
 from pasu.cloud.idempotency import IdempotencyCache
 from pasu.cloud.jobs import Job, JobDropped, Outcome
 from pasu.cloud.metrics import WorkerMetrics
+from pasu.cloud.wire import Undecodable
 from pasu.decoding.options import DecodingOptions
 from pasu.models import LoadedModel
 from pasu.slu import split_intent
@@ -135,6 +136,8 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
             log.info("request", extra=extra)
 
     def _check_size(self, msg, where: str) -> None:
+        if isinstance(msg, Undecodable):
+            raise InvalidRequest(f"{where} is not a valid {msg.type_name} message ({msg.error})")
         n = msg.ByteSize()
         if n > self.config.max_message_bytes:
             raise InvalidRequest(f"{where} is {n} bytes, more than max_message_bytes={self.config.max_message_bytes}")

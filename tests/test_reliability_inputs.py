@@ -423,15 +423,13 @@ def test_raw_wire_ints_and_unknown_fields(channel, encoding, rate, beam, unknown
     expect(got, valid)
 
 
-@pytest.mark.xfail(strict=True, reason="gRPC Python answers INTERNAL 'Exception deserializing request!' for bytes "
-                                       "that are not a protobuf message; cloud/ should parse them itself and "
-                                       "answer INVALID_ARGUMENT (see docs/reliability.md)")
 @pytest.mark.parametrize("rpc", ["Recognize", "Offload"])
 def test_undecodable_protobuf_is_invalid_argument(channel, rpc):
     tried("undecodable protobuf")
     garbage = b"\xff\xff\xff\x01\x02"
     call = _raw(channel, rpc)
-    answer(lambda: call(garbage if rpc == "Recognize" else iter([garbage]), timeout=10))
+    code, msg = answer(lambda: call(garbage if rpc == "Recognize" else iter([garbage]), timeout=10))
+    assert code == "INVALID_ARGUMENT" and "not a valid pasu.v1." in msg, msg
 
 
 # -- off the wire: AudioAssembler and decode_bytes ------------------------------------------

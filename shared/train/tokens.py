@@ -54,7 +54,9 @@ def train_bpe(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "bpe_train.txt"
-    lines = [t for f in text_files for t in read_text(f).values()]
+    lines = [t for f in text_files for t in read_text(f).values() if t.strip()]
+    if not lines:  # sentencepiece aborts the process on an empty corpus: fail in Python instead
+        raise ValueError(f"no transcripts to train the BPE model on in {', '.join(map(str, text_files))}")
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     prefix = out_dir / "bpe"
     spm.SentencePieceTrainer.train(
@@ -70,6 +72,7 @@ def train_bpe(
         eos_id=-1,
         unk_id=0,
         minloglevel=2,
+        num_threads=1,  # tiny corpora train in well under a second; no thread pool to fail to start
     )
     sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_unknown(i)]
