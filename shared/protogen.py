@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 from importlib import resources
@@ -22,17 +23,19 @@ OUT = Path(__file__).resolve().parent / "v1"
 
 def generate(proto_root: Path = PROTO_ROOT, out: Path = OUT) -> list[Path]:
     """Compile every ``pasu/v1/*.proto`` under ``proto_root`` into ``out``."""
-    from grpc_tools import protoc
-
     protos = sorted((proto_root / "pasu" / "v1").glob("*.proto"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "__init__.py").write_text('"""Generated from proto/pasu/v1 by pasu.protogen; do not edit."""\n')
     if not protos:
         log.warning("no .proto files under %s", proto_root)
         return []
-    well_known = str(resources.files("grpc_tools") / "_proto")
+    well_known = str(resources.files("grpc_tools") / "_proto")  # locates the package without importing protoc
     with tempfile.TemporaryDirectory() as tmp:
+        # protoc runs in its own interpreter: grpc_tools carries a C++ protobuf runtime that
+        # clashes with sentencepiece's in one process (sentencepiece then aborts the process).
         args = [
+            sys.executable,
+            "-m",
             "grpc_tools.protoc",
             f"-I{proto_root}",
             f"-I{well_known}",
@@ -41,8 +44,9 @@ def generate(proto_root: Path = PROTO_ROOT, out: Path = OUT) -> list[Path]:
             f"--grpc_python_out={tmp}",
             *[str(p) for p in protos],
         ]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {', '.join(map(str, protos))}")
+        r = subprocess.run(args, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"protoc failed on {', '.join(map(str, protos))}: {r.stderr.strip()}")
         produced = sorted((Path(tmp) / "pasu" / "v1").iterdir())
         for f in produced:
             shutil.copy2(f, out / f.name)
