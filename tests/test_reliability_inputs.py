@@ -34,7 +34,7 @@ hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (d
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from pasu.audio import AudioError, decode_bytes, encode_flac, float_to_pcm16  # noqa: E402
+from pasu.audio import AudioError, decode_bytes, encode_flac  # noqa: E402
 from pasu.cloud import client as C  # noqa: E402
 from pasu.cloud.audio_input import AudioAssembler, InvalidRequest  # noqa: E402
 from pasu.cloud.config import WorkerConfig  # noqa: E402

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -110,15 +110,13 @@ def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, 
     """The cloud's answer: in-process with the cloud model, or over gRPC (``Recognize``)."""
     t0 = time.perf_counter()
     if target:
-        import grpc
-
         from pasu.cloud import client as cc
 
         with cc.channel(target) as ch:
             resp = cc.stub(ch).Recognize(cc.recognize_request(f"experiment-{utt}", audio), timeout=120)
         hyps = resp.result.hypotheses
-        text = hyps[0].text if hyps else ""
-        del grpc
+        # the wire keeps the intent apart from the transcript; the device's text carries both
+        text = f"{hyps[0].intent} {hyps[0].text}".strip() if hyps else ""
     elif cloud_rec is not None:
         best = cloud_rec.recognize([audio])[0]
         text = best[0].text if best else ""
