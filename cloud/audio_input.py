@@ -8,12 +8,9 @@ and the limit, so a client can fix its request without reading server logs.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-import soundfile as sf
 
-from pasu.audio import AudioError, check_samples, pcm16_to_float, resample
+from pasu.audio import AudioError, AudioTooLong, check_samples, pcm16_to_float, read_bounded, resample
 from pasu.cloud.config import WorkerConfig
 from pasu.v1 import audio_pb2
 
@@ -100,16 +97,11 @@ class AudioAssembler:
         if not data.startswith(FLAC_MAGIC):
             raise InvalidRequest("corrupt FLAC: the stream does not start with the 'fLaC' marker")
         try:
-            # the header's frame count sizes soundfile's buffer: check it before reading
-            frames = sf.info(io.BytesIO(data)).frames
-            if frames > (self.max_seconds + 1) * self.rate:
-                raise InvalidRequest(f"FLAC header claims {frames} samples, more than "
-                                     f"max_audio_seconds={self.max_seconds:g} allows")
-            samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
-            if isinstance(e, InvalidRequest):
-                raise
-            raise InvalidRequest(f"corrupt FLAC: cannot decode ({e})") from e
+            samples, rate = read_bounded(data, self.max_seconds + 1)
+        except AudioTooLong as e:
+            raise InvalidRequest(f"FLAC {e}: more than max_audio_seconds={self.max_seconds:g} allows") from e
+        except AudioError as e:
+            raise InvalidRequest(f"corrupt FLAC: {e}") from e
         if rate != self.rate:
             raise InvalidRequest(f"FLAC header says {rate} Hz but audio_format.sample_rate_hz is {self.rate}")
         if samples.ndim == 2:

@@ -14,7 +14,6 @@ sequence the device did not propose that the decoder prefers.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ import torch
 
 from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.decoding.scorers import EncoderBatch
-from pasu.models import LoadedModel
+from pasu.models import LoadedModel, token_list_id  # noqa: F401  (token_list_id: re-exported)
 from pasu.v1 import hypothesis_pb2, speech_service_pb2
 
 log = logging.getLogger(__name__)
@@ -33,11 +32,6 @@ ACCEPTED = speech_service_pb2.DECODER_REUSE_ACCEPTED_DEVICE_HYPOTHESIS
 RESCORED = speech_service_pb2.DECODER_REUSE_RESCORED
 FULL_DECODE = speech_service_pb2.DECODER_REUSE_FULL_DECODE
 OUTCOME_NAMES = {ACCEPTED: "accepted", RESCORED: "rescored", FULL_DECODE: "full_decode"}
-
-
-def token_list_id(token_list: Sequence[str]) -> str:
-    """SHA-256 of the tokens, one a line: equal ids ⇔ token ids mean the same."""
-    return hashlib.sha256("".join(f"{t}\n" for t in token_list).encode("utf-8")).hexdigest()
 
 
 def device_token_ids(

@@ -24,10 +24,9 @@ from pasu.cloud.auth import BearerTokenInterceptor
 from pasu.cloud.batcher import Batcher
 from pasu.cloud.config import WorkerConfig
 from pasu.cloud.metrics import WorkerMetrics
-from pasu.cloud.reuse import token_list_id
 from pasu.cloud.service import SERVICE_NAME, SpeechService, WorkerState
 from pasu.cloud.wire import add_speech_service
-from pasu.models import LoadedModel, load_model
+from pasu.models import LoadedModel, load_model, token_list_id
 from pasu.v1 import hypothesis_pb2
 
 log = logging.getLogger(__name__)

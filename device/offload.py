@@ -13,7 +13,6 @@ caller always gets an answer or an :class:`OffloadError` in time to fall back.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
@@ -26,6 +25,7 @@ import grpc
 
 from pasu.decoding.recognizer import NBestEntry
 from pasu.device.config import CloudClientConfig
+from pasu.models import token_list_id
 from pasu.v1 import audio_pb2, hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,6 @@ REASONS = {
 REUSE_NAMES = {v.number: v.name.removeprefix("DECODER_REUSE_").lower()
                for v in speech_service_pb2.DESCRIPTOR.enum_types_by_name["DecoderReuse"].values}
 _POLL_S = 0.02
-
-
-def token_list_id(token_list: Sequence[str]) -> str:
-    """SHA-256 of the tokens, one a line — the same id the cloud computes for its model."""
-    return hashlib.sha256("".join(f"{t}\n" for t in token_list).encode("utf-8")).hexdigest()
 
 
 def new_request_id() -> str:

@@ -21,6 +21,29 @@ class AudioError(ValueError):
     """Audio that cannot be understood: empty, corrupt, non-finite or unsupported."""
 
 
+class AudioTooLong(AudioError):
+    """A header that claims more audio than allowed (checked before anything is allocated)."""
+
+
+def read_bounded(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    """(samples, rate) of an audio file in memory, refusing a header that claims over ``max_seconds``.
+
+    soundfile allocates what a header claims, so a forged length would otherwise
+    ask for gigabytes before a single frame is decoded.
+    """
+    try:
+        info = sf.info(io.BytesIO(data))
+        if info.samplerate <= 0 or info.frames > max_seconds * info.samplerate:
+            raise AudioTooLong(f"audio header claims {info.frames} samples at {info.samplerate} Hz, "
+                               f"more than {max_seconds:g} s")
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
+        if isinstance(e, AudioError):
+            raise
+        raise AudioError(f"cannot decode audio ({e})") from e
+    return samples, rate
+
+
 def check_samples(audio: np.ndarray, what: str = "audio") -> np.ndarray:
     """Return ``audio`` as contiguous float32 mono, or raise :class:`AudioError`."""
     a = np.asarray(audio)
@@ -62,21 +85,11 @@ def read_audio(path: str | Path, target_rate: int = MODEL_RATE) -> np.ndarray:
 def decode_bytes(data: bytes, target_rate: int = MODEL_RATE, max_seconds: float = 3600.0) -> np.ndarray:
     """Decode a complete audio file (FLAC, WAV) held in memory.
 
-    The header's length is checked before reading: soundfile allocates what a
-    header claims, so a forged length would otherwise ask for gigabytes.
+    The header's length is checked before reading (:func:`read_bounded`).
     """
     if not data:
         raise AudioError("no audio bytes")
-    try:
-        info = sf.info(io.BytesIO(data))
-        if info.samplerate <= 0 or info.frames > max_seconds * info.samplerate:
-            raise AudioError(f"audio header claims {info.frames} samples at {info.samplerate} Hz, "
-                             f"more than {max_seconds:g} s")
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
-        if isinstance(e, AudioError):
-            raise
-        raise AudioError(f"cannot decode audio ({e})") from e
+    samples, rate = read_bounded(data, max_seconds)
     out = resample(check_samples(samples), rate, target_rate)
     if out.size == 0:
         raise AudioError(f"audio too short: {samples.size} samples at {rate} Hz is nothing at {target_rate} Hz")

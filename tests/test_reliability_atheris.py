@@ -38,8 +38,8 @@ from pasu.cloud import client as C
 from pasu.cloud.batcher import QueueFull
 from pasu.cloud.config import WorkerConfig
 from pasu.cloud.metrics import WorkerMetrics
-from pasu.cloud.reuse import token_list_id
 from pasu.cloud.service import SpeechService, WorkerState
+from pasu.models import token_list_id
 from pasu.v1 import hypothesis_pb2, speech_service_pb2
 
 CFG = WorkerConfig(port=0, max_message_bytes=64 * 1024, max_audio_seconds=2.0)
