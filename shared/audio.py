@@ -121,3 +121,24 @@ def read_scp(path: str | Path) -> dict[str, str]:
             key, _, value = line.strip().partition(" ")
             out[key] = value.strip()
     return out
+
+
+def read_wav_scp(data_dir: str | Path) -> dict[str, str]:
+    """``DATA_DIR/wav.scp`` with relative paths made usable from any working directory.
+
+    ESPnet writes paths relative to the recipe root (the data dir's grandparent
+    ``data/x`` -> ``.``); a self-contained dir, like the evaluation subset pasu
+    ships, names its files relative to itself. A relative path is tried as it
+    is, then against the data dir, then against its parent.
+    """
+    data_dir = Path(data_dir)
+    out = read_scp(data_dir / "wav.scp")
+    for key, value in out.items():
+        p = Path(value)
+        if p.is_absolute() or p.exists():
+            continue
+        for base in (data_dir, data_dir.parent):
+            if (base / p).exists():
+                out[key] = str(base / p)
+                break
+    return out

@@ -35,7 +35,7 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
                        help="start a worker in this process on 127.0.0.1 with this model ('tiny' works)")
     c.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     c.add_argument("--requests", type=int, default=32, help="requests in all (default 32)")
-    c.add_argument("--audio", nargs="+", default=None, help="audio files (default: the shipped clips)")
+    c.add_argument("--audio", nargs="+", default=None, help="audio files (default: the shipped evaluation subset, shared/resources/eval)")
     c.add_argument("--rpc", choices=("recognize", "offload"), default="recognize")
     c.add_argument("--request-beam", type=int, default=None, help="beam_size sent with each request")
     c.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, seconds")
@@ -105,9 +105,9 @@ def _check_loopback(target: str) -> None:
 
 def load_clips(files: list[str] | None):
     from pasu.audio import read_audio
-    from pasu.resources import example_audio
+    from pasu.resources import eval_audio
 
-    paths = files or [str(p) for p in example_audio()]
+    paths = files or [str(p) for p in eval_audio()]
     return [read_audio(p) for p in paths]
 
 

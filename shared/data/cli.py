@@ -46,6 +46,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="say which engines and voices are installed, and exit")
     p.set_defaults(func=run_synth)
 
+    s = sub.add_parser(
+        "subset", help="copy a small, self-contained, intent-balanced subset of a data dir",
+        description="Copy N utterances of an ESPnet data dir (round-robin over intents, seeded) "
+                    "with their audio into a self-contained dir; the shipped evaluation subset "
+                    "is made this way.",
+    )
+    s.add_argument("--data", type=Path, required=True, help="source data dir (wav.scp, text)")
+    s.add_argument("--out", type=Path, required=True, help="output dir (replaced)")
+    s.add_argument("--size", type=int, default=200, help="utterances (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    s.add_argument("--max-mb", type=float, default=10.0,
+                   help="refuse a subset bigger than this (default: %(default)s)")
+    s.set_defaults(func=run_subset)
+
     e = sub.add_parser("engines", help="say which TTS engines and voices are installed")
     e.set_defaults(func=run_engines)
 
@@ -62,6 +76,18 @@ def run_engines(args: argparse.Namespace) -> int:
     engines = detect_engines()
     print(engines.describe())
     return 0 if engines.training_voices() and engines.test_voices() else 1
+
+
+def run_subset(args: argparse.Namespace) -> int:
+    from pasu.data.subset import SubsetOptions, make_subset
+
+    try:
+        ids = make_subset(args.data, args.out, SubsetOptions(args.size, args.seed, args.max_mb))
+    except (OSError, ValueError) as err:
+        print(f"pasu data subset: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(ids)} utterances -> {args.out}")
+    return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:

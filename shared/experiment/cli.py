@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pasu.audio import read_scp
+    from pasu.audio import read_scp, read_wav_scp
     from pasu.experiment.collect import CollectOptions, collect
     from pasu.experiment.report import plot, write_csv, write_summary
     from pasu.experiment.sweep import Network, pilot_confidences, sweep
@@ -37,14 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    wav = read_scp(data / "wav.scp")
+    wav = read_wav_scp(data)
     refs = read_scp(data / "text") if (data / "text").is_file() else {}
     if args.limit:
         wav = dict(list(wav.items())[: args.limit])
-    for k, v in wav.items():  # relative paths are relative to the data dir's parent, as ESPnet writes them
-        p = Path(v)
-        if not p.is_absolute() and not p.exists() and (data.parent / p).exists():
-            wav[k] = str(data.parent / p)
     device = load_model(resolve_model(args.device_model, "device"))
     cloud = None if args.cloud else load_model(resolve_model(args.cloud_model, "cloud"))
     records = collect(device, cloud, wav, out, CollectOptions(), cloud_target=args.cloud)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pasu.audio import read_audio, read_scp
+from pasu.audio import read_audio, read_wav_scp
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def measure_branch_weights(model_dir: Path, data_dir: Path, limit: int = 100) ->
     sums = [0.0] * len(layers)
     n = 0
     try:
-        items = list(read_scp(data_dir / "wav.scp").values())[:limit]
+        items = list(read_wav_scp(data_dir).values())[:limit]
         for wav in tqdm(items, desc="branch weights", unit="utt", leave=False):
             x = torch.as_tensor(read_audio(wav), dtype=torch.float32).unsqueeze(0)
             with torch.inference_mode():

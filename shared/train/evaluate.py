@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pasu.audio import read_audio, read_scp
+from pasu.audio import read_audio, read_scp, read_wav_scp
 from pasu.decoding import DecodingOptions
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def evaluate(
     from pasu.models import load_model
 
     recognizer = Recognizer(load_model(model_dir), options)
-    wavs = read_scp(data_dir / "wav.scp")
+    wavs = read_wav_scp(data_dir)
     refs = read_scp(data_dir / "text")
     ids = [u for u in wavs if u in refs][: limit if limit else None]
     result = EvalResult(refs={u: refs[u] for u in ids})
