@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from pasu.decoding.recognizer import Recognizer
-from pasu.device.confidence import ConfidenceEstimator, FeatureTracker, load_estimator
+from pasu.device.confidence import ConfidenceEstimator, FeatureTracker, estimator_for
 from pasu.device.config import AgentConfig
 from pasu.device.offload import CloudClient, OffloadCall, OffloadError, device_result, new_request_id, offload_config
 from pasu.device.output import SegmentOutcome, interim_record, segment_record
@@ -52,7 +52,7 @@ class DeviceAgent:
         if self.rate != config.vad.sample_rate:
             raise ValueError(f"the model runs at {self.rate} Hz, the agent at {config.vad.sample_rate} Hz")
         self.recognizer = Recognizer(model, config.decoding)
-        self.estimator = estimator or load_estimator(config.confidence)
+        self.estimator = estimator or estimator_for(model.files.root, config.confidence)
         chunk_bytes = 2 * int(self.rate * config.cloud.chunk_ms / 1000)
         self.policy = OffloadPolicy(config.policy, tail_bytes=chunk_bytes)
         self._own_client = False

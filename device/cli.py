@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what counts as right: the intent, or the intent and every word")
     c.add_argument("--limit", type=int, default=None, help="first N utterances only")
     c.add_argument("--plot", type=Path, default=None, help="reliability diagram PNG (default: OUT.reliability.png)")
+    c.add_argument("--test", type=Path, default=None,
+                   help="also score the estimator on this data dir (e.g. test_hard), with its own diagram")
     c.add_argument("--seed", type=int, default=0)
     add_streaming_args(c)
     c.set_defaults(func=run_train)
@@ -223,7 +225,7 @@ def run_train(args: argparse.Namespace) -> int:
     def progress(items):
         return tqdm(items, desc="decoding", unit="utt", file=sys.stderr, disable=not sys.stderr.isatty())
 
-    meta = train(model, args.data, args.out, options, plot=args.plot, progress=progress)
+    meta = train(model, args.data, args.out, options, plot=args.plot, progress=progress, test_dir=args.test)
     ev = meta["metrics"]["eval"]
 
     def fmt(r: dict) -> str:
@@ -238,5 +240,13 @@ def run_train(args: argparse.Namespace) -> int:
     if ev["pilot_steps"]["n"]:
         print(f"eval, pilot steps: {fmt(ev['pilot_steps'])}")
     print(f"reliability diagram: {meta['reliability_diagram']}")
-    print(json.dumps({"ece": ev["all_steps"]["ece"], "auroc": ev["all_steps"]["auroc"]}))
+    last = {"ece": ev["all_steps"]["ece"], "auroc": ev["all_steps"]["auroc"]}
+    if "test" in meta:
+        t = meta["test"]["metrics"]
+        name = Path(meta["test"]["data"]).name
+        print(f"{name}, every step: {fmt(t['all_steps'])}")
+        print(f"{name}, final step: {fmt(t['final_step'])}")
+        print(f"{name} reliability diagram: {meta['test']['reliability_diagram']}")
+        last.update(test_ece=t["all_steps"]["ece"], test_auroc=t["all_steps"]["auroc"])
+    print(json.dumps(last))
     return 0

@@ -261,6 +261,22 @@ def _channels(net: ConfidenceNet) -> int | None:
     return net.conv[0].out_channels if net.kind == "cnn" else None
 
 
+#: The estimator trained for a model ships in the model's dir under this name.
+SHIPPED_NAME = "confidence.pt"
+
+
+def estimator_for(model_root: str | Path, path: str | Path | None = None) -> ConfidenceEstimator:
+    """``path`` if given, else the estimator shipped beside the model, else the prior.
+
+    An estimator is calibrated for one model's answers, so the default follows
+    the model: the shipped device model brings its own ``confidence.pt``.
+    """
+    if path is None and (Path(model_root) / SHIPPED_NAME).is_file():
+        path = Path(model_root) / SHIPPED_NAME
+        log.info("confidence estimator: %s", path)
+    return load_estimator(path)
+
+
 def load_estimator(path: str | Path | None) -> ConfidenceEstimator:
     """A trained estimator, or the built-in prior (with a warning) when ``path`` is None."""
     if path is None:

@@ -184,8 +184,14 @@ def evaluate(est: ConfidenceEstimator, ex: Examples) -> dict:
 
 
 def train(model: LoadedModel, data_dir: str | Path, out: str | Path, options: TrainOptions = TrainOptions(),
-          plot: str | Path | None = None, progress: Callable | None = None) -> dict:
-    """Collect, split, fit, evaluate, save. Returns the report (also stored in the JSON metadata)."""
+          plot: str | Path | None = None, progress: Callable | None = None,
+          test_dir: str | Path | None = None) -> dict:
+    """Collect, split, fit, evaluate, save. Returns the report (also stored in the JSON metadata).
+
+    ``test_dir``: a second data dir (e.g. ``test_hard``: other voices, unseen
+    sentences) the estimator is also scored on, with its own reliability diagram
+    — the honest figure, since dev shares voices and templates with training.
+    """
     t0 = time.perf_counter()
     data = read_data_dir(data_dir)[: options.limit] if options.limit else read_data_dir(data_dir)
     ex = collect(model, data, options, progress)
@@ -211,5 +217,13 @@ def train(model: LoadedModel, data_dir: str | Path, out: str | Path, options: Tr
         reliability_diagram=str(plot_path),
         seconds=round(time.perf_counter() - t0, 2),
     )
+    if test_dir is not None:
+        test = read_data_dir(test_dir)
+        test_ex = collect(model, test[: options.limit] if options.limit else test, options, progress)
+        test_plot = Path(str(out) + f".reliability.{Path(test_dir).name}.png")
+        reliability_diagram(est.predict_many(test_ex.X, test_ex.seqs if est.net.kind == "cnn" else None),
+                            test_ex.y, test_plot, title=f"{options.kind} on {Path(test_dir).name}")
+        est.meta.update(test={"data": str(test_dir), "utterances": len(test_ex.utt_ids),
+                              "metrics": evaluate(est, test_ex), "reliability_diagram": str(test_plot)})
     est.save(out)
     return est.meta

@@ -305,7 +305,7 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
     out = tmp_path / "conf" / "estimator.pt"
     rc = main(["device", "train-confidence", "--model", str(tiny_model_dirs["conformer"]), "--data", str(data),
                "--out", str(out), "--beam-size", "2", "--maxlenratio", "0.3", "--epochs", "60",
-               "--kind", "cnn", "--eval-fraction", "0.25"])
+               "--kind", "cnn", "--eval-fraction", "0.25", "--test", str(data), "--limit", "8"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "ECE" in printed and "AUROC" in printed
@@ -316,6 +316,20 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
     meta = json.loads(Path(str(out) + ".json").read_text())
     assert meta["utterances"] == {"train": 6, "eval": 2}
     assert Path(meta["reliability_diagram"]).read_bytes()[:4] == b"\x89PNG"
+    assert meta["test"]["utterances"] == 8 and "auroc" in meta["test"]["metrics"]["all_steps"]
+    assert Path(meta["test"]["reliability_diagram"]).read_bytes()[:4] == b"\x89PNG"
+    assert 0.0 <= summary["test_ece"] <= 1.0
+    # shipped beside a model, the estimator is that model's default
+    import shutil
+
+    from pasu.device.confidence import SHIPPED_NAME, estimator_for
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["conformer"], model_dir)
+    assert estimator_for(model_dir).net.kind != "cnn"  # the built-in prior
+    shutil.copyfile(out, model_dir / SHIPPED_NAME)
+    shutil.copyfile(str(out) + ".json", str(model_dir / SHIPPED_NAME) + ".json")
+    assert estimator_for(model_dir).net.kind == "cnn"
     # usable by the agent
     cfg = AgentConfig(decoding=FAST, confidence=out)
     with DeviceAgent(cfg, load_model(tiny_model_dirs["conformer"])) as agent:

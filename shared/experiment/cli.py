@@ -72,11 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _estimator(path: str | None, device):
     """The trained estimator: --confidence, else the one shipped beside the device model, else a prior."""
-    from pathlib import Path
 
-    from pasu.device.confidence import ConfidenceEstimator, load_estimator
+    from pasu.device.confidence import estimator_for
 
-    if path:
-        return load_estimator(path)
-    shipped = Path(device.files.root) / "confidence.pt"
-    return load_estimator(shipped) if shipped.is_file() else ConfidenceEstimator.prior()
+    return estimator_for(device.files.root, path or None)
