@@ -150,11 +150,14 @@ def test_bench_cloud_in_process(capsys, tmp_path, tiny_model_dirs):
     args = p.parse_args(["cloud", "--serve-model", str(tiny_model_dirs["conformer"]), "--concurrency", "2",
                          "--requests", "3", "--beam-size", "1", "--rpc", "offload", "--reuse", "compare",
                          "--device-beam", "1", "--audio", *[str(f) for f in sorted(
-                             __import__("pasu.resources", fromlist=["x"]).example_audio(2))]])
+                             __import__("pasu.resources", fromlist=["x"]).example_audio(2))],
+                         "--text", str(__import__("pasu.resources", fromlist=["x"]).AUDIO_DIR / "text")])
     assert args.func(args) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"requests", "errors", "throughput_rps", "p50_s", "p99_s"} <= set(last)
     assert last["requests"] == 3 and last["errors"] == 0 and "reuse_compare" in last
+    reuse = last["reuse_compare"]  # scored against the clips' transcripts
+    assert reuse["scored"] == 2 and "accuracy_cost_points" in reuse and 0 <= reuse["intent_acc_off"] <= 1
 
 
 def test_bench_refuses_non_loopback_targets():

@@ -36,6 +36,9 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     c.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     c.add_argument("--requests", type=int, default=32, help="requests in all (default 32)")
     c.add_argument("--audio", nargs="+", default=None, help="audio files (default: the shipped evaluation subset, shared/resources/eval)")
+    c.add_argument("--text", type=Path, default=None,
+                   help="ESPnet text file (keys = audio file stems): --reuse compare then scores both "
+                        "policies against it (default audio: the subset's own text)")
     c.add_argument("--rpc", choices=("recognize", "offload"), default="recognize")
     c.add_argument("--request-beam", type=int, default=None, help="beam_size sent with each request")
     c.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, seconds")
@@ -109,6 +112,29 @@ def load_clips(files: list[str] | None):
 
     paths = files or [str(p) for p in eval_audio()]
     return [read_audio(p) for p in paths]
+
+
+def clip_references(files: list[str] | None, text: Path | None) -> dict[int, str]:
+    """Reference lines by clip index: from ``text`` (ESPnet ``text``, keyed by file stem),
+    or, for the default audio, the shipped evaluation subset's own ``text``."""
+    from pasu.audio import read_scp
+    from pasu.resources import EVAL_DIR, eval_audio
+
+    paths = files or [str(p) for p in eval_audio()]
+    if text is None and not files and (EVAL_DIR / "text").is_file():
+        text = EVAL_DIR / "text"
+    if text is None:
+        return {}
+    refs = read_scp(text)
+    return {i: refs[Path(p).stem] for i, p in enumerate(paths) if Path(p).stem in refs}
+
+
+def accuracy(best: dict[int, str], refs: dict[int, str]) -> dict[str, float | int]:
+    """Intent accuracy and WER of the answers that have a reference (pasu eval's scoring)."""
+    from pasu.train.evaluate import EvalResult
+
+    keys = [k for k in best if k in refs]
+    return EvalResult(refs={k: refs[k] for k in keys}, hyps={k: best[k] for k in keys}).summary()
 
 
 def device_results(clips, model_dir: str, beam: int):
@@ -277,6 +303,18 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
             "throughput_rps_off": round(off.throughput, 3),
             "best_text_agreement": round(agree / len(common), 3) if common else None,
         }
+        refs = clip_references(args.audio, args.text)
+        if refs:
+            acc_off, acc_on = accuracy(off.best, refs), accuracy(on.best, refs)
+            summary["reuse_compare"].update(
+                intent_acc_off=acc_off["intent_acc"], intent_acc_rescore=acc_on["intent_acc"],
+                wer_off=acc_off["wer"], wer_rescore=acc_on["wer"], scored=acc_on["utterances"],
+                # what reuse costs, in points of intent accuracy (negative: it helped)
+                accuracy_cost_points=round(100 * (acc_off["intent_acc"] - acc_on["intent_acc"]), 2),
+            )
+            print(f"intent accuracy vs references ({acc_on['utterances']} clips): "
+                  f"{100 * acc_off['intent_acc']:.1f}% from scratch, {100 * acc_on['intent_acc']:.1f}% with reuse; "
+                  f"WER {100 * acc_off['wer']:.1f}% -> {100 * acc_on['wer']:.1f}%")
         print(f"decoder reuse: search time {d_off:.2f} s -> {d_on:.2f} s; "
               f"short-circuited {summary.get('short_circuited', 0):.0%}; "
               f"best text agrees on {agree}/{len(common)} clips")
