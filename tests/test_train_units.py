@@ -66,3 +66,18 @@ def test_scores_intent_first_word_and_wer_on_the_rest() -> None:
     assert r.intent_acc == 0.5
     assert r.wer == pytest.approx(1 / 6)
     assert r.summary() == {"intent_acc": 0.5, "wer": 0.1667, "utterances": 2}
+
+
+def test_device_warm_start_takes_front_end_and_ctc_only_when_shapes_match(tmp_path: Path) -> None:
+    from pasu.train.recipe import warm_start_params
+
+    opts = RecipeOptions(exp_dir=tmp_path, device_attention_blocks=2)
+    device_cfg = tmp_path / "device.yaml"
+    write_device_config(opts, device_cfg)
+    ckpt = tmp_path / "cloud.pth"
+    assert warm_start_params(opts, device_cfg, ckpt) == [
+        f"{ckpt}:encoder.embed:encoder.embed", f"{ckpt}:ctc:ctc"]
+    other = yaml.safe_load(device_cfg.read_text())
+    other["frontend_conf"]["n_mels"] = 80  # different features: the conv shapes differ
+    device_cfg.write_text(yaml.safe_dump(other))
+    assert warm_start_params(opts, device_cfg, ckpt) == []

@@ -176,7 +176,8 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
             write_device_config(opts, config)
         cloud_ckpt = best_checkpoint(opts.model_exp("cloud"))
         # The device decodes with the cloud's decoder: same weights, never updated.
-        extra += ["--init_param", f"{cloud_ckpt}:decoder:decoder", "--freeze_param", "decoder"]
+        init = [f"{cloud_ckpt}:decoder:decoder", *warm_start_params(opts, config, cloud_ckpt)]
+        extra += ["--init_param", *init, "--freeze_param", "decoder"]
     cmd = [
         "--config", str(config),
         *_data_args(opts, shapes=True),
@@ -364,6 +365,29 @@ def write_device_config(opts: RecipeOptions, path: Path) -> dict[str, Any]:
     path.write_text(header + yaml.safe_dump(device, sort_keys=False))
     log.info("device encoder: %d local + %d attention blocks (%s)", total - n_att, n_att, why)
     return device
+
+
+def warm_start_params(opts: RecipeOptions, device_config: Path, cloud_ckpt: Path) -> list[str]:
+    """ESPnet ``--init_param`` specs that start the device from the cloud's trained parts.
+
+    The subsampling front end and the CTC head do the same job on both sides (same
+    features, same width, same tokens), so the device starts from the cloud's instead of
+    from noise: its encoder then only has to learn the blocks in between, which cuts the
+    device's training epochs on the 2-core budget. Skipped, with a log line, when the
+    two configs' features or front ends differ (the shapes would not match). Unlike the
+    decoder, both stay trainable.
+    """
+    device = yaml.safe_load(device_config.read_text())
+    cloud = yaml.safe_load(opts.cloud_config.read_text())
+    same = (
+        device.get("frontend_conf") == cloud.get("frontend_conf")
+        and device["encoder_conf"].get("input_layer", "conv2d") == cloud["encoder_conf"].get("input_layer", "conv2d")
+        and device["encoder_conf"]["output_size"] == cloud["encoder_conf"]["output_size"]
+    )
+    if not same:
+        log.info("device: front end differs from the cloud's; training it from scratch")
+        return []
+    return [f"{cloud_ckpt}:encoder.embed:encoder.embed", f"{cloud_ckpt}:ctc:ctc"]
 
 
 def best_checkpoint(exp: Path) -> Path:
