@@ -83,3 +83,28 @@ def test_scan_and_loop_recursions_agree(tiny_models, audio):
         a, b = scan.recognize([audio[utt]])[0], loop.recognize([audio[utt]])[0]
         assert [h.yseq for h in a] == [h.yseq for h in b]
         assert all(abs(x.score - y.score) <= TOL for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("role", ["device", "cloud"])
+def test_shipped_models_equal_espnet(role, audio):
+    """The trained default pair, not only random tiny models: real, peaked score
+    distributions exercise pruning and end detection the way users see them."""
+    from pasu.model_store import default_model_dir
+    from pasu.models import load_model
+
+    path = default_model_dir(role)
+    if path is None:
+        pytest.skip(f"no shipped {role} model in this checkout")
+    model = load_model(path)
+    options = DecodingOptions(beam_size=10, ctc_weight=0.3, nbest=3)
+    s2t = espnet_speech2text(model, options)
+    rec = Recognizer(model, options)
+    clips = list(audio.items())[:8]
+    for utt, speech in clips:
+        ref = espnet_nbest(s2t, speech)
+        ours = rec.recognize([speech])[0]
+        assert_same_nbest(ref, ours, utt)
+    # and batched: the same answers as alone
+    batched = rec.recognize([s for _, s in clips])
+    for (utt, speech), hyps in zip(clips, batched):
+        assert [h.yseq for h in hyps] == [h.yseq for h in rec.recognize([speech])[0]], utt

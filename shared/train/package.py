@@ -173,7 +173,8 @@ def write_model_card(model_dir: Path, data_manifest: Path | None = None) -> Path
         "",
         f"- data: pasu synthetic SLURP-style corpus {json.dumps(meta_data, sort_keys=True)}",
         f"- epochs: {meta.get('epochs', '?')}; best validation token accuracy: {meta.get('best_valid_acc', '?')}; "
-        f"weights: {meta.get('checkpoint', '?')} (ESPnet n-best average)",
+        f"weights: {meta.get('checkpoint', '?')}"
+        + (" (ESPnet n-best average)" if ".ave." in str(meta.get("checkpoint", "")) else ""),
     ]
     if "training_wall_s" in meta:
         lines.append(
@@ -182,7 +183,8 @@ def write_model_card(model_dir: Path, data_manifest: Path | None = None) -> Path
         )
     if "cloud_attention_branch_weights" in meta:
         w = ", ".join(f"{x:.2f}" for x in meta["cloud_attention_branch_weights"])
-        lines.append(f"- local/attention split from the cloud Branchformer's attention-branch weights: {w}")
+        lines.append(f"- cloud Branchformer's attention-branch weight per layer: {w}")
+    lines += [f"- {note}" for note in meta.get("history", [])]  # how this model was trained, in words
     results = sorted(model_dir.glob("eval_*.json"))
     lines += ["", "## Evaluation (pasu Recognizer)", ""]
     if results:
