@@ -185,7 +185,9 @@ def run_load(target: str, clips, args: argparse.Namespace, label: str, devices=N
             with lock:
                 res.latencies.append(dt)
                 res.decode_s += result.timing.decode_duration.ToNanoseconds() / 1e9
-                res.best[clip] = result.hypotheses[0].text if result.hypotheses else ""
+                # the wire carries the intent apart from the transcript; pasu eval scores "intent words..."
+                top = result.hypotheses[0] if result.hypotheses else None
+                res.best[clip] = " ".join(x for x in (top.intent, top.text) if x) if top else ""
                 if reuse:
                     res.reuse[reuse] = res.reuse.get(reuse, 0) + 1
         except grpc.RpcError as e:
