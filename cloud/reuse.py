@@ -23,7 +23,7 @@ import torch
 
 from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.decoding.scorers import EncoderBatch
-from pasu.models import LoadedModel, token_list_id  # noqa: F401  (token_list_id: re-exported)
+from pasu.models import LoadedModel, forward_lock, token_list_id  # noqa: F401  (token_list_id: re-exported)
 from pasu.v1 import hypothesis_pb2, speech_service_pb2
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,13 @@ def rescore(
     scores are ignored. The totals equal what the beam search gives the same
     sequence, ``<eos>`` included.
     """
+    with forward_lock(recognizer.model.model):  # the decoder's attention keeps per-call state
+        return _rescore(recognizer, enc, seqs, row_utt)
+
+
+def _rescore(
+    recognizer: Recognizer, enc: EncoderBatch, seqs: Sequence[Sequence[int]], row_utt: Sequence[int] | None
+) -> list[NBestEntry]:
     search = recognizer.search
     model = recognizer.model
     n = len(seqs)

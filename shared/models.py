@@ -15,6 +15,7 @@ import copy
 import hashlib
 import logging
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,30 @@ def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str,
         if wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
     return state
+
+
+_LOCKS_GUARD = threading.Lock()
+
+
+def forward_lock(module: torch.nn.Module) -> threading.RLock:
+    """The lock that serialises forward passes through one model's modules.
+
+    ESPnet's attention layers keep per-call state on the module (``self.attn``
+    is written, then read back), so two threads running the same model at once
+    can mix their tensors: a pilot in the streaming session's background thread
+    and the final pass on the caller's thread hit exactly that ("Expected size
+    ... [4, 44] but got [4, 16]"). Every pasu forward through an encoder's
+    attention or a decoder holds this lock; it is re-entrant, so a search that
+    encodes and then decodes just nests.
+    """
+    lock = getattr(module, "_pasu_forward_lock", None)
+    if lock is None:
+        with _LOCKS_GUARD:
+            lock = getattr(module, "_pasu_forward_lock", None)
+            if lock is None:
+                lock = threading.RLock()
+                object.__setattr__(module, "_pasu_forward_lock", lock)
+    return lock
 
 
 @dataclass

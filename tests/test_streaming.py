@@ -138,3 +138,28 @@ def test_bad_input_and_misuse(late_rec, audio):
     ok.finalize()
     with pytest.raises(RuntimeError, match="twice"):
         ok.finalize()
+
+
+def test_one_model_decodes_safely_from_many_threads(tiny_models, audio):
+    """ESPnet's attention keeps per-call state on the module: pasu serialises
+    forward passes per model (pasu.models.forward_lock), so threads sharing one
+    model — background pilots, the final pass, a cloud worker in the same
+    process — get exactly the answers they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pasu.decoding.options import DecodingOptions
+    from pasu.decoding.recognizer import Recognizer
+
+    import torch
+
+    rec = Recognizer(tiny_models["conformer"], DecodingOptions(beam_size=3, nbest=1))
+    clips = list(audio.values())[:6]
+    alone = [rec.recognize([c])[0][0].token_ids for c in clips]
+    encoded = [rec.encode([c]).enc for c in clips]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(lambda c: rec.recognize([c])[0][0].token_ids, clips * 3))
+        # the encoder alone, many times: the race window is widest there
+        encs = list(pool.map(lambda i: (i, rec.encode([clips[i % 6]]).enc), range(120)))
+    assert together == alone * 3
+    for i, enc in encs:
+        assert torch.equal(enc, encoded[i % 6]), i

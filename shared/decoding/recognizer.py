@@ -13,7 +13,7 @@ from pasu.decoding.beam_search import BeamSearch, Hypothesis, StopRule
 from pasu.decoding.ctc import CTCPrefixScorer
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.scorers import AttentionDecoderScorer, EncoderBatch, LengthBonus
-from pasu.models import LoadedModel
+from pasu.models import LoadedModel, forward_lock
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class Recognizer:
             x = torch.as_tensor(s, dtype=torch.float32).to(self.model.device)
             if x.ndim != 1 or x.numel() == 0:
                 raise ValueError(f"expected non-empty 1-D audio, got shape {tuple(x.shape)}")
-            enc, _ = self.model.model.encode(x.unsqueeze(0), torch.tensor([x.numel()], device=x.device))
+            with forward_lock(self.model.model):
+                enc, _ = self.model.model.encode(x.unsqueeze(0), torch.tensor([x.numel()], device=x.device))
             if isinstance(enc, tuple):
                 enc = enc[0]
             outs.append(enc[0])
@@ -90,7 +91,8 @@ class Recognizer:
         The keyword arguments are for pilot inference (seeded prefixes, a
         narrower beam, early termination); without them this is ESPnet's search.
         """
-        hyps = self.search(batch, prefixes=prefixes, beam_size=beam_size, stop=stop, prime_hints=prime_hints)
+        with forward_lock(self.model.model):
+            hyps = self.search(batch, prefixes=prefixes, beam_size=beam_size, stop=stop, prime_hints=prime_hints)
         n = nbest or self.options.nbest
         return [[self.entry(h) for h in hs[:n]] for hs in hyps]
 

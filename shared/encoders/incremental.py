@@ -27,6 +27,7 @@ from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShort
 
 from pasu.encoders.late import LateContextEncoder, subsampling_convs
 from pasu.encoders.stages import LocalBlockStage, StftFeatureStage, SubsamplingStage
+from pasu.models import forward_lock
 
 logger = logging.getLogger(__name__)
 
@@ -189,9 +190,10 @@ class IncrementalEncoder:
         if stft is not None and stft.center and speech.numel() <= stft.n_fft // 2:
             return None  # torch.stft's reflect padding needs more samples
         try:
-            return self.model.encode(
-                speech[None], torch.tensor([speech.numel()], device=self.device)
-            )
+            with forward_lock(self.model):
+                return self.model.encode(
+                    speech[None], torch.tensor([speech.numel()], device=self.device)
+                )
         except TooShortUttError as exc:
             logger.debug("too little audio to encode yet: %s", exc)
             return None
@@ -212,7 +214,8 @@ class IncrementalEncoder:
         if frames == 0:
             return None
         masks = torch.ones(1, 1, frames, dtype=torch.bool, device=self.device)
-        out = self.model.encoder.forward_attention(local, masks)
+        with forward_lock(self.model):
+            out = self.model.encoder.forward_attention(local, masks)
         lens = torch.tensor([frames], device=self.device)
         if getattr(self.model, "postencoder", None) is not None:
             out, lens = self.model.postencoder(out, lens)
