@@ -26,6 +26,7 @@ import grpc
 from pasu.decoding.recognizer import NBestEntry
 from pasu.device.config import CloudClientConfig
 from pasu.models import token_list_id
+from pasu.slu import join_intent, split_intent
 from pasu.v1 import audio_pb2, hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,6 @@ def _duration(seconds: float):
     return d
 
 
-def split_intent(text: str) -> tuple[str, str]:
-    """("alarm_set", "wake me up") from "alarm_set wake me up"; ("", text) without a label."""
-    from pasu.device.output import intent_of
-
-    intent = intent_of(text)
-    return (intent, text.split(" ", 1)[1] if " " in text else "") if intent else ("", text)
-
-
 def device_result(
     nbest: Sequence[NBestEntry], model_name: str, model_version: str, token_list: Sequence[str],
     confidence: float, complete: bool,
@@ -104,6 +97,7 @@ def device_result(
     hyps = []
     for e in nbest:
         intent, text = split_intent(e.text)
+        intent = intent or ""  # proto3: no label is the empty string
         scores = hypothesis_pb2.ScorerScores(total=e.score)
         for k in ("decoder", "ctc", "length_bonus"):
             if k in e.scores:
@@ -341,7 +335,7 @@ class OffloadCall:
         if not r.hypotheses:
             raise ValueError("the cloud answered with no hypotheses")
         nbest = [
-            CloudHypothesis(text=f"{h.intent} {h.text}".strip() if h.intent else h.text,
+            CloudHypothesis(text=join_intent(h.intent, h.text),
                             token_ids=list(h.token_ids), score=h.scores.total, confidence=h.confidence)
             for h in r.hypotheses
         ]

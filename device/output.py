@@ -7,18 +7,15 @@ The record is a plain dict built in one place, so the JSON-lines contract
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import IO
 
-INTENT_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")  # scenario_action, e.g. alarm_set
-
+from pasu.slu import split_intent
 
 def intent_of(text: str) -> str | None:
-    """The first word of ``text`` when it looks like an intent label (``scenario_action``)."""
-    first = text.split(" ", 1)[0] if text else ""
-    return first if INTENT_RE.match(first) else None
+    """The intent label ``text`` starts with, if any (the cloud reads it the same way)."""
+    return split_intent(text)[0]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pasu.audio import AudioError, read_audio, read_scp
+from pasu.audio import AudioError, read_audio, read_scp, read_wav_scp
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
 from pasu.device.calibration import reliability_diagram, report
@@ -79,7 +79,7 @@ def read_data_dir(data: str | Path) -> list[tuple[str, Path, str]]:
     for name in ("wav.scp", "text"):
         if not (d / name).is_file():
             raise FileNotFoundError(f"{d / name} is missing (an ESPnet data dir has wav.scp and text)")
-    wavs, texts = read_scp(d / "wav.scp"), read_scp(d / "text")
+    wavs, texts = read_wav_scp(d), read_scp(d / "text")
     out = []
     for utt, where in wavs.items():
         if where.rstrip().endswith("|"):
@@ -87,8 +87,7 @@ def read_data_dir(data: str | Path) -> list[tuple[str, Path, str]]:
         if utt not in texts:
             log.warning("%s has no transcript in %s; skipped", utt, d / "text")
             continue
-        p = Path(where)
-        out.append((utt, p if p.is_absolute() else d / p if (d / p).exists() else p, texts[utt]))
+        out.append((utt, Path(where), texts[utt]))
     if not out:
         raise ValueError(f"{d}: no utterance has both audio and a transcript")
     return out

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from pasu.resources import ROOT
 
-_LABEL = re.compile(r"^[a-z]+(?:_[a-z]+)+$")
+_LABEL = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")  # scenario_action, e.g. alarm_set
 
 
 @lru_cache(maxsize=1)
@@ -27,3 +27,9 @@ def split_intent(text: str) -> tuple[str | None, str]:
     if first and (first in known_intents() or _LABEL.match(first)):
         return first, rest.strip()
     return None, text
+
+
+def join_intent(intent: str | None, transcript: str) -> str:
+    """The model's own output line back from the wire's separate fields: the inverse of
+    :func:`split_intent` (the API carries the intent apart from the transcript)."""
+    return f"{intent} {transcript}".strip() if intent else transcript

@@ -73,3 +73,27 @@ def certs(tmp_path_factory) -> Path:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=d)
     return d
+
+
+class _Evil:
+    """A pickle payload that would write ./PWNED if anything unpickled it."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+@pytest.fixture
+def poisoned_model_dir(tiny_model_dirs, tmp_path) -> Path:
+    """A copy of the tiny Conformer whose model.pth also carries a pickle payload."""
+    import pickle
+    import shutil
+
+    import torch
+
+    d = tmp_path / "poisoned"
+    shutil.copytree(tiny_model_dirs["conformer"], d)
+    state = torch.load(d / "model.pth", weights_only=True)
+    state["payload"] = _Evil()
+    with open(d / "model.pth", "wb") as f:
+        torch.save(state, f, pickle_module=pickle)
+    return d

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import shutil
 
 import pytest
@@ -64,19 +63,10 @@ def test_mismatched_weights_are_refused(tiny_model_dirs, tmp_path):
         load_model(d)
 
 
-class _Evil:
-    def __reduce__(self):
-        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
 
-
-def test_poisoned_checkpoint_is_refused_not_run(tiny_model_dirs, tmp_path, monkeypatch):
+def test_poisoned_checkpoint_is_refused_not_run(poisoned_model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    d = tmp_path / "poisoned"
-    shutil.copytree(tiny_model_dirs["conformer"], d)
-    state = torch.load(d / "model.pth", weights_only=True)
-    state["payload"] = _Evil()
-    with open(d / "model.pth", "wb") as f:
-        torch.save(state, f, pickle_module=pickle)
+    d = poisoned_model_dir
     with pytest.raises(ModelLoadError, match="cannot load weights"):
         load_model(d)
     assert not (tmp_path / "PWNED").exists()

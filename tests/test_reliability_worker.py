@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
-import shutil
 import subprocess
 import sys
 
 import grpc
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pasu.bench.soak import ChildWorker, SoakOptions, check_loopback, register_bench
@@ -110,19 +107,10 @@ def test_no_secrets_in_logs(served):
     assert not [r for r in records if r.get("level") == "ERROR"]
 
 
-class _Evil:
-    def __reduce__(self):
-        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
 
-
-def test_poisoned_checkpoint_refused_by_cloud_serve(tiny_model_dirs, tmp_path):
+def test_poisoned_checkpoint_refused_by_cloud_serve(poisoned_model_dir, tmp_path):
     """`pasu cloud serve --model DIR` with a pickle payload in model.pth: refused, not run, exit 1."""
-    d = tmp_path / "poisoned"
-    shutil.copytree(tiny_model_dirs["conformer"], d)
-    state = torch.load(d / "model.pth", weights_only=True)
-    state["payload"] = _Evil()
-    with open(d / "model.pth", "wb") as f:
-        torch.save(state, f, pickle_module=pickle)
+    d = poisoned_model_dir
     cmd = [sys.executable, "-m", "pasu.bench.soak", "cloud", "serve", "--model", str(d), "--port", "0"]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})

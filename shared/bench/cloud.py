@@ -106,22 +106,26 @@ def _check_loopback(target: str) -> None:
         raise SystemExit(f"--target must be a loopback address (127.0.0.1, localhost, ::1), got {host!r}")
 
 
-def load_clips(files: list[str] | None):
-    from pasu.audio import read_audio
+def clip_paths(files: list[str] | None) -> list[str]:
+    """The audio to send: ``--audio``, else the shipped evaluation subset."""
     from pasu.resources import eval_audio
 
-    paths = files or [str(p) for p in eval_audio()]
+    return list(files) if files else [str(p) for p in eval_audio()]
+
+
+def load_clips(paths: list[str]):
+    from pasu.audio import read_audio
+
     return [read_audio(p) for p in paths]
 
 
-def clip_references(files: list[str] | None, text: Path | None) -> dict[int, str]:
+def clip_references(paths: list[str], text: Path | None, default_audio: bool) -> dict[int, str]:
     """Reference lines by clip index: from ``text`` (ESPnet ``text``, keyed by file stem),
     or, for the default audio, the shipped evaluation subset's own ``text``."""
     from pasu.audio import read_scp
-    from pasu.resources import EVAL_DIR, eval_audio
+    from pasu.resources import EVAL_DIR
 
-    paths = files or [str(p) for p in eval_audio()]
-    if text is None and not files and (EVAL_DIR / "text").is_file():
+    if text is None and default_audio and (EVAL_DIR / "text").is_file():
         text = EVAL_DIR / "text"
     if text is None:
         return {}
@@ -157,6 +161,7 @@ def run_load(target: str, clips, args: argparse.Namespace, label: str, devices=N
 
     from pasu.cloud import client as C
     from pasu.cloud.reuse import OUTCOME_NAMES
+    from pasu.slu import join_intent
 
     res = CloudBenchResult(label=label, concurrency=args.concurrency)
     lock = threading.Lock()
@@ -187,7 +192,7 @@ def run_load(target: str, clips, args: argparse.Namespace, label: str, devices=N
                 res.decode_s += result.timing.decode_duration.ToNanoseconds() / 1e9
                 # the wire carries the intent apart from the transcript; pasu eval scores "intent words..."
                 top = result.hypotheses[0] if result.hypotheses else None
-                res.best[clip] = " ".join(x for x in (top.intent, top.text) if x) if top else ""
+                res.best[clip] = join_intent(top.intent, top.text) if top else ""
                 if reuse:
                     res.reuse[reuse] = res.reuse.get(reuse, 0) + 1
         except grpc.RpcError as e:
@@ -264,7 +269,8 @@ def format_rows(rows: list[CloudBenchResult]) -> str:
 def run_cloud_bench(args: argparse.Namespace) -> int:
     if args.concurrency < 1 or args.requests < 1:
         raise SystemExit("--concurrency and --requests must be >= 1")
-    clips = load_clips(args.audio)
+    paths = clip_paths(args.audio)
+    clips = load_clips(paths)
     metadata: tuple = ()
     if args.target:
         _check_loopback(args.target)
@@ -305,7 +311,7 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
             "throughput_rps_off": round(off.throughput, 3),
             "best_text_agreement": round(agree / len(common), 3) if common else None,
         }
-        refs = clip_references(args.audio, args.text)
+        refs = clip_references(paths, args.text, default_audio=not args.audio)
         if refs:
             acc_off, acc_on = accuracy(off.best, refs), accuracy(on.best, refs)
             summary["reuse_compare"].update(

@@ -69,11 +69,10 @@ def make_subset(src: Path, out: Path, opts: SubsetOptions = SubsetOptions()) -> 
         shutil.copyfile(source, out / name)
         scp.append(f"{u} {name}\n")
     (out / "wav.scp").write_text("".join(scp), encoding="utf-8")
-    keep = set(ids)
     for name in PER_UTTERANCE_FILES:
         if (src / name).is_file():
-            rows = read_scp(src / name)
-            (out / name).write_text("".join(f"{u} {rows[u]}\n" for u in ids if u in keep and u in rows),
+            rows = text if name == "text" else read_scp(src / name)
+            (out / name).write_text("".join(f"{u} {rows[u]}\n" for u in ids if u in rows),
                                     encoding="utf-8")
     log.info("subset of %s: %d utterances, %.1f MB -> %s", src, len(ids), total / 1e6, out)
     return ids

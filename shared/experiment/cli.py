@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pasu.audio import read_scp, read_wav_scp
+    from pasu.device.confidence import estimator_for
     from pasu.experiment.collect import CollectOptions, collect
     from pasu.experiment.report import plot, write_csv, write_summary
     from pasu.experiment.sweep import Network, pilot_confidences, sweep
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     device = load_model(resolve_model(args.device_model, "device"))
     cloud = None if args.cloud else load_model(resolve_model(args.cloud_model, "cloud"))
     records = collect(device, cloud, wav, out, CollectOptions(), cloud_target=args.cloud)
-    estimator = _estimator(args.confidence, device)
+    estimator = estimator_for(device.files.root, args.confidence or None)  # default: shipped with the model
     networks = [Network(rtt_s=r / 1000, mbit_s=m) for r in args.rtt_ms for m in args.mbit]
     points = sweep(records, refs, estimator, networks, seed=args.seed)
     write_csv(points, out / "points.csv")
@@ -69,10 +70,3 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in summary if k not in ("networks",)}), flush=True)
     return 0
 
-
-def _estimator(path: str | None, device):
-    """The trained estimator: --confidence, else the one shipped beside the device model, else a prior."""
-
-    from pasu.device.confidence import estimator_for
-
-    return estimator_for(device.files.root, path or None)

@@ -24,6 +24,7 @@ from pasu.decoding import DecodingOptions, Recognizer
 from pasu.decoding.recognizer import NBestEntry
 from pasu.models import LoadedModel
 from pasu.reference import espnet_nbest, espnet_speech2text
+from pasu.slu import join_intent
 from pasu.streaming import StreamingOptions, StreamingSession
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, 
             resp = cc.stub(ch).Recognize(cc.recognize_request(f"experiment-{utt}", audio), timeout=120)
         hyps = resp.result.hypotheses
         # the wire keeps the intent apart from the transcript; the device's text carries both
-        text = f"{hyps[0].intent} {hyps[0].text}".strip() if hyps else ""
+        text = join_intent(hyps[0].intent, hyps[0].text) if hyps else ""
     elif cloud_rec is not None:
         best = cloud_rec.recognize([audio])[0]
         text = best[0].text if best else ""

@@ -75,13 +75,8 @@ def plot(points: list[Point], network: str, out: Path, reliability: tuple[np.nda
     ax.axhline(100 * cloud.accuracy - 0.5, color="grey", lw=0.8, label="cloud − 0.5 pt")
     ax.set_xlabel("offload rate")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"accuracy vs offload rate ({network})")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    files.append(out / f"accuracy_vs_offload_{_slug(network)}.png")
-    fig.tight_layout()
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
+    files.append(_save(fig, ax, f"accuracy vs offload rate ({network})",
+                       out / f"accuracy_vs_offload_{_slug(network)}.png"))
 
     h = headline(points, network)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -98,36 +93,29 @@ def plot(points: list[Point], network: str, out: Path, reliability: tuple[np.nda
         ax.step(lat, np.arange(1, len(lat) + 1) / len(lat), where="post", label=f"{pol} (offload {p.offload_rate:.2f})")
     ax.set_xlabel("end of speech → answer (s)")
     ax.set_ylabel("fraction of utterances")
-    ax.set_title(f"latency CDF at the target accuracy ({network})")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    files.append(out / f"latency_cdf_{_slug(network)}.png")
-    fig.tight_layout()
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
+    files.append(_save(fig, ax, f"latency CDF at the target accuracy ({network})",
+                       out / f"latency_cdf_{_slug(network)}.png"))
 
     if reliability is not None:
+        from pasu.device.calibration import reliability_diagram  # the one train-confidence draws
+
         conf, correct = reliability
-        bins = np.linspace(0, 1, 11)
-        idx = np.clip(np.digitize(conf, bins) - 1, 0, 9)
-        xs, ys = [], []
-        for b in range(10):
-            m = idx == b
-            if m.any():
-                xs.append(conf[m].mean())
-                ys.append(correct[m].mean())
-        fig, ax = plt.subplots(figsize=(4.8, 4.4))
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-        ax.plot(xs, ys, marker="o")
-        ax.set_xlabel("predicted confidence")
-        ax.set_ylabel("observed accuracy")
-        ax.set_title("confidence reliability (final step)")
-        ax.grid(alpha=0.3)
-        files.append(out / "reliability.png")
-        fig.tight_layout()
-        fig.savefig(files[-1], dpi=120)
-        plt.close(fig)
+        files.append(reliability_diagram(conf, correct, out / "reliability.png",
+                                         title="confidence reliability (final step)"))
     return files
+
+
+def _save(fig, ax, title: str, path: Path) -> Path:
+    """Title, legend and grid as every experiment plot has them; write the PNG, free the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _slug(s: str) -> str:
