@@ -46,11 +46,12 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_stage_leaves_its_outputs(recipe: Path) -> None:
     exp = recipe / "exp"
     timings = json.loads((exp / "timings.json").read_text())
-    stages = {"tokens", "stats", "cloud", "branches", "device", "package", "eval"}
+    stages = {"tokens", "stats", "bootstrap", "branches", "device_ctc", "cloud", "device", "package", "eval"}
     assert set(timings) == stages | {f"{s}_cpu" for s in stages}
     assert (exp / "stats" / "train" / "feats_stats.npz").is_file()
-    assert (exp / "cloud" / "train.done").is_file() and (exp / "device" / "train.done").is_file()
-    weights = json.loads((exp / "cloud" / "branch_weights.json").read_text())["attention_weight"]
+    assert all((exp / role / "train.done").is_file() for role in ("bootstrap", "device_ctc", "cloud", "device"))
+    assert (exp / "cloud" / "grown_init.pth").is_file()  # the cloud started from the device encoder
+    weights = json.loads((exp / "bootstrap" / "branch_weights.json").read_text())["attention_weight"]
     assert len(weights) == 2 and all(0.0 < w < 1.0 for w in weights)
     for role in ("cloud", "device"):
         d = exp / "models" / role
@@ -83,6 +84,8 @@ def test_packaged_config_names_only_files_in_the_model_dir(recipe: Path) -> None
         assert cfg["pasu"]["role"] == role
     device = yaml.safe_load((recipe / "exp" / "models" / "device" / "config.yaml").read_text())
     assert device["encoder"] == "late_context" and device["freeze_param"] == ["decoder"]
+    cloud = yaml.safe_load((recipe / "exp" / "models" / "cloud" / "config.yaml").read_text())
+    assert cloud["encoder"] == "conformer" and cloud["freeze_param"] == []  # it trains the decoder
 
 
 @needs_engines
@@ -92,6 +95,7 @@ def test_models_load_with_pasu_and_share_the_decoder(recipe: Path) -> None:
     cloud = load_model(recipe / "exp" / "models" / "cloud")
     device = load_model(recipe / "exp" / "models" / "device")
     assert type(device.model.encoder).__name__ == "LateContextEncoder"
+    assert type(cloud.model.encoder).__name__ == "ConformerEncoder"
     assert cloud.token_list == device.token_list
     c, d = cloud.model.decoder.state_dict(), device.model.decoder.state_dict()
     assert c.keys() == d.keys()
@@ -105,10 +109,14 @@ def test_espnet_kept_the_frozen_decoder(recipe: Path) -> None:
     from pasu.models import load_state_dict
 
     exp = recipe / "exp"
+    bootstrap = load_state_dict(exp / "bootstrap" / "valid.acc.ave.pth")
+    encoder = load_state_dict(exp / "device_ctc" / "valid.acc.ave.pth")
     cloud = load_state_dict(exp / "cloud" / "valid.acc.ave.pth")
     device = load_state_dict(exp / "device" / "valid.acc.ave.pth")
     keys = [k for k in cloud if k.startswith("decoder.")]
-    assert keys and all(torch.equal(cloud[k], device[k]) for k in keys)
+    assert keys and all(torch.equal(cloud[k], device[k]) for k in keys)  # the device kept the cloud's
+    assert not any(k.startswith("decoder.") for k in encoder)  # CTC only: ESPnet builds no decoder
+    assert not all(torch.equal(bootstrap[k], cloud[k]) for k in keys)  # the cloud trained it
     assert not torch.equal(cloud["ctc.ctc_lo.weight"], device["ctc.ctc_lo.weight"])  # the rest trained
 
 

@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from pasu.train.evaluate import EvalResult
-from pasu.train.recipe import CONFIG_DIR, NLSYMS, RecipeOptions, choose_attention_blocks, write_device_config
+from pasu.train.recipe import (
+    CONFIG_DIR,
+    NLSYMS,
+    RecipeOptions,
+    choose_attention_blocks,
+    write_cloud_config,
+    write_device_config,
+)
 from pasu.train.tokens import read_nlsyms, train_bpe
 
 
@@ -41,18 +48,31 @@ def test_attention_split_rule(weights: list[float], expected: int) -> None:
     assert choose_attention_blocks(weights) == expected
 
 
-def test_device_config_takes_the_cloud_decoder_and_width(tmp_path: Path) -> None:
+def test_device_and_cloud_configs_take_the_bootstrap_decoder_and_width(tmp_path: Path) -> None:
     opts = RecipeOptions(exp_dir=tmp_path, device_attention_blocks=3)
     cfg = write_device_config(opts, tmp_path / "device.yaml")
-    cloud = yaml.safe_load((CONFIG_DIR / "train_cloud.yaml").read_text())
-    assert cfg["decoder_conf"] == cloud["decoder_conf"]
-    assert cfg["encoder_conf"]["output_size"] == cloud["encoder_conf"]["output_size"]
+    bootstrap = yaml.safe_load((CONFIG_DIR / "train_bootstrap.yaml").read_text())
+    assert cfg["decoder_conf"] == bootstrap["decoder_conf"]
+    assert cfg["encoder_conf"]["output_size"] == bootstrap["encoder_conf"]["output_size"]
     assert cfg["encoder_conf"]["num_attention_blocks"] == 3
-    assert cfg["encoder_conf"]["num_local_blocks"] + 3 == cloud["encoder_conf"]["num_blocks"]
+    assert cfg["encoder_conf"]["num_local_blocks"] + 3 == bootstrap["encoder_conf"]["num_blocks"]
     assert yaml.safe_load((tmp_path / "device.yaml").read_text()) == cfg
+    cloud = write_cloud_config(opts, tmp_path / "cloud.yaml")
+    assert cloud["encoder"] == "conformer" and cloud["decoder_conf"] == bootstrap["decoder_conf"]
+    assert cloud["encoder_conf"]["num_blocks"] == bootstrap["encoder_conf"]["num_blocks"]
 
 
-@pytest.mark.parametrize("name", ["train_cloud", "train_device", "train_cloud_tiny", "train_device_tiny"])
+def test_cloud_config_must_match_the_decoder_width(tmp_path: Path) -> None:
+    cloud = yaml.safe_load((CONFIG_DIR / "train_cloud.yaml").read_text())
+    cloud["encoder_conf"]["output_size"] = 64
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cloud))
+    opts = RecipeOptions(exp_dir=tmp_path, cloud_config=tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match="shared decoder's width"):
+        write_cloud_config(opts, tmp_path / "cloud.yaml")
+
+
+@pytest.mark.parametrize("name", [f"train_{role}{size}" for role in ("bootstrap", "cloud", "device")
+                                  for size in ("", "_tiny")])
 def test_training_configs_use_specaug_and_global_mvn(name: str) -> None:
     cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
     assert cfg["specaug"] == "specaug" and cfg["normalize"] == "global_mvn"

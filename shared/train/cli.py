@@ -17,22 +17,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train the device/cloud model pair with ESPnet (resumable recipe)",
-        description="Train pasu's cloud (Branchformer) and device (late-context, cloud decoder "
-        "frozen) models with ESPnet's trainer on a `pasu data synth` corpus, then package "
-        "and evaluate them. Rerun the same command to resume.",
+        description="Train pasu's model pair with ESPnet's trainer on a `pasu data synth` corpus: "
+        "a bootstrap Branchformer (learns the shared decoder, measures where attention matters), "
+        "the device (late-context encoder, that decoder frozen) and the cloud (Conformer grown "
+        "from the device encoder, same frozen decoder); then package and evaluate the pair. "
+        "Rerun the same command to resume.",
     )
     p.add_argument("--data", type=Path, default=d.data_dir, help="corpus dir (default: %(default)s)")
     p.add_argument("--exp", type=Path, default=d.exp_dir, help="experiment dir (default: %(default)s)")
+    p.add_argument("--bootstrap-config", type=Path, default=d.bootstrap_config, help="bootstrap training YAML")
     p.add_argument("--cloud-config", type=Path, default=d.cloud_config, help="cloud training YAML")
     p.add_argument("--device-config", type=Path, default=d.device_config, help="device training YAML")
     p.add_argument("--tiny", action="store_true",
                    help="use the tiny smoke-test configs (train_*_tiny.yaml)")
     p.add_argument("--stages", default=",".join(STAGES),
                    help="comma-separated stages to run (default: %(default)s)")
-    p.add_argument("--max-epoch", type=int, help="override max_epoch of both configs")
+    p.add_argument("--max-epoch", type=int, help="override max_epoch of every config")
     p.add_argument("--bpe-vocab", type=int, default=d.bpe_vocab_size, help="BPE vocabulary (default: %(default)s)")
     p.add_argument("--device-attention-blocks", type=int,
-                   help="attention blocks of the device encoder (default: from the cloud's branch weights)")
+                   help="attention blocks of the device encoder (default: from the bootstrap's branch weights)")
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader workers (default: %(default)s)")
     p.add_argument("--threads", type=int, default=d.num_threads,
                    help="torch threads per ESPnet run; 0: torch's default (default: %(default)s)")
@@ -40,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-beam", type=int, default=d.eval_beam_size, help="beam size of the eval stage")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--espnet-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument passed to both asr_train runs (repeat; e.g. --espnet-arg=--batch_bins=500000)")
+                   help="extra argument passed to every asr_train run (repeat; e.g. --espnet-arg=--batch_bins=500000)")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -64,12 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pasu.train.recipe import CONFIG_DIR, RecipeOptions, run_recipe
 
-    cloud, device = args.cloud_config, args.device_config
+    bootstrap, cloud, device = args.bootstrap_config, args.cloud_config, args.device_config
     if args.tiny:
-        cloud, device = CONFIG_DIR / "train_cloud_tiny.yaml", CONFIG_DIR / "train_device_tiny.yaml"
+        bootstrap, cloud, device = (
+            CONFIG_DIR / f"train_{role}_tiny.yaml" for role in ("bootstrap", "cloud", "device"))
     opts = RecipeOptions(
         data_dir=args.data,
         exp_dir=args.exp,
+        bootstrap_config=bootstrap,
         cloud_config=cloud,
         device_config=device,
         bpe_vocab_size=args.bpe_vocab,

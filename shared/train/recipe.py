@@ -1,4 +1,13 @@
-"""The recipe: synthetic corpus -> BPE tokens -> MVN stats -> cloud -> device -> packages.
+"""The recipe: corpus -> BPE tokens -> MVN stats -> bootstrap -> device -> cloud -> packages.
+
+The order is what a 2-core CPU can train (docs/models.md). A from-scratch
+full-attention encoder barely learns CTC there, while the late-context encoder
+(convolutions below) does; so: a short *bootstrap* Branchformer run gives a
+front end, a decoder that knows the grammar, and the per-layer attention weights
+that set the device's split; the device encoder learns CTC (*device_ctc*); the
+*cloud* Conformer is grown from it (:mod:`pasu.train.grow`) and trains encoder
+and decoder together; last, the *device* adapts to the cloud's decoder, frozen,
+so both shipped models carry the same decoder.
 
 Every stage is one function that skips when its outputs exist, so rerunning
 ``pasu train`` after an interruption resumes where it stopped; the two training
@@ -33,7 +42,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "resources" / "configs"
 NLSYMS = Path(__file__).resolve().parent.parent / "resources" / "slu" / "nlsyms.txt"
-STAGES = ("tokens", "stats", "cloud", "branches", "device", "package", "eval")
+STAGES = ("tokens", "stats", "bootstrap", "branches", "device_ctc", "cloud", "device", "package", "eval")
+#: The models the recipe trains, in order; the last two are shipped.
+ROLES = ("bootstrap", "device_ctc", "cloud", "device")
 # PASU's rule: keep self-attention only in layers whose attention branch carries
 # more than this share of a trained Branchformer layer's output.
 ATTENTION_WEIGHT_THRESHOLD = 0.2
@@ -47,6 +58,7 @@ class RecipeOptions:
 
     data_dir: Path = Path("data/synth")  # pasu data synth output: train/ dev/ test_*/
     exp_dir: Path = Path("exp/train")
+    bootstrap_config: Path = CONFIG_DIR / "train_bootstrap.yaml"
     cloud_config: Path = CONFIG_DIR / "train_cloud.yaml"
     device_config: Path = CONFIG_DIR / "train_device.yaml"
     nlsyms: Path = NLSYMS
@@ -61,13 +73,14 @@ class RecipeOptions:
     # OpenMP threads stall at every barrier (6x the CPU time per step).
     num_threads: int | None = 1
     seed: int = 0
-    # None: from the cloud model's measured attention-branch weights.
+    # None: from the bootstrap model's measured attention-branch weights.
     device_attention_blocks: int | None = None
     branch_utterances: int = 100  # dev utterances to measure the branch weights on
+    device_ctc_epochs: int = 4  # CTC-only epochs of the device encoder before the cloud grows from it
     eval_limit: int | None = None  # utterances per test set in the eval stage
     eval_beam_size: int = 10
     version: str = "1"
-    extra_args: tuple[str, ...] = ()  # appended to both asr_train calls
+    extra_args: tuple[str, ...] = ()  # appended to every asr_train call
     stages: tuple[str, ...] = STAGES
 
     def with_(self, **changes: Any) -> "RecipeOptions":
@@ -88,6 +101,10 @@ class RecipeOptions:
 
     def model_exp(self, role: str) -> Path:
         return self.exp_dir / role
+
+    def base_config(self, role: str) -> Path:
+        return {"bootstrap": self.bootstrap_config, "device_ctc": self.device_config,
+                "device": self.device_config, "cloud": self.cloud_config}[role]
 
 
 @dataclass
@@ -141,7 +158,7 @@ def stage_stats(opts: RecipeOptions) -> None:
         shutil.rmtree(stats)  # a half-written stats dir: start it over
     cmd = [
         "--collect_stats", "true",
-        "--config", str(opts.cloud_config),
+        "--config", str(opts.bootstrap_config),
         "--normalize", "none",
         "--specaug", "none",
         *_data_args(opts, shapes=False),
@@ -156,27 +173,48 @@ def stage_stats(opts: RecipeOptions) -> None:
 
 
 def stage_train(opts: RecipeOptions, role: str) -> None:
-    """Train the ``cloud`` or ``device`` model with ESPnet's trainer (resumable)."""
+    """Train one of :data:`ROLES` with ESPnet's trainer (resumable).
+
+    The cloud trains the decoder it took from the bootstrap; the device takes the
+    cloud's and never updates it: the two shipped models carry the same decoder.
+    """
     out = opts.model_exp(role)
-    base = opts.cloud_config if role == "cloud" else opts.device_config
-    epochs = opts.max_epoch or int(yaml.safe_load(base.read_text())["max_epoch"])
+    base = opts.base_config(role)
+    epochs = opts.max_epoch or (
+        opts.device_ctc_epochs if role == "device_ctc"
+        else int(yaml.safe_load(base.read_text())["max_epoch"]))
     done = out / "train.done"
     if done.is_file() and _done_epochs(done) >= epochs:
         log.info("%s: %s says %d epochs are done, skipping", role, done, _done_epochs(done))
         return
     out.mkdir(parents=True, exist_ok=True)
     extra: list[str] = []
-    if role == "cloud":
-        config = opts.cloud_config
+    config = out / "train.yaml"
+    if role == "bootstrap":
+        config = base
+    elif config.is_file():  # resuming: keep the architecture the checkpoints have
+        log.info("%s: reusing %s", role, config)
+    elif role == "cloud":
+        write_cloud_config(opts, config)
     else:
-        config = out / "train.yaml"
-        if config.is_file():  # resuming: keep the architecture the checkpoints have
-            log.info("device: reusing %s", config)
-        else:
-            write_device_config(opts, config)
-        cloud_ckpt = best_checkpoint(opts.model_exp("cloud"))
-        # The device decodes with the cloud's decoder: same weights, never updated.
-        init = [f"{cloud_ckpt}:decoder:decoder", *warm_start_params(opts, config, cloud_ckpt)]
+        write_device_config(opts, config)
+    bootstrap = opts.model_exp("bootstrap")
+    if role == "device_ctc":
+        # CTC only (ESPnet then builds no decoder): the bootstrap's decoder has not
+        # seen a working encoder and would only pull this one towards its mistakes
+        extra += ["--model_conf", "ctc_weight=1.0"]
+        init = warm_start_params(opts, config, best_checkpoint(bootstrap))
+        if init:
+            extra += ["--init_param", *init]
+    elif role == "cloud":
+        encoder = opts.model_exp("device_ctc")
+        grown = grow_cloud_init(config, encoder / "config.yaml", best_checkpoint(encoder),
+                                out / "grown_init.pth")
+        extra += ["--init_param", str(grown), f"{best_checkpoint(bootstrap)}:decoder:decoder"]
+    elif role == "device":
+        encoder = best_checkpoint(opts.model_exp("device_ctc"))
+        cloud = best_checkpoint(opts.model_exp("cloud"))
+        init = [f"{encoder}:encoder:encoder", f"{encoder}:ctc:ctc", f"{cloud}:decoder:decoder"]
         extra += ["--init_param", *init, "--freeze_param", "decoder"]
     cmd = [
         "--config", str(config),
@@ -190,8 +228,7 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
         *extra,
         *opts.extra_args,
     ]
-    if opts.max_epoch is not None:
-        cmd += ["--max_epoch", str(opts.max_epoch)]
+    cmd += ["--max_epoch", str(epochs)]
     _run_espnet(cmd, out / "train.log", opts)
     best_checkpoint(out)  # fail here, not later, if ESPnet left no usable weights
     # More epochs later (--max-epoch) resume training instead of skipping it.
@@ -199,20 +236,20 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
 
 
 def stage_branches(opts: RecipeOptions) -> None:
-    """Measure the cloud Branchformer's attention-branch weight per layer."""
-    out = opts.model_exp("cloud") / "branch_weights.json"
+    """Measure the bootstrap Branchformer's attention-branch weight per layer."""
+    out = opts.model_exp("bootstrap") / "branch_weights.json"
     if out.is_file():
         log.info("branches: %s exists, skipping", out)
         return
     from pasu.train.branches import measure_branch_weights
 
     weights = measure_branch_weights(
-        _exp_model_dir(opts, "cloud"),
+        _exp_model_dir(opts, "bootstrap"),
         opts.data_dir / opts.valid_set,
         limit=opts.branch_utterances,
     )
     out.write_text(json.dumps({"attention_weight": weights}, indent=2) + "\n")
-    log.info("cloud attention-branch weight per layer: %s", ", ".join(f"{w:.2f}" for w in weights))
+    log.info("bootstrap attention-branch weight per layer: %s", ", ".join(f"{w:.2f}" for w in weights))
 
 
 def stage_package(opts: RecipeOptions) -> None:
@@ -288,8 +325,10 @@ def run_recipe(opts: RecipeOptions) -> Path:
     actions: dict[str, Callable[[RecipeOptions], None]] = {
         "tokens": stage_tokens,
         "stats": stage_stats,
-        "cloud": lambda o: stage_train(o, "cloud"),
+        "bootstrap": lambda o: stage_train(o, "bootstrap"),
         "branches": stage_branches,
+        "device_ctc": lambda o: stage_train(o, "device_ctc"),
+        "cloud": lambda o: stage_train(o, "cloud"),
         "device": lambda o: stage_train(o, "device"),
         "package": stage_package,
         "eval": stage_eval,
@@ -336,30 +375,30 @@ def choose_attention_blocks(
 
 
 def write_device_config(opts: RecipeOptions, path: Path) -> dict[str, Any]:
-    """The device training config: its encoder, the cloud's decoder, the measured split."""
+    """The device training config: its encoder, the shared decoder, the measured split."""
     device = yaml.safe_load(opts.device_config.read_text())
-    cloud = yaml.safe_load(opts.cloud_config.read_text())
+    bootstrap = yaml.safe_load(opts.bootstrap_config.read_text())
     # The shared decoder fixes the encoder width: cross-attention is output_size wide.
-    device["decoder"] = cloud["decoder"]
-    device["decoder_conf"] = cloud["decoder_conf"]
+    device["decoder"] = bootstrap["decoder"]
+    device["decoder_conf"] = bootstrap["decoder_conf"]
     enc = device["encoder_conf"]
-    enc["output_size"] = cloud["encoder_conf"]["output_size"]
-    total = int(cloud["encoder_conf"].get("num_blocks", enc["num_local_blocks"] + enc["num_attention_blocks"]))
+    enc["output_size"] = bootstrap["encoder_conf"]["output_size"]
+    total = int(bootstrap["encoder_conf"].get("num_blocks", enc["num_local_blocks"] + enc["num_attention_blocks"]))
     if opts.device_attention_blocks is not None:
         n_att, why = opts.device_attention_blocks, "set by --device-attention-blocks"
     else:
-        bw = opts.model_exp("cloud") / "branch_weights.json"
+        bw = opts.model_exp("bootstrap") / "branch_weights.json"
         weights = json.loads(bw.read_text())["attention_weight"]
         n_att = choose_attention_blocks(weights)
         why = (
-            f"cloud attention-branch weights {[round(w, 3) for w in weights]}: attention where > "
+            f"bootstrap attention-branch weights {[round(w, 3) for w in weights]}: attention where > "
             f"{ATTENTION_WEIGHT_THRESHOLD}, in at most {MAX_ATTENTION_FRACTION:.0%} of the blocks"
         )
     n_att = min(max(1, n_att), total)
     enc["num_attention_blocks"] = n_att
     enc["num_local_blocks"] = total - n_att
     header = (
-        f"# Generated by pasu.train.recipe from {opts.device_config.name} and {opts.cloud_config.name}.\n"
+        f"# Generated by pasu.train.recipe from {opts.device_config.name} and {opts.bootstrap_config.name}.\n"
         f"# {total - n_att} local + {n_att} attention blocks: {why}.\n"
     )
     path.write_text(header + yaml.safe_dump(device, sort_keys=False))
@@ -367,27 +406,68 @@ def write_device_config(opts: RecipeOptions, path: Path) -> dict[str, Any]:
     return device
 
 
-def warm_start_params(opts: RecipeOptions, device_config: Path, cloud_ckpt: Path) -> list[str]:
-    """ESPnet ``--init_param`` specs that start the device from the cloud's trained parts.
+def write_cloud_config(opts: RecipeOptions, path: Path) -> dict[str, Any]:
+    """The cloud training config: its Conformer with the shared decoder's section."""
+    cloud = yaml.safe_load(opts.cloud_config.read_text())
+    bootstrap = yaml.safe_load(opts.bootstrap_config.read_text())
+    width = bootstrap["encoder_conf"]["output_size"]
+    if cloud["encoder_conf"]["output_size"] != width:
+        raise ValueError(
+            f"{opts.cloud_config.name}: output_size {cloud['encoder_conf']['output_size']} must "
+            f"equal the shared decoder's width {width}"
+        )
+    cloud["decoder"] = bootstrap["decoder"]
+    cloud["decoder_conf"] = bootstrap["decoder_conf"]
+    header = (
+        f"# Generated by pasu.train.recipe from {opts.cloud_config.name} "
+        f"(decoder section from {opts.bootstrap_config.name}).\n"
+    )
+    path.write_text(header + yaml.safe_dump(cloud, sort_keys=False))
+    return cloud
 
-    The subsampling front end and the CTC head do the same job on both sides (same
-    features, same width, same tokens), so the device starts from the cloud's instead of
-    from noise: its encoder then only has to learn the blocks in between, which cuts the
-    device's training epochs on the 2-core budget. Skipped, with a log line, when the
-    two configs' features or front ends differ (the shapes would not match). Unlike the
-    decoder, both stay trainable.
+
+def grow_cloud_init(cloud_config: Path, device_config: Path, device_ckpt: Path, out: Path) -> Path:
+    """``--init_param`` file of the cloud Conformer, grown from the trained device encoder."""
+    from pasu.train.grow import write_conformer_init
+
+    cloud = yaml.safe_load(cloud_config.read_text())["encoder_conf"]
+    device = yaml.safe_load(device_config.read_text())["encoder_conf"]
+    blocks = device["num_local_blocks"] + device["num_attention_blocks"]
+    if cloud["num_blocks"] != blocks:
+        raise ValueError(
+            f"the cloud Conformer is grown from the device's {blocks} blocks; "
+            f"{cloud_config} has num_blocks {cloud['num_blocks']}"
+        )
+    return write_conformer_init(
+        device_ckpt,
+        out,
+        kernel=int(cloud["cnn_module_kernel"]),
+        local_left_context=int(device["cnn_module_kernel"]) - 1 - int(device["local_right_context"]),
+        attention_heads=int(cloud["attention_heads"]),
+    )
+
+
+def warm_start_params(opts: RecipeOptions, device_config: Path, source_ckpt: Path) -> list[str]:
+    """ESPnet ``--init_param`` specs that start the device from the bootstrap's trained parts.
+
+    The subsampling front end and the CTC head do the same job in both models (same
+    features, same width, same tokens), so the device starts from the bootstrap's
+    instead of from noise: its encoder then only has to learn the blocks in between,
+    which cuts the device's training epochs on the 2-core budget. Skipped, with a log
+    line, when the two configs' features or front ends differ (the shapes would not
+    match). Unlike the decoder, both stay trainable.
     """
     device = yaml.safe_load(device_config.read_text())
-    cloud = yaml.safe_load(opts.cloud_config.read_text())
+    source = yaml.safe_load(opts.bootstrap_config.read_text())
     same = (
-        device.get("frontend_conf") == cloud.get("frontend_conf")
-        and device["encoder_conf"].get("input_layer", "conv2d") == cloud["encoder_conf"].get("input_layer", "conv2d")
-        and device["encoder_conf"]["output_size"] == cloud["encoder_conf"]["output_size"]
+        device.get("frontend_conf") == source.get("frontend_conf")
+        and device["encoder_conf"].get("input_layer", "conv2d") == source["encoder_conf"].get("input_layer", "conv2d")
+        and device["encoder_conf"]["output_size"] == source["encoder_conf"]["output_size"]
     )
     if not same:
-        log.info("device: front end differs from the cloud's; training it from scratch")
+        log.info("device: front end differs from the bootstrap's; training it from scratch")
         return []
-    return [f"{cloud_ckpt}:encoder.embed:encoder.embed", f"{cloud_ckpt}:ctc:ctc"]
+    return [f"{source_ckpt}:encoder.embed:encoder.embed", f"{source_ckpt}:ctc:ctc"]
 
 
 def best_checkpoint(exp: Path) -> Path:
@@ -420,9 +500,9 @@ def _package_notes(opts: RecipeOptions, role: str) -> dict[str, Any]:
             notes["training_wall_s"] = t[role]
             notes["training_cpu_s"] = t.get(f"{role}_cpu")
     if role == "device":
-        bw = opts.model_exp("cloud") / "branch_weights.json"
+        bw = opts.model_exp("bootstrap") / "branch_weights.json"
         if bw.is_file():
-            notes["cloud_attention_branch_weights"] = json.loads(bw.read_text())["attention_weight"]
+            notes["bootstrap_attention_branch_weights"] = json.loads(bw.read_text())["attention_weight"]
     return notes
 
 
