@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from pasu.decoding.options import DecodingOptions
+
 ReusePolicy = Literal["off", "rescore"]
 REUSE_POLICIES: tuple[str, ...] = ("off", "rescore")
 
@@ -39,7 +41,7 @@ class WorkerConfig:
     max_beam_size: int = 20
     default_nbest: int = 1
     max_nbest: int = 10
-    ctc_weight: float = 0.3
+    ctc_weight: float = DecodingOptions().ctc_weight
     penalty: float = 0.0
     interim_beam_size: int = 1  # pilot inference for StreamingRecognize interim results
     interim_interval_s: float = 1.0  # audio between two interim results

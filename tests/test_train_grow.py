@@ -33,20 +33,20 @@ def late(num_local: int, num_attention: int) -> LateContextEncoder:
     return enc.eval()
 
 
-def conformer(blocks: int, kernel: int) -> ConformerEncoder:
+def conformer(blocks: int, kernel: int, units: int = UNITS) -> ConformerEncoder:
     return ConformerEncoder(
-        input_size=20, output_size=D, attention_heads=HEADS, linear_units=UNITS, num_blocks=blocks,
+        input_size=20, output_size=D, attention_heads=HEADS, linear_units=units, num_blocks=blocks,
         input_layer="conv2d", normalize_before=True, macaron_style=True, rel_pos_type="latest",
         pos_enc_layer_type="rel_pos", selfattention_layer_type="rel_selfattn",
         activation_type="swish", use_cnn_module=True, cnn_module_kernel=kernel,
     ).eval()
 
 
-def grow(device: LateContextEncoder, kernel: int) -> ConformerEncoder:
+def grow(device: LateContextEncoder, kernel: int, units: int = UNITS) -> ConformerEncoder:
     state = {f"encoder.{k}": v for k, v in device.state_dict().items()}
     grown = conformer_init_state(state, kernel=kernel, local_left_context=KERNEL - 1 - RIGHT,
-                                 attention_heads=HEADS)
-    cloud = conformer(len(device.local_blocks) + len(device.attention_blocks), kernel)
+                                 attention_heads=HEADS, linear_units=units)
+    cloud = conformer(len(device.local_blocks) + len(device.attention_blocks), kernel, units)
     target = cloud.state_dict()
     enc = {k.removeprefix("encoder."): v for k, v in grown.items() if k.startswith("encoder.")}
     assert set(enc) <= set(target) and all(target[k].shape == v.shape for k, v in enc.items())
@@ -60,10 +60,10 @@ def encode(enc: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return enc(x, torch.tensor([x.size(1)]))[0]
 
 
-@pytest.mark.parametrize("kernel", [9, 11])
-def test_grown_conformer_equals_the_late_context_encoder(kernel: int) -> None:
+@pytest.mark.parametrize(("kernel", "units"), [(9, UNITS), (11, UNITS), (9, 3 * UNITS)])
+def test_grown_conformer_equals_the_late_context_encoder(kernel: int, units: int) -> None:
     device = late(num_local=2, num_attention=2)
-    cloud = grow(device, kernel)
+    cloud = grow(device, kernel, units)
     for block in device.local_blocks:
         block.conv_module.norm = torch.nn.Identity()
     for layer in list(cloud.encoders)[:2]:

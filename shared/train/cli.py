@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from pasu.decoding import DecodingOptions
     from pasu.train.recipe import STAGES, RecipeOptions
 
     d = RecipeOptions()
@@ -56,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data", type=Path, required=True, help="data dir with wav.scp and text")
     e.add_argument("--limit", type=int, help="first N utterances only")
     e.add_argument("--beam-size", type=int, default=10, help="beam size (default: %(default)s)")
-    e.add_argument("--ctc-weight", type=float, default=0.3, help="CTC weight (default: %(default)s)")
+    e.add_argument("--ctc-weight", type=float, default=DecodingOptions().ctc_weight,
+                   help="CTC weight (default: %(default)s)")
     e.add_argument("--batch-size", type=int, default=8, help="utterances per beam search (default: %(default)s)")
     e.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     e.add_argument("--hyps", type=Path, help="also write 'uttid hypothesis' lines here")

@@ -20,6 +20,9 @@ encoder and let it train on with attention in *every* layer:
   sqrt(d) and the last local block's final norm multiplied by it, which keeps
   every activation the same.
 
+Optionally the feed-forwards grow wider (``linear_units``): the new hidden units
+get random input weights and zero output weights, so they too start silent.
+
 What stays approximate: the local blocks normalise their convolution with
 LayerNorm, ESPnet's Conformer with BatchNorm (initialised from the LayerNorm's
 affine weights). The result is an ``--init_param`` file for ESPnet's trainer.
@@ -52,18 +55,35 @@ def _widen_kernel(weight: torch.Tensor, kernel: int, left: int) -> torch.Tensor:
     return out
 
 
+def _widen_feed_forward(
+    state: dict[str, torch.Tensor], prefix: str, units: int, gen: torch.Generator
+) -> None:
+    """Give ``prefix`` (w_1, w_2) ``units`` hidden units; the new ones output zero."""
+    w1, b1, w2 = state[prefix + "w_1.weight"], state[prefix + "w_1.bias"], state[prefix + "w_2.weight"]
+    old, d = w1.shape
+    if units < old:
+        raise ValueError(f"cannot shrink a feed-forward from {old} to {units} units")
+    bound = 1.0 / math.sqrt(d)  # nn.Linear's default init range
+    extra = (torch.rand(units - old, d, generator=gen) * 2 - 1) * bound
+    state[prefix + "w_1.weight"] = torch.cat([w1, extra])
+    state[prefix + "w_1.bias"] = torch.cat([b1, b1.new_zeros(units - old)])
+    state[prefix + "w_2.weight"] = torch.cat([w2, w2.new_zeros(d, units - old)], dim=1)
+
+
 def conformer_init_state(
     device_state: dict[str, torch.Tensor],
     *,
     kernel: int,
     local_left_context: int,
     attention_heads: int,
+    linear_units: int | None = None,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """State dict (encoder + CTC) of an ESPnet ``conformer`` model grown from ``device_state``.
 
     ``device_state`` is an ESPnet checkpoint of a ``late_context`` model;
-    ``local_left_context`` is its local kernel's past taps (kernel - 1 - right context).
+    ``local_left_context`` is its local kernel's past taps (kernel - 1 - right context);
+    ``linear_units`` the Conformer's feed-forward width (None: the device's).
     Keys not returned (the new attention's projections, BatchNorm statistics)
     keep ESPnet's own initialisation, except the new attention's output
     projection, which is zero.
@@ -105,17 +125,26 @@ def conformer_init_state(
         for name in ("pos_bias_u", "pos_bias_v"):
             w = torch.empty(attention_heads, d // attention_heads)
             out[prefix + f"self_attn.{name}"] = torch.nn.init.xavier_uniform_(w, generator=gen)
+    if linear_units is not None:
+        for key in [k for k in out if k.endswith(".w_1.weight") and k.startswith("encoder.encoders.")]:
+            _widen_feed_forward(out, key.removesuffix("w_1.weight"), linear_units, gen)
     return out
 
 
 def write_conformer_init(
-    device_ckpt: Path, out: Path, *, kernel: int, local_left_context: int, attention_heads: int
+    device_ckpt: Path,
+    out: Path,
+    *,
+    kernel: int,
+    local_left_context: int,
+    attention_heads: int,
+    linear_units: int | None = None,
 ) -> Path:
     """Write :func:`conformer_init_state` of an ESPnet checkpoint to ``out`` (a .pth)."""
     state = torch.load(device_ckpt, map_location="cpu", weights_only=True)
     grown = conformer_init_state(
         state, kernel=kernel, local_left_context=local_left_context,
-        attention_heads=attention_heads,
+        attention_heads=attention_heads, linear_units=linear_units,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(grown, out)

@@ -444,6 +444,7 @@ def grow_cloud_init(cloud_config: Path, device_config: Path, device_ckpt: Path, 
         kernel=int(cloud["cnn_module_kernel"]),
         local_left_context=int(device["cnn_module_kernel"]) - 1 - int(device["local_right_context"]),
         attention_heads=int(cloud["attention_heads"]),
+        linear_units=int(cloud["linear_units"]),
     )
 
 
