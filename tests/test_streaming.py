@@ -163,3 +163,11 @@ def test_one_model_decodes_safely_from_many_threads(tiny_models, audio):
     assert together == alone * 3
     for i, enc in encs:
         assert torch.equal(enc, encoded[i % 6]), i
+
+
+def test_ablation_rows_keep_the_configured_settings() -> None:
+    base = StreamingOptions(collapse_margin=3.0, pilot_period_s=0.32)
+    only = StreamingOptions.only("beam_collapse", base)
+    assert (only.beam_collapse, only.pilots, only.late_context, only.ctc_leap) == (True, True, False, False)
+    assert only.collapse_margin == 3.0 and only.pilot_period_s == 0.32
+    assert StreamingOptions.only("late_context") == StreamingOptions.stock().with_(late_context=True)

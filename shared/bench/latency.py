@@ -198,7 +198,7 @@ def run_latency_bench(
         row = UttRow(utt, len(a) / model.sample_rate, run_espnet(s2t, a), run_stream(rec, streaming, a, bench))
         if bench.ablation:
             for t in TECHNIQUES:
-                row.ablation[t] = run_stream(rec, StreamingOptions.only(t), a, bench)
+                row.ablation[t] = run_stream(rec, StreamingOptions.only(t, streaming), a, bench)
         rows.append(row)
     return LatencyBenchResult(rows, streaming, {u: (refs or {}).get(u) for u in audio})
 

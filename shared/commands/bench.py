@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--off", nargs="*", default=[], metavar="TECHNIQUE",
                      help="techniques to turn off: late_context pilots beam_collapse beam_termination ctc_leap")
     lat.add_argument("--pilot-period-s", type=float, default=None)
+    lat.add_argument("--collapse-margin", type=float, default=None,
+                     help="beam collapse: the latest pilot's n-best score margin it needs "
+                          "(default: StreamingOptions.collapse_margin)")
     lat.add_argument("--limit", type=int, default=None, help="at most N utterances")
     lat.add_argument("--threads", type=int, default=None)
     lat.add_argument("--memory", action="store_true",
@@ -111,6 +114,8 @@ def run_latency(args: argparse.Namespace) -> int:
     streaming = StreamingOptions().with_(**{t: False for t in args.off})
     if args.pilot_period_s:
         streaming = streaming.with_(pilot_period_s=args.pilot_period_s)
+    if args.collapse_margin is not None:
+        streaming = streaming.with_(collapse_margin=args.collapse_margin)
     result = run_latency_bench(
         model, files, refs, decoding_options(args), streaming,
         LatencyBenchOptions(chunk_s=args.chunk_s, realtime=args.realtime, ablation=not args.no_ablation),

@@ -48,8 +48,12 @@ class StreamingOptions:
         return cls(late_context=False, pilots=False, beam_collapse=False, beam_termination=False, ctc_leap=False)
 
     @classmethod
-    def only(cls, technique: str) -> "StreamingOptions":
-        """One technique on, the others off (ablation). Collapse and leap need pilots."""
+    def only(cls, technique: str, base: "StreamingOptions | None" = None) -> "StreamingOptions":
+        """One technique on, the others off (ablation). Collapse and leap need pilots.
+
+        The techniques' settings (margins, periods, beams) come from ``base``, so an
+        ablation row measures the same configuration as the all-on row.
+        """
         if technique not in TECHNIQUES:
             raise ValueError(f"unknown technique {technique!r}; choose from {TECHNIQUES}")
         on = {technique: True}
@@ -57,7 +61,7 @@ class StreamingOptions:
             on["pilots"] = True
         if technique == "ctc_leap":
             on["beam_collapse"] = True  # the leap carries the collapsed prefix
-        return replace(cls.stock(), **on)
+        return replace(base or cls(), **{t: t in on for t in TECHNIQUES})
 
     def with_(self, **changes) -> "StreamingOptions":
         return replace(self, **changes)
