@@ -94,7 +94,7 @@ train --config $CFG/train_cloud.yaml "${common[@]}" "${warm[@]}" --max_epoch "${
       --init_param "$EXP/cloud_c_init.pth" --output_dir "$EXP/cloud_c" &
 #    ... while the device (device_a epoch 9) adapts to cloud_b's decoder, frozen
 train --config "$EXP/device.yaml" "${common[@]}" "${warm[@]}" --model_conf ctc_weight=0.5 \
-      --max_epoch "${DEVICE_B_EPOCHS:-3}" --init_param "$EXP/device_a/9epoch.pth" \
+      --max_epoch "${DEVICE_B_EPOCHS:-4}" --init_param "$EXP/device_a/9epoch.pth" \
       "$EXP/cloud_b/2epoch.pth:decoder:decoder" --freeze_param decoder --output_dir "$EXP/device_b" &
 wait
 
@@ -104,7 +104,7 @@ C=$EXP/cloud_c/${CLOUD_C_EPOCHS:-3}epoch.pth
 train --config $CFG/train_cloud.yaml "${common[@]}" "${warm[@]}" --max_epoch "${CLOUD_D_EPOCHS:-3}" \
       --init_param "$C" --freeze_param decoder --output_dir "$EXP/cloud" &
 train --config "$EXP/device.yaml" "${common[@]}" "${warm[@]}" --model_conf ctc_weight=0.5 \
-      --max_epoch "${DEVICE_EPOCHS:-3}" --init_param "$EXP/device_b/${DEVICE_B_EPOCHS:-3}epoch.pth" \
+      --max_epoch "${DEVICE_EPOCHS:-4}" --init_param "$EXP/device_b/${DEVICE_B_EPOCHS:-4}epoch.pth" \
       "$C:decoder:decoder" --freeze_param decoder --output_dir "$EXP/device" &
 wait
 

@@ -1,4 +1,4 @@
-"""The recipe: corpus -> BPE tokens -> MVN stats -> bootstrap -> device -> cloud -> packages.
+"""The recipe: corpus -> tokens -> MVN stats -> bootstrap -> device CTC -> cloud -> device -> packages.
 
 The order is what a 2-core CPU can train (docs/models.md). A from-scratch
 full-attention encoder barely learns CTC there, while the late-context encoder
@@ -10,7 +10,7 @@ and decoder together; last, the *device* adapts to the cloud's decoder, frozen,
 so both shipped models carry the same decoder.
 
 Every stage is one function that skips when its outputs exist, so rerunning
-``pasu train`` after an interruption resumes where it stopped; the two training
+``pasu train`` after an interruption resumes where it stopped; the training
 stages also pass ``--resume true`` so ESPnet continues from its last epoch
 checkpoint. Training itself is ESPnet's trainer (``python -m
 pasu.encoders.asr_train`` = ``ASRTask.main`` with ``late_context`` registered),
