@@ -19,9 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train the device/cloud model pair with ESPnet (resumable recipe)",
         description="Train pasu's model pair with ESPnet's trainer on a `pasu data synth` corpus: "
-        "a bootstrap Branchformer (learns the shared decoder, measures where attention matters), "
-        "the device (late-context encoder, that decoder frozen) and the cloud (Conformer grown "
-        "from the device encoder, same frozen decoder); then package and evaluate the pair. "
+        "a bootstrap Branchformer (front end, a grammar-aware decoder, where attention matters), "
+        "the device encoder with CTC, the cloud (a Conformer grown from that encoder; it trains "
+        "the decoder), and the device again on the cloud's decoder, frozen, so both carry the "
+        "same one; then package and evaluate the pair. "
         "Rerun the same command to resume.",
     )
     p.add_argument("--data", type=Path, default=d.data_dir, help="corpus dir (default: %(default)s)")

@@ -2,7 +2,7 @@
 
 Why: on 2 CPU cores a from-scratch Conformer/Branchformer learns CTC far more
 slowly than the late-context encoder, whose lower blocks are convolutions
-(docs/models.md, "The v1 pair"). The cloud model must be a full-attention
+(docs/models.md, "What the v1 run taught"). The cloud model must be a full-attention
 encoder, so instead of starting it from scratch we start it from the device
 encoder and let it train on with attention in *every* layer:
 
