@@ -32,7 +32,7 @@ class StreamingOptions:
     collapse_holdback: int = 2
     # 3 nats, measured (docs/benchmarks.md): on 60 test_hard utterances with the v2
     # device model, margin 0 changed 17% of the outputs and 1 intent in 60; margin 3
-    # kept 98% identical and the same accuracy as ESPnet, at 3.45x instead of 3.83x.
+    # kept 98% identical and the same accuracy as ESPnet, at 3.84x (idle machine).
     collapse_margin: float = 3.0
     collapse_beam_size: int = 3
     # 4. beam termination: stop once no running hypothesis can beat the n-best
