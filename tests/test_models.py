@@ -63,7 +63,6 @@ def test_mismatched_weights_are_refused(tiny_model_dirs, tmp_path):
         load_model(d)
 
 
-
 def test_poisoned_checkpoint_is_refused_not_run(poisoned_model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     d = poisoned_model_dir

@@ -107,7 +107,6 @@ def test_no_secrets_in_logs(served):
     assert not [r for r in records if r.get("level") == "ERROR"]
 
 
-
 def test_poisoned_checkpoint_refused_by_cloud_serve(poisoned_model_dir, tmp_path):
     """`pasu cloud serve --model DIR` with a pickle payload in model.pth: refused, not run, exit 1."""
     d = poisoned_model_dir

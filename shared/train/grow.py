@@ -141,7 +141,9 @@ def write_conformer_init(
     linear_units: int | None = None,
 ) -> Path:
     """Write :func:`conformer_init_state` of an ESPnet checkpoint to ``out`` (a .pth)."""
-    state = torch.load(device_ckpt, map_location="cpu", weights_only=True)
+    from pasu.models import load_state_dict
+
+    state = load_state_dict(device_ckpt)
     grown = conformer_init_state(
         state, kernel=kernel, local_left_context=local_left_context,
         attention_heads=attention_heads, linear_units=linear_units,

@@ -181,10 +181,9 @@ def write_model_card(model_dir: Path, data_manifest: Path | None = None) -> Path
             f"- training time: {meta['training_wall_s'] / 60:.1f} min wall, "
             f"{(meta.get('training_cpu_s') or 0) / 60:.1f} min CPU (2-core CPU machine)"
         )
-    for key in ("bootstrap_attention_branch_weights", "cloud_attention_branch_weights"):  # v2, v1
-        if key in meta:
-            w = ", ".join(f"{x:.2f}" for x in meta[key])
-            lines.append(f"- the bootstrap Branchformer's attention-branch weight per layer: {w}")
+    if "bootstrap_attention_branch_weights" in meta:
+        w = ", ".join(f"{x:.2f}" for x in meta["bootstrap_attention_branch_weights"])
+        lines.append(f"- the bootstrap Branchformer's attention-branch weight per layer: {w}")
     lines += [f"- {note}" for note in meta.get("history", [])]  # how this model was trained, in words
     results = sorted(model_dir.glob("eval_*.json"))
     lines += ["", "## Evaluation (pasu Recognizer)", ""]

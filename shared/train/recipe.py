@@ -208,8 +208,9 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
             extra += ["--init_param", *init]
     elif role == "cloud":
         encoder = opts.model_exp("device_ctc")
-        grown = grow_cloud_init(config, encoder / "config.yaml", best_checkpoint(encoder),
-                                out / "grown_init.pth")
+        grown = out / "grown_init.pth"
+        if not grown.is_file():  # resuming: the checkpoints already started from it
+            grow_cloud_init(config, encoder / "config.yaml", best_checkpoint(encoder), grown)
         extra += ["--init_param", str(grown), f"{best_checkpoint(bootstrap)}:decoder:decoder"]
     elif role == "device":
         encoder = best_checkpoint(opts.model_exp("device_ctc"))
