@@ -125,18 +125,19 @@ def test_voice_rule() -> None:
 
 @needs_engines
 def test_plan_follows_the_voice_and_template_rules(grammar: Grammar, tmp_path: Path) -> None:
-    opts = SynthOptions(out_dir=tmp_path, train=1500, dev=200, test_voices=200, test_hard=200)
+    opts = SynthOptions(out_dir=tmp_path, train=1500, dev=200, test_voices=200, test_hard=200, calib=100)
     plans = plan_corpus(opts, grammar, ENGINES)
     held = {t.id for temps in grammar.templates.values() for t in temps if t.heldout}
     for split, ps in plans.items():
         assert len(ps) == opts.size(split)
         for p in ps:
-            if split in ("train", "dev"):
+            if split in ("train", "dev", "calib"):
                 assert is_training_voice(p.voice) and not is_test_voice(p.voice), p
             else:
                 assert is_test_voice(p.voice), p
             assert (p.template in held) == (split == "test_hard"), p
             assert WORDS.match(p.text)
+    assert all(p.aug.noise and 5 <= p.aug.snr_db <= 20 for p in plans["calib"])  # test_hard's noise
     engines = Counter(p.voice.engine for p in plans["train"])
     assert engines["espeak-ng"] > engines["flite"] > 0
     assert len({p.voice for p in plans["train"]}) > 60  # many speakers
@@ -148,6 +149,41 @@ def test_plan_follows_the_voice_and_template_rules(grammar: Grammar, tmp_path: P
     assert any(a.noise == "babble" for a in train_aug) and any(a.vtlp != 1 for a in train_aug)
     assert all(5 <= a.snr_db <= 20 for a in train_aug if a.noise)
     assert all(a.noise and 5 <= a.snr_db <= 20 for a in (p.aug for p in plans["test_hard"]))
+
+
+def test_band_limit_and_equalize() -> None:
+    sr = 16000
+    x = A.colored_noise(sr, "white", np.random.default_rng(0)) * 0.1
+    y = A.band_limit(x, sr, 4000.0)
+    spec, freqs = np.abs(np.fft.rfft(y)) ** 2, np.fft.rfftfreq(y.size, 1 / sr)
+    assert y.size == x.size
+    assert spec[freqs > 4100].sum() < 1e-4 * spec.sum()  # an 8 kHz recording's empty top band
+    assert spec[(freqs > 500) & (freqs < 3500)].mean() > 0.5 * (np.abs(np.fft.rfft(x)) ** 2)[freqs < 3500].mean()
+    assert A.band_limit(x, sr, 0.0) is x and A.band_limit(x, sr, 8000.0) is x
+    z = A.equalize(x, sr, 0.0, [(2000.0, 10.0, 0.3)])
+    band = lambda v, lo, hi: float((np.abs(np.fft.rfft(v)) ** 2)[(freqs >= lo) & (freqs < hi)].sum())  # noqa: E731
+    assert band(z, 1800, 2200) / band(z, 200, 400) > 5 * band(x, 1800, 2200) / band(x, 200, 400)
+    assert abs(A.rms(z) - A.rms(x)) < 1e-4  # the level is kept
+    tilted = A.equalize(x, sr, 3.0)
+    assert band(tilted, 4000, 8000) / band(tilted, 100, 500) > 4 * band(x, 4000, 8000) / band(x, 100, 500)
+
+
+@needs_engines
+def test_training_audio_varies_voice_and_channel_and_tests_stay_clean(grammar: Grammar, tmp_path: Path) -> None:
+    opts = SynthOptions(out_dir=tmp_path, train=1000, dev=0, test_voices=100, test_hard=100)
+    plans = plan_corpus(opts, grammar, ENGINES)
+    train = plans["train"]
+    flite = [p.aug for p in train if p.voice.engine == "flite"]
+    # flite's men are shifted up into other speakers: pitch up, formants up less than the pitch
+    up = [a for a in flite if a.semitones >= 2 and 1.0 <= 2 ** (a.semitones / 12) * a.vtlp <= 1.25 + 1e-9]
+    assert 0.35 < len(up) / len(flite) < 0.55
+    assert 0.08 < sum(a.lowpass_hz > 0 for a in (p.aug for p in train)) / len(train) < 0.22
+    assert 0.4 < sum(bool(a.eq_tilt or a.eq_bands) for a in (p.aug for p in train)) / len(train) < 0.6
+    assert len({p.voice.variant for p in train if p.voice.engine == "espeak-ng"}) > 60
+    for split in ("test_voices", "test_hard"):  # the test sets keep their own, unchanged recipe
+        for a in (p.aug for p in plans[split]):
+            assert (a.semitones, a.vtlp, a.lowpass_hz, a.eq_tilt, a.eq_bands) == (0.0, 1.0, 0.0, 0.0, ())
+            assert a.speed == 1.0 and a.rate == 1.0 and a.pitch is None
 
 
 @needs_engines
@@ -170,7 +206,8 @@ def test_same_plan_same_audio(grammar: Grammar, tmp_path: Path) -> None:
     plans = plan_corpus(opts, grammar, ENGINES)
     # an utterance with as much augmentation as we can find, and a test one
     rich = max(plans["train"], key=lambda p: (p.aug.noise not in ("", "babble"))
-               + (p.aug.speed != 1) + (p.aug.semitones != 0) + (p.aug.vtlp != 1) + (p.aug.rt60 > 0))
+               + (p.aug.speed != 1) + (p.aug.semitones != 0) + (p.aug.vtlp != 1) + (p.aug.rt60 > 0)
+               + (p.aug.lowpass_hz > 0) + bool(p.aug.eq_bands))
     bank = [np.sin(np.arange(8000) / 7.0).astype(np.float32)]
     for p in (rich, plans["test_hard"][0]):
         x, y = render(p, bank), render(p, bank)
@@ -218,7 +255,7 @@ def test_tiny_corpus_data_dirs_are_consistent(corpus: Path) -> None:
         voices = {u: Voice.parse(v) for u, v in _table(d / "utt2voice").items()}
         for u, v in voices.items():
             assert v.speaker == utt2spk[u]
-            if split in ("train", "dev"):
+            if split in ("train", "dev", "calib"):
                 assert is_training_voice(v) and not is_test_voice(v), (split, u, v)
             else:
                 assert is_test_voice(v), (split, u, v)
@@ -266,5 +303,5 @@ def test_options_reject_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SynthOptions(out_dir=tmp_path, audio_format="mp3")
     opts = SynthOptions(out_dir=tmp_path).with_per_split(3)
-    assert [opts.size(s) for s in SPLITS] == [3, 3, 3, 3]
+    assert [opts.size(s) for s in SPLITS] == [3, 3, 3, 3, 3]
     assert replace(opts, train=5).size("train") == 5

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth", help="synthesize a SLURP-style spoken-command corpus with espeak-ng/flite/festival",
         description="Synthesize a SLURP-style spoken-command corpus (ESPnet data dirs: "
-                    "train, dev, test_voices, test_hard) from Debian's TTS engines.",
+                    "train, dev, test_voices, test_hard, calib) from Debian's TTS engines.",
     )
     p.add_argument("--out", type=Path, default=Path("data/synth"), help="output dir (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="test_voices utterances (default: %(default)s)")
     p.add_argument("--test-hard", type=int, default=600,
                    help="test_hard utterances (default: %(default)s)")
+    p.add_argument("--calib", type=int, default=600,
+                   help="calib utterances: training voices in test_hard's noise, for the device's "
+                        "confidence estimator (default: %(default)s)")
     p.add_argument("--per-split", "--limit", type=int, metavar="N", dest="per_split",
                    help="N utterances in every split (overrides the sizes above)")
     p.add_argument("--splits", default=",".join(_splits()),
@@ -99,7 +102,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     opts = SynthOptions(
         out_dir=args.out, seed=args.seed, train=args.train, dev=args.dev,
-        test_voices=args.test_voices, test_hard=args.test_hard,
+        test_voices=args.test_voices, test_hard=args.test_hard, calib=args.calib,
         splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
         jobs=args.jobs, audio_format=args.audio_format, festival=not args.no_festival,
         grammar_path=args.grammar, progress=not args.no_progress, overwrite=args.overwrite,

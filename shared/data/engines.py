@@ -1,9 +1,9 @@
 """Debian's TTS engines as speech sources: espeak-ng, flite, festival.
 
-The voice rule (see docs/data.md): the training splits (train, dev) use only
-espeak-ng's English voices (with +m1..+m7/+f1..+f5 variants) and flite's awb
-and rms; flite's kal, kal16 and slt and every festival voice are test voices and
-are never used to train. :func:`is_test_voice` is the single place that says so.
+The voice rule (see docs/data.md): the training-voice splits (train, dev, calib)
+use only espeak-ng's English voices (with the variants in :data:`ESPEAK_VARIANTS`)
+and flite's awb and rms; flite's kal, kal16 and slt and every festival voice are
+test voices and are never used to train. :func:`is_test_voice` is the single place that says so.
 """
 
 from __future__ import annotations
@@ -27,7 +27,23 @@ ESPEAK_ENGLISH = (
     "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
     "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
 )
-ESPEAK_VARIANTS = ("",) + tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))
+# espeak-ng's voice variants (espeak-ng-data/voices/!v, applied as `-v en-us+NAME`):
+# the classic m1..m8 and f1..f5, the Klatt-synthesizer variants (a different
+# glottal source) and the named variants that still sound like a person. Left
+# out: robots, whispers, croaks and effects (Demonic, UniRobot, robosoft*, ...).
+# v2 trained on "" + m1..m7 + f1..f5 (104 voices) and missed the unseen voices
+# by 30 points; every variant is another speaker for the same 8 accents.
+ESPEAK_VARIANTS = (
+    ("",) + tuple(f"m{i}" for i in range(1, 9)) + tuple(f"f{i}" for i in range(1, 6))
+    + tuple(f"klatt{i}" for i in ("", 2, 3, 4, 5, 6))
+    + ("Alex", "Alicia", "Andrea", "Andy", "Annie", "Denis", "Diogo", "Gene", "Gene2",
+       "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen",
+       "RicishayMax", "Storm", "adam", "anika", "antonio", "aunty", "belinda", "benjamin",
+       "boris", "caleb", "david", "ed", "edward", "edward2", "grandma", "grandpa", "gustave",
+       "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "linda", "marcelo", "max",
+       "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
+       "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac")
+)
 FLITE_TRAIN = ("awb", "rms")
 FLITE_TEST = ("kal", "kal16", "slt")
 FESTIVAL_TEST = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
@@ -89,10 +105,11 @@ class Engines:
     espeak_ng: tuple[str, ...]  # English voices found
     flite: tuple[str, ...]
     festival: tuple[str, ...]
+    espeak_variants: tuple[str, ...] = ESPEAK_VARIANTS  # of ESPEAK_VARIANTS, those installed
 
     def training_voices(self) -> list[Voice]:
         voices = [Voice("espeak-ng", n, v) for n in ESPEAK_ENGLISH if n in self.espeak_ng
-                  for v in ESPEAK_VARIANTS]
+                  for v in ESPEAK_VARIANTS if v in self.espeak_variants]
         voices += [Voice("flite", n) for n in FLITE_TRAIN if n in self.flite]
         return voices
 
@@ -105,6 +122,7 @@ class Engines:
     def missing(self) -> list[str]:
         """What the full voice set lacks, for a log line."""
         out = [f"espeak-ng:{n}" for n in ESPEAK_ENGLISH if n not in self.espeak_ng]
+        out += [f"espeak-ng:+{v}" for v in ESPEAK_VARIANTS if v not in self.espeak_variants]
         out += [f"flite:{n}" for n in FLITE_TRAIN + FLITE_TEST if n not in self.flite]
         out += [f"festival:{n}" for n in FESTIVAL_TEST if n not in self.festival]
         return out
@@ -147,6 +165,21 @@ def _espeak_voices() -> tuple[str, ...]:
     return tuple(n for n in ESPEAK_ENGLISH if n in found)
 
 
+def _espeak_variants() -> tuple[str, ...]:
+    """Which of :data:`ESPEAK_VARIANTS` this espeak-ng has ("" always)."""
+    if shutil.which("espeak-ng") is None:
+        return ("",)
+    try:
+        out = _run(["espeak-ng", "--voices=variant"]).stdout.decode("utf-8", "replace")
+    except (subprocess.SubprocessError, OSError) as e:
+        log.warning("espeak-ng --voices=variant failed: %s", e)
+        return ("",)
+    # columns: Pty Language Age/Gender VoiceName File; File is !v/<variant>
+    found = {parts[4].split("/", 1)[1] for parts in map(str.split, out.splitlines()[1:])
+             if len(parts) >= 5 and parts[4].startswith("!v/")}
+    return tuple(v for v in ESPEAK_VARIANTS if not v or v in found)
+
+
 def _flite_voices() -> tuple[str, ...]:
     if shutil.which("flite") is None:
         return ()
@@ -172,9 +205,9 @@ def _festival_voices() -> tuple[str, ...]:
 @functools.cache
 def detect_engines() -> Engines:
     """Which engines/voices this machine has (cached for the process)."""
-    e = Engines(_espeak_voices(), _flite_voices(), _festival_voices())
-    log.info("engines: espeak-ng=%s flite=%s festival=%s",
-             len(e.espeak_ng), ",".join(e.flite) or "-", ",".join(e.festival) or "-")
+    e = Engines(_espeak_voices(), _flite_voices(), _festival_voices(), _espeak_variants())
+    log.info("engines: espeak-ng=%s (%d variants) flite=%s festival=%s", len(e.espeak_ng),
+             len(e.espeak_variants), ",".join(e.flite) or "-", ",".join(e.festival) or "-")
     return e
 
 
