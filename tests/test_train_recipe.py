@@ -148,3 +148,33 @@ def test_eval_prints_a_table_and_a_json_line(recipe: Path, capsys: pytest.Captur
     summary = json.loads(lines[-1])
     assert set(summary) == {"intent_acc", "wer", "utterances"}
     assert summary["utterances"] == 2 and 0.0 <= summary["intent_acc"] <= 1.0
+
+
+@needs_engines
+def test_init_from_continues_the_pair_with_its_decoder(recipe: Path) -> None:
+    """`pasu train --init-from`: both models continue from their own weights, side by
+    side, with the pair's tokens and statistics and the shared decoder untouched."""
+    import yaml
+
+    from pasu.models import load_state_dict
+
+    pair, exp = recipe / "exp" / "models", recipe / "exp_ft"
+    argv = ["train", "--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
+            "--finetune-epochs", "1", "--model-version", "9", "--num-workers", "0",
+            "--stages", "tokens,stats,bootstrap,cloud,device,package"]
+    r = subprocess.run([sys.executable, "-m", "pasu.cli", *argv], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (exp / "bootstrap").exists()  # not needed when fine-tuning
+    assert set(json.loads((exp / "timings.json").read_text())) >= {"cloud", "device", "cloud_cpu", "device_cpu"}
+    for role in ("cloud", "device"):
+        new = exp / "models" / role
+        for name in ("tokens.txt", "bpe.model", "feats_stats.npz"):
+            assert (new / name).read_bytes() == (pair / role / name).read_bytes(), (role, name)
+        before, after = load_state_dict(pair / role / "model.pth"), load_state_dict(new / "model.pth")
+        assert before.keys() == after.keys()
+        decoder = [k for k in before if k.startswith("decoder.")]
+        assert decoder and all(torch.equal(before[k], after[k]) for k in decoder), role
+        assert not torch.equal(before["ctc.ctc_lo.weight"], after["ctc.ctc_lo.weight"]), role
+        meta = yaml.safe_load((new / "config.yaml").read_text())["pasu"]
+        assert meta["version"] == "9" and "continued from" in meta["history"][-1]
+        assert yaml.safe_load((new / "config.yaml").read_text())["freeze_param"] == ["decoder"]

@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch threads per ESPnet run; 0: torch's default (default: %(default)s)")
     p.add_argument("--eval-limit", type=int, help="utterances per test set in the eval stage (default: all)")
     p.add_argument("--eval-beam", type=int, default=d.eval_beam_size, help="beam size of the eval stage")
+    p.add_argument("--init-from", type=Path, metavar="DIR",
+                   help="fine-tune a trained pair (DIR/cloud, DIR/device; e.g. shared/resources/models) "
+                        "on --data instead of training from scratch: its tokens and MVN statistics, "
+                        "no bootstrap stages, both models side by side with the shared decoder frozen")
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
+                   help="epochs of each model with --init-from (default: %(default)s)")
+    p.add_argument("--model-version", default=d.version, help="version written into the packages")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--espnet-arg", action="append", default=[], metavar="ARG",
                    help="extra argument passed to every asr_train run (repeat; e.g. --espnet-arg=--batch_bins=500000)")
@@ -85,6 +92,9 @@ def run_train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         num_threads=args.threads or None,
         seed=args.seed,
+        init_models=args.init_from,
+        finetune_epochs=args.finetune_epochs,
+        version=args.model_version,
         device_attention_blocks=args.device_attention_blocks,
         eval_limit=args.eval_limit,
         eval_beam_size=args.eval_beam,

@@ -9,6 +9,12 @@ that set the device's split; the device encoder learns CTC (*device_ctc*); the
 and decoder together; last, the *device* adapts to the cloud's decoder, frozen,
 so both shipped models carry the same decoder.
 
+With ``init_models`` (``pasu train --init-from DIR``) the recipe instead
+*continues* a trained pair on a new corpus: tokens and MVN statistics come from
+the pair, the bootstrap stages are skipped, and cloud and device train side by
+side, each from its own weights, both with the shared decoder frozen, so the
+two stay interchangeable without a further device stage.
+
 Every stage is one function that skips when its outputs exist, so rerunning
 ``pasu train`` after an interruption resumes where it stopped; the training
 stages also pass ``--resume true`` so ESPnet continues from its last epoch
@@ -28,6 +34,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -80,6 +87,10 @@ class RecipeOptions:
     eval_limit: int | None = None  # utterances per test set in the eval stage
     eval_beam_size: int = 10
     version: str = "1"
+    # A dir with cloud/ and device/ model packages (e.g. shared/resources/models):
+    # fine-tune that pair instead of training from scratch (see the module docstring).
+    init_models: Path | None = None
+    finetune_epochs: int = 4  # epochs of each model in fine-tune mode (--max-epoch overrides)
     extra_args: tuple[str, ...] = ()  # appended to every asr_train call
     stages: tuple[str, ...] = STAGES
 
@@ -101,6 +112,17 @@ class RecipeOptions:
 
     def model_exp(self, role: str) -> Path:
         return self.exp_dir / role
+
+    @property
+    def stats_file(self) -> Path:
+        """Global MVN statistics: a fine-tuned pair keeps the normalisation it learned with."""
+        if self.init_models is not None:
+            return self.init_models / "cloud" / "feats_stats.npz"
+        return self.stats_dir / "train" / "feats_stats.npz"
+
+    def init_model(self, role: str) -> Path:
+        assert self.init_models is not None
+        return self.init_models / role
 
     def base_config(self, role: str) -> Path:
         return {"bootstrap": self.bootstrap_config, "device_ctc": self.device_config,
@@ -138,6 +160,16 @@ def stage_tokens(opts: RecipeOptions) -> None:
     """BPE model + ``tokens.txt`` from the training transcripts."""
     if (opts.token_dir / "tokens.txt").is_file():
         log.info("tokens: %s exists, skipping", opts.token_dir / "tokens.txt")
+        return
+    if opts.init_models is not None:  # the pair's own: its output layers index them
+        cloud, device = opts.init_model("cloud"), opts.init_model("device")
+        for name in ("tokens.txt", "bpe.model"):
+            if (cloud / name).read_bytes() != (device / name).read_bytes():
+                raise ValueError(f"{cloud / name} and {device / name} differ: not one pair")
+        opts.token_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("tokens.txt", "bpe.model"):
+            shutil.copy(cloud / name, opts.token_dir / name)
+        log.info("tokens: copied from %s", cloud)
         return
     tok.train_bpe(
         [opts.data_dir / opts.train_set / "text"],
@@ -180,9 +212,12 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
     """
     out = opts.model_exp(role)
     base = opts.base_config(role)
-    epochs = opts.max_epoch or (
-        opts.device_ctc_epochs if role == "device_ctc"
-        else int(yaml.safe_load(base.read_text())["max_epoch"]))
+    if opts.init_models is not None:
+        epochs = opts.max_epoch or opts.finetune_epochs
+    else:
+        epochs = opts.max_epoch or (
+            opts.device_ctc_epochs if role == "device_ctc"
+            else int(yaml.safe_load(base.read_text())["max_epoch"]))
     done = out / "train.done"
     if done.is_file() and _done_epochs(done) >= epochs:
         log.info("%s: %s says %d epochs are done, skipping", role, done, _done_epochs(done))
@@ -194,12 +229,16 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
         config = base
     elif config.is_file():  # resuming: keep the architecture the checkpoints have
         log.info("%s: reusing %s", role, config)
+    elif opts.init_models is not None:
+        write_finetune_config(base, opts.init_model(role) / "config.yaml", config)
     elif role == "cloud":
         write_cloud_config(opts, config)
     else:
         write_device_config(opts, config)
     bootstrap = opts.model_exp("bootstrap")
-    if role == "device_ctc":
+    if opts.init_models is not None:
+        extra += ["--init_param", str(opts.init_model(role) / "model.pth"), "--freeze_param", "decoder"]
+    elif role == "device_ctc":
         # CTC only (ESPnet then builds no decoder): the bootstrap's decoder has not
         # seen a working encoder and would only pull this one towards its mistakes
         extra += ["--model_conf", "ctc_weight=1.0"]
@@ -221,7 +260,7 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
         "--config", str(config),
         *_data_args(opts, shapes=True),
         "--normalize", "global_mvn",
-        "--normalize_conf", f"stats_file={opts.stats_dir / 'train' / 'feats_stats.npz'}",
+        "--normalize_conf", f"stats_file={opts.stats_file}",
         "--output_dir", str(out),
         "--resume", "true",
         "--use_tensorboard", "false",  # neither tensorboard nor matplotlib is a pasu dependency;
@@ -275,7 +314,7 @@ def stage_package(opts: RecipeOptions) -> None:
             exp_dir=exp,
             checkpoint=best_checkpoint(exp),
             token_dir=opts.token_dir,
-            stats_file=opts.stats_dir / "train" / "feats_stats.npz",
+            stats_file=opts.stats_file,
             out_dir=out,
             info=info,
             shared_decoder_from=cloud_dir / "model.pth" if role == "device" else None,
@@ -338,19 +377,82 @@ def run_recipe(opts: RecipeOptions) -> Path:
     (opts.exp_dir / "recipe_options.json").write_text(
         json.dumps(asdict(opts), indent=2, default=str) + "\n"
     )
+    side_by_side = opts.init_models is not None and {"cloud", "device"} <= set(opts.stages)
+    if opts.init_models is not None:
+        skipped = {"bootstrap", "branches", "device_ctc"} & set(opts.stages)
+        if skipped:
+            log.info("fine-tuning %s: stages %s are not needed", opts.init_models, ",".join(sorted(skipped)))
     for stage in STAGES:
-        if stage not in opts.stages:
+        if stage not in opts.stages or (side_by_side and stage == "device"):
+            continue
+        if opts.init_models is not None and stage in ("bootstrap", "branches", "device_ctc"):
             continue
         log.info("stage %s: start", stage)
         t0, c0 = time.monotonic(), _cpu_seconds()
-        actions[stage](opts)
+        if side_by_side and stage == "cloud":
+            # independent (each starts from its own weights; the decoder is frozen on
+            # both), so one core each instead of one after the other
+            _in_parallel([lambda: stage_train(opts, "cloud"), lambda: stage_train(opts, "device")])
+            done: tuple[str, ...] = ("cloud", "device")
+        else:
+            actions[stage](opts)
+            done = (stage,)
         dt, cpu = time.monotonic() - t0, _cpu_seconds() - c0
-        timer.record(stage, dt, cpu)
+        for role in done:  # side by side: each took the wall time; the CPU time is shared
+            timer.record(role, dt, cpu / len(done))
         log.info("stage %s: done in %.1f s (%.1f CPU s)", stage, dt, cpu)
     return opts.models_dir
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def _in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run jobs in threads (each drives an ESPnet subprocess); re-raise the first error."""
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # noqa: BLE001  (handed to the caller below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+# What a fine-tuned model takes from the model it continues: everything that makes
+# its weights fit (architecture, features, the loss it was trained with).
+_ARCHITECTURE_KEYS = (
+    "frontend", "frontend_conf", "normalize", "specaug", "specaug_conf", "preencoder",
+    "preencoder_conf", "encoder", "encoder_conf", "postencoder", "postencoder_conf",
+    "decoder", "decoder_conf", "ctc_conf", "model", "model_conf",
+)
+
+
+def write_finetune_config(base: Path, init_config: Path, path: Path) -> dict[str, Any]:
+    """A training config that continues ``init_config``'s model: the recipe's
+    training settings (batches, optimiser, schedule) from ``base``, the
+    architecture from the model itself, so ``--init_param`` fits exactly."""
+    config = yaml.safe_load(base.read_text())
+    init = yaml.safe_load(init_config.read_text())
+    for key in _ARCHITECTURE_KEYS:
+        if key in init:
+            config[key] = init[key]
+        else:
+            config.pop(key, None)
+    # a warm start: half the from-scratch peak and a short warm-up (as v2 did)
+    config["optim_conf"] = {**config.get("optim_conf", {}), "lr": 0.001}
+    config["scheduler_conf"] = {**config.get("scheduler_conf", {}), "warmup_steps": 500}
+    header = (f"# Generated by pasu.train.recipe: training settings from {base.name}, the "
+              f"architecture of {init_config}.\n")
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return config
 
 
 def choose_attention_blocks(
@@ -495,6 +597,15 @@ def _exp_model_dir(opts: RecipeOptions, role: str) -> Path:
 
 def _package_notes(opts: RecipeOptions, role: str) -> dict[str, Any]:
     notes: dict[str, Any] = {}
+    if opts.init_models is not None:
+        init = yaml.safe_load((opts.init_model(role) / "config.yaml").read_text()).get("pasu", {})
+        for key in ("bootstrap_attention_branch_weights",):
+            if key in init:
+                notes[key] = init[key]
+        epochs = opts.max_epoch or opts.finetune_epochs
+        notes["history"] = [*init.get("history", []), (
+            f"v{opts.version}: continued from {init.get('name', role)} version {init.get('version', '?')} "
+            f"for {epochs} epochs on {opts.data_dir}, the shared decoder frozen (pasu train --init-from).")]
     timings = opts.exp_dir / "timings.json"
     if timings.is_file():
         t = json.loads(timings.read_text())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# How the shipped v3 model pair (shared/resources/models/{cloud,device}) was trained:
+# the v2 pair (scripts/train_v2.sh), continued on the v3 corpus — many more training
+# voices, voice shifts and random channels (docs/data.md) — by `pasu train --init-from`:
+# the pair's own tokens and MVN statistics, cloud and device side by side (one torch
+# thread each), both with the shared decoder frozen, so the packages still carry one
+# decoder, bit-identical. On the 2-core CPU machine: corpus 6 min, training ~75 min.
+#
+# Usage: scripts/train_v3.sh [DATA=data/synth] [EXP=exp/v3]   (run from the repo root)
+set -euo pipefail
+DATA=${1:-data/synth}
+EXP=${2:-exp/v3}
+PASU=${PASU:-.venv/bin/pasu}
+
+# 1. the corpus (seed 0, default sizes: 12000 train, 600 dev/test_voices/test_hard)
+[[ -f "$DATA/manifest.json" ]] || "$PASU" -v data synth --out "$DATA"
+
+# 2. continue the v2 pair. Copy it out first: the packages are overwritten at the end.
+INIT="$EXP/init_v2"
+if [[ ! -d "$INIT" ]]; then
+  mkdir -p "$INIT"
+  git show "e463cc7:shared/resources/models/cloud/config.yaml" >/dev/null  # the v2 commit
+  for role in cloud device; do
+    mkdir -p "$INIT/$role"
+    for f in config.yaml model.pth feats_stats.npz tokens.txt bpe.model; do
+      git show "e463cc7:shared/resources/models/$role/$f" > "$INIT/$role/$f"
+    done
+  done
+fi
+"$PASU" -v train --data "$DATA" --exp "$EXP" --init-from "$INIT" --finetune-epochs 5 \
+  --model-version 3 --stages tokens,stats,cloud,device,package
+
+# 3. evaluate (docs/models.md has the sets and the figures)
+for role in cloud device; do
+  "$PASU" eval --model "$EXP/models/$role" --data "$DATA/test_voices" --threads 1
+  "$PASU" eval --model "$EXP/models/$role" --data shared/resources/eval/test_hard --threads 1
+done
