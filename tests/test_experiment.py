@@ -55,7 +55,15 @@ def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
         assert (out / png).stat().st_size > 1000
     assert (out / "summary.md").read_text().startswith("# Offload experiment")
     # resumable: a second run reuses the cache (no new device/cloud work) and gives the same summary
-    cached = sorted(p.name for p in (out / "cache").iterdir())
+    cached = sorted(p.name for p in (out / "cache").iterdir() if p.name != "key.json")
     assert len(cached) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json") if p.name != "key.json"}
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert json.loads(r2.stdout.strip().splitlines()[-1])["offload_rate_pasu"] == last["offload_rate_pasu"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json") if p.name != "key.json"} == stamps
+    # other models: the cache starts afresh instead of mixing two models' answers
+    swapped = [a if a != str(tiny_model_dirs["late"]) else str(tiny_model_dirs["conformer"]) for a in cmd]
+    r3 = subprocess.run(swapped, capture_output=True, text=True, timeout=900)
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    assert "starting it afresh" in r3.stderr
+    assert all(p.stat().st_mtime_ns != t for p, t in stamps.items())

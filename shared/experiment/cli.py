@@ -21,6 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--limit", type=int, default=None, help="at most N utterances")
     o.add_argument("--rtt-ms", type=float, nargs="+", default=[20.0, 100.0, 300.0])
     o.add_argument("--mbit", type=float, nargs="+", default=[1.0, 10.0])
+    o.add_argument("--min-pilots", type=int, default=None,
+                   help="earliest pilot at which pasu's offramps may offload (default: the agent's, "
+                        "PolicyConfig.min_pilots)")
+    o.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: torch's choice); 1 for runs side by side, which "
+                        "would otherwise oversubscribe the cores and inflate every latency")
     o.add_argument("--seed", type=int, default=0)
     o.set_defaults(func=run)
 
@@ -29,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pasu.audio import read_scp, read_wav_scp
+    from pasu.device.config import PolicyConfig
     from pasu.device.confidence import estimator_for
     from pasu.experiment.collect import CollectOptions, collect
     from pasu.experiment.report import plot, write_csv, write_summary
@@ -36,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from pasu.model_store import resolve_model
     from pasu.models import load_model
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wav = read_wav_scp(data)
@@ -47,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     records = collect(device, cloud, wav, out, CollectOptions(), cloud_target=args.cloud)
     estimator = estimator_for(device.files.root, args.confidence or None)  # default: shipped with the model
     networks = [Network(rtt_s=r / 1000, mbit_s=m) for r in args.rtt_ms for m in args.mbit]
-    points = sweep(records, refs, estimator, networks, seed=args.seed)
+    min_pilots = args.min_pilots if args.min_pilots is not None else PolicyConfig().min_pilots
+    points = sweep(records, refs, estimator, networks, seed=args.seed, min_pilots=min_pilots)
     write_csv(points, out / "points.csv")
     main_net = next((n for n in networks if abs(n.rtt_s - 0.1) < 1e-9 and n.mbit_s == 10.0), networks[0])
     conf = pilot_confidences(records, estimator)

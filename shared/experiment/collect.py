@@ -6,12 +6,17 @@ pilot's n-best and when it finished on the simulated clock; the final n-best
 and its latency), the stock end-of-utterance decode (ESPnet's Speech2Text on
 the device model: its text, score and time) and the cloud model's answer and
 compute time. One JSON file per utterance, so an interrupted run resumes.
+``cache/key.json`` names the models (a digest of their weights) and options the
+records came from: a run with other models or options starts the cache afresh
+instead of mixing answers of two model versions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,7 +87,13 @@ def collect(
 ) -> dict[str, dict]:
     """Per-utterance records, computed once and cached under ``out/cache``."""
     cache = out / "cache"
+    key = cache_key(device, cloud, options, cloud_target)
+    key_file = cache / "key.json"
+    if cache.is_dir() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
+        log.warning("%s was made with other models or options: starting it afresh", cache)
+        shutil.rmtree(cache)
     cache.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key, indent=2))
     rec = Recognizer(device, options.decoding)
     s2t = espnet_speech2text(device, options.decoding)
     cloud_rec = Recognizer(cloud, options.decoding) if cloud is not None else None
@@ -124,6 +135,24 @@ def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, 
     else:
         raise ValueError("need a cloud model or a cloud target")
     return {"text": text, "compute_s": time.perf_counter() - t0}
+
+
+def _weights_digest(model: LoadedModel) -> str:
+    h = hashlib.sha256()
+    with open(model.files.weights, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(device: LoadedModel, cloud: LoadedModel | None, options: CollectOptions,
+              cloud_target: str | None) -> dict:
+    """What the cached records depend on (JSON-comparable)."""
+    return {
+        "device": _weights_digest(device),
+        "cloud": _weights_digest(cloud) if cloud is not None else f"grpc:{cloud_target}",
+        "options": json.loads(json.dumps(options_dict(options))),
+    }
 
 
 def options_dict(options: CollectOptions) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pasu.device.config import PolicyConfig
 from pasu.experiment.collect import nbest_from_json
 
 PCM_BYTES_PER_S = 32000  # 16 kHz, 16-bit mono: what the device uploads
@@ -110,8 +111,9 @@ def _cloud_at(rec: dict, decided_at: float, net: Network) -> tuple[str, float, i
     return (rec["cloud"]["text"], cloud_latency(rec, decided_at, net), rec["bytes_pcm16"], True)
 
 
-def pilot_confidences(records: dict[str, dict], estimator) -> dict[str, list[tuple[float, float]]]:
-    """Per utterance: (decision time, confidence) at each pilot, then at the final pass."""
+def pilot_confidences(records: dict[str, dict], estimator) -> dict[str, list[tuple[float, float, int]]]:
+    """Per utterance: (decision time, confidence, step) at each pilot (step 1, 2, ...), then
+    at the final pass (step 0)."""
     from pasu.device.confidence import FeatureTracker
     from pasu.streaming.session import FinalResult, PilotRecord
 
@@ -119,12 +121,12 @@ def pilot_confidences(records: dict[str, dict], estimator) -> dict[str, list[tup
     for utt, rec in records.items():
         tracker = FeatureTracker()
         steps = []
-        for p in rec["device"]["pilots"]:
+        for k, p in enumerate(rec["device"]["pilots"], start=1):
             tracker.pilot(PilotRecord(p["audio_s"], 0, nbest_from_json(p["nbest"]), 0, 0.0))
-            steps.append((p["done_s"], estimator.score(tracker)))
+            steps.append((p["done_s"], estimator.score(tracker), k))
         f = rec["device"]["final"]
         tracker.final(FinalResult(nbest_from_json(f["nbest"]), f["features"], [], 0, 0, 0.0, 0.0))
-        steps.append((rec["device"]["eos_s"] + rec["device"]["latency_s"], estimator.score(tracker)))
+        steps.append((rec["device"]["eos_s"] + rec["device"]["latency_s"], estimator.score(tracker), 0))
         out[utt] = steps
     return out
 
@@ -141,7 +143,10 @@ def sweep(
     networks: list[Network],
     seed: int = 0,
     progress: Callable | None = None,
+    min_pilots: int = PolicyConfig().min_pilots,
 ) -> list[Point]:
+    """Every policy's operating points; pasu's offramps decide as the device agent does:
+    at each pilot from ``min_pilots`` on, then at the end."""
     scorer = Scorer(refs)
     utts = list(records)
     conf = pilot_confidences(records, estimator)
@@ -171,24 +176,27 @@ def sweep(
                     choices[u] = (r["stock"]["text"], r["stock"]["latency_s"], 0, False)
             points.append(_point("baseline_eou", net, t, records, scorer, choices))
         # pasu offramps: the first step whose confidence is below t offloads, then and there
-        all_conf = [c for steps in conf.values() for _, c in steps]
+        all_conf = [c for steps in conf.values() for _, c, k in steps if k == 0 or k >= min_pilots]
         for t in thresholds(all_conf):
-            points.append(_point("pasu_offramp", net, t, records, scorer, _offramp(records, conf, t, net)))
+            points.append(_point("pasu_offramp", net, t, records, scorer,
+                                 _offramp(records, conf, t, net, min_pilots=min_pilots)))
             points.append(_point("pasu_latency", net, t, records, scorer,
-                                 _offramp(records, conf, t, net, local_median=local_median)))
+                                 _offramp(records, conf, t, net, local_median=local_median,
+                                          min_pilots=min_pilots)))
         if progress:
             progress()
     return points
 
 
-def _offramp(records, conf, t, net, local_median: float | None = None):
-    """Offload at the first step below ``t``; with ``local_median``, only where the cloud is expected to be faster."""
+def _offramp(records, conf, t, net, local_median: float | None = None, min_pilots: int = 1):
+    """Offload at the first step below ``t`` (pilots from ``min_pilots`` on, then the final
+    pass); with ``local_median``, only where the cloud is expected to be faster."""
     choices = {}
     for u, steps in conf.items():
         r = records[u]
         choice = _local(r)
-        for decided_at, c in steps:
-            if c >= t:
+        for decided_at, c, k in steps:
+            if c >= t or 0 < k < min_pilots:
                 continue
             if local_median is not None:
                 expected_cloud = cloud_latency(r, decided_at, net)
