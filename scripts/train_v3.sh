@@ -4,7 +4,9 @@
 # voices, voice shifts and random channels (docs/data.md) — by `pasu train --init-from`:
 # the pair's own tokens and MVN statistics, cloud and device side by side (one torch
 # thread each), both with the shared decoder frozen, so the packages still carry one
-# decoder, bit-identical. On the 2-core CPU machine: corpus 6 min, training ~75 min.
+# decoder, bit-identical. On the 2-core CPU machine: corpus 6 min (calib 1.5 more),
+# training ~15 min per cloud epoch and ~11 per device epoch, side by side (the
+# shipped pair ran 5 epochs, then was resumed to 8: same as one run of 8).
 #
 # Usage: scripts/train_v3.sh [DATA=data/synth] [EXP=exp/v3]   (run from the repo root)
 set -euo pipefail
@@ -13,7 +15,7 @@ EXP=${2:-exp/v3}
 PASU=${PASU:-.venv/bin/pasu}
 
 # 1. the corpus (seed 0, default sizes: 12000 train, 600 dev/test_voices/test_hard)
-[[ -f "$DATA/manifest.json" ]] || "$PASU" -v data synth --out "$DATA"
+[[ -f "$DATA/manifest.json" ]] || "$PASU" -v data synth --out "$DATA"   # incl. calib
 
 # 2. continue the v2 pair. Copy it out first: the packages are overwritten at the end.
 INIT="$EXP/init_v2"
@@ -27,11 +29,17 @@ if [[ ! -d "$INIT" ]]; then
     done
   done
 fi
-"$PASU" -v train --data "$DATA" --exp "$EXP" --init-from "$INIT" --finetune-epochs 5 \
+"$PASU" -v train --data "$DATA" --exp "$EXP" --init-from "$INIT" --finetune-epochs 8 \
   --model-version 3 --stages tokens,stats,cloud,device,package
 
-# 3. evaluate (docs/models.md has the sets and the figures)
+# 3. the device's confidence estimator, on calib (training voices in test_hard's noise)
+"$PASU" -v device train-confidence --model "$EXP/models/device" --data "$DATA/calib" --kind mlp \
+  --test shared/resources/eval/test_hard --out "$EXP/models/device/confidence.pt"
+
+# 4. evaluate (docs/models.md has the sets and the figures)
+"$PASU" data subset --data "$DATA/dev" --out "$EXP/dev200" --size 200 --max-mb 100
 for role in cloud device; do
-  "$PASU" eval --model "$EXP/models/$role" --data "$DATA/test_voices" --threads 1
-  "$PASU" eval --model "$EXP/models/$role" --data shared/resources/eval/test_hard --threads 1
+  for D in "$DATA/test_voices" "$DATA/test_hard" shared/resources/eval/test_hard "$EXP/dev200" "$DATA/calib"; do
+    "$PASU" eval --model "$EXP/models/$role" --data "$D" --threads 1
+  done
 done
