@@ -138,11 +138,8 @@ def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, 
 
 
 def _weights_digest(model: LoadedModel) -> str:
-    h = hashlib.sha256()
     with open(model.files.weights, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def cache_key(device: LoadedModel, cloud: LoadedModel | None, options: CollectOptions,
