@@ -176,7 +176,7 @@ def sweep(
                     choices[u] = (r["stock"]["text"], r["stock"]["latency_s"], 0, False)
             points.append(_point("baseline_eou", net, t, records, scorer, choices))
         # pasu offramps: the first step whose confidence is below t offloads, then and there
-        all_conf = [c for steps in conf.values() for _, c, k in steps if k == 0 or k >= min_pilots]
+        all_conf = [c for steps in conf.values() for _, c, k in steps if _acts(k, min_pilots)]
         for t in thresholds(all_conf):
             points.append(_point("pasu_offramp", net, t, records, scorer,
                                  _offramp(records, conf, t, net, min_pilots=min_pilots)))
@@ -188,6 +188,11 @@ def sweep(
     return points
 
 
+def _acts(step: int, min_pilots: int) -> bool:
+    """Whether the offramp decides at this step: the final pass (0), or a pilot from ``min_pilots`` on."""
+    return step == 0 or step >= min_pilots
+
+
 def _offramp(records, conf, t, net, local_median: float | None = None, min_pilots: int = 1):
     """Offload at the first step below ``t`` (pilots from ``min_pilots`` on, then the final
     pass); with ``local_median``, only where the cloud is expected to be faster."""
@@ -196,7 +201,7 @@ def _offramp(records, conf, t, net, local_median: float | None = None, min_pilot
         r = records[u]
         choice = _local(r)
         for decided_at, c, k in steps:
-            if c >= t or 0 < k < min_pilots:
+            if c >= t or not _acts(k, min_pilots):
                 continue
             if local_median is not None:
                 expected_cloud = cloud_latency(r, decided_at, net)

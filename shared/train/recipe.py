@@ -52,6 +52,8 @@ NLSYMS = Path(__file__).resolve().parent.parent / "resources" / "slu" / "nlsyms.
 STAGES = ("tokens", "stats", "bootstrap", "branches", "device_ctc", "cloud", "device", "package", "eval")
 #: The models the recipe trains, in order; the last two are shipped.
 ROLES = ("bootstrap", "device_ctc", "cloud", "device")
+#: What a fine-tuned pair (``init_models``) already has: these stages do not run.
+FINETUNE_SKIPS = ("bootstrap", "branches", "device_ctc")
 # PASU's rule: keep self-attention only in layers whose attention branch carries
 # more than this share of a trained Branchformer layer's output.
 ATTENTION_WEIGHT_THRESHOLD = 0.2
@@ -123,6 +125,16 @@ class RecipeOptions:
     def init_model(self, role: str) -> Path:
         assert self.init_models is not None
         return self.init_models / role
+
+    def epochs(self, role: str) -> int:
+        """Epochs a training stage runs: --max-epoch, else the fine-tune or config default."""
+        if self.max_epoch:
+            return self.max_epoch
+        if self.init_models is not None:
+            return self.finetune_epochs
+        if role == "device_ctc":
+            return self.device_ctc_epochs
+        return int(yaml.safe_load(self.base_config(role).read_text())["max_epoch"])
 
     def base_config(self, role: str) -> Path:
         return {"bootstrap": self.bootstrap_config, "device_ctc": self.device_config,
@@ -212,12 +224,7 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
     """
     out = opts.model_exp(role)
     base = opts.base_config(role)
-    if opts.init_models is not None:
-        epochs = opts.max_epoch or opts.finetune_epochs
-    else:
-        epochs = opts.max_epoch or (
-            opts.device_ctc_epochs if role == "device_ctc"
-            else int(yaml.safe_load(base.read_text())["max_epoch"]))
+    epochs = opts.epochs(role)
     done = out / "train.done"
     if done.is_file() and _done_epochs(done) >= epochs:
         log.info("%s: %s says %d epochs are done, skipping", role, done, _done_epochs(done))
@@ -377,15 +384,15 @@ def run_recipe(opts: RecipeOptions) -> Path:
     (opts.exp_dir / "recipe_options.json").write_text(
         json.dumps(asdict(opts), indent=2, default=str) + "\n"
     )
-    side_by_side = opts.init_models is not None and {"cloud", "device"} <= set(opts.stages)
+    stages = [s for s in STAGES if s in opts.stages]
     if opts.init_models is not None:
-        skipped = {"bootstrap", "branches", "device_ctc"} & set(opts.stages)
+        skipped = [s for s in stages if s in FINETUNE_SKIPS]
         if skipped:
-            log.info("fine-tuning %s: stages %s are not needed", opts.init_models, ",".join(sorted(skipped)))
-    for stage in STAGES:
-        if stage not in opts.stages or (side_by_side and stage == "device"):
-            continue
-        if opts.init_models is not None and stage in ("bootstrap", "branches", "device_ctc"):
+            log.info("fine-tuning %s: stages %s are not needed", opts.init_models, ",".join(skipped))
+        stages = [s for s in stages if s not in FINETUNE_SKIPS]
+    side_by_side = opts.init_models is not None and {"cloud", "device"} <= set(stages)
+    for stage in stages:
+        if side_by_side and stage == "device":  # ran beside the cloud
             continue
         log.info("stage %s: start", stage)
         t0, c0 = time.monotonic(), _cpu_seconds()
@@ -599,13 +606,11 @@ def _package_notes(opts: RecipeOptions, role: str) -> dict[str, Any]:
     notes: dict[str, Any] = {}
     if opts.init_models is not None:
         init = yaml.safe_load((opts.init_model(role) / "config.yaml").read_text()).get("pasu", {})
-        for key in ("bootstrap_attention_branch_weights",):
-            if key in init:
-                notes[key] = init[key]
-        epochs = opts.max_epoch or opts.finetune_epochs
+        if "bootstrap_attention_branch_weights" in init:
+            notes["bootstrap_attention_branch_weights"] = init["bootstrap_attention_branch_weights"]
         notes["history"] = [*init.get("history", []), (
             f"v{opts.version}: continued from {init.get('name', role)} version {init.get('version', '?')} "
-            f"for {epochs} epochs on {opts.data_dir}, the shared decoder frozen (pasu train --init-from).")]
+            f"for {opts.epochs(role)} epochs on {opts.data_dir}, the shared decoder frozen (pasu train --init-from).")]
     timings = opts.exp_dir / "timings.json"
     if timings.is_file():
         t = json.loads(timings.read_text())
