@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ModelSource = str | Path | Callable[[], LoadedModel] | LoadedModel
 HEALTH_NAMES = ("", SERVICE_NAME)
+LOADER_JOIN_S = 120.0  # how long stop() lets a model load in progress finish
 
 
 def server_credentials(config: WorkerConfig) -> grpc.ServerCredentials:
@@ -62,6 +63,7 @@ class CloudWorker:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._loader: threading.Thread | None = None
 
     # -- start -----------------------------------------------------------
     def start(self, wait: bool = False, timeout: float | None = None) -> int:
@@ -97,7 +99,8 @@ class CloudWorker:
         self.server, self.port = server, port
         log.info("listening", extra={"address": f"{cfg.host}:{port}", "tls": cfg.tls,
                                      "mtls": cfg.tls_client_ca is not None, "auth": bool(cfg.bearer_tokens)})
-        threading.Thread(target=self._load, name="pasu-model-load", daemon=True).start()
+        self._loader = threading.Thread(target=self._load, name="pasu-model-load", daemon=True)
+        self._loader.start()
         if wait:
             self.wait_ready(timeout)
         return port
@@ -157,6 +160,13 @@ class CloudWorker:
             time.sleep(drain)
         if self.server is not None:
             self.server.stop(grace).wait()
+        if self._loader is not None and self._loader is not threading.current_thread():
+            # A process that exits while the loader is inside torch's C++ code aborts
+            # (glibc: "FATAL: exception not rethrown", exit -6 on SIGTERM). Let a load
+            # in progress finish: it then sees _stopped and stops its own batcher.
+            self._loader.join(timeout=LOADER_JOIN_S)
+            if self._loader.is_alive():
+                log.warning("model still loading after %.0f s; stopping anyway", LOADER_JOIN_S)
         if self.batcher is not None:
             self.batcher.stop(timeout=grace + 5)
         self.metrics.stop()

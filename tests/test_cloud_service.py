@@ -375,3 +375,21 @@ def test_graceful_drain_finishes_in_flight_calls(model, clips):
     with pytest.raises(grpc.RpcError) as e:
         s.Recognize(C.recognize_request("drain-2", clips[0]), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_stop_while_the_model_loads_waits_for_the_loader(model):
+    """Stopping mid-load lets the load finish (a process exiting while it runs in torch's
+    C++ code aborts instead of exiting 0) and leaves no batcher running."""
+    started = threading.Event()
+
+    def slow_load():
+        started.set()
+        time.sleep(1.0)
+        return model
+
+    w = CloudWorker(CFG.with_(metrics_port=None), slow_load)
+    w.start()
+    assert started.wait(10)
+    w.stop(grace=0)
+    assert not w._loader.is_alive()
+    assert w.batcher is None and w.service.state is None  # the late model never went live
