@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--data", required=True, type=Path, help="ESPnet data dir: wav.scp and text (uttid intent words…)")
     c.add_argument("--out", required=True, type=Path, help="weights file (metadata goes to OUT.json)")
     c.add_argument("--kind", choices=("logistic", "mlp", "cnn"), default="mlp")
+    c.add_argument("--features", default="all", type=_feature_set,
+                   help="features the estimator uses: all, scores (the shift-robust per-token scores and "
+                        "margin: SCORE_FEATURES), or a comma-separated list (default: all)")
     c.add_argument("--hidden", type=int, default=16)
     c.add_argument("--epochs", type=int, default=400)
     c.add_argument("--lr", type=float, default=0.02)
@@ -209,6 +212,18 @@ def run_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feature_set(text: str) -> tuple[str, ...]:
+    from pasu.device.confidence import FEATURES, SCORE_FEATURES
+
+    named = {"all": FEATURES, "scores": SCORE_FEATURES}
+    uses = named.get(text) or tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = set(uses) - set(FEATURES)
+    if unknown or not uses:
+        raise argparse.ArgumentTypeError(
+            f"unknown features {sorted(unknown)}; use all, scores or some of {', '.join(FEATURES)}")
+    return uses
+
+
 def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -216,8 +231,8 @@ def run_train(args: argparse.Namespace) -> int:
     from pasu.model_store import resolve_model
     from pasu.models import load_model
 
-    options = TrainOptions(kind=args.kind, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
-                           eval_fraction=args.eval_fraction, seed=args.seed, label=args.label,
+    options = TrainOptions(kind=args.kind, features=args.features, hidden=args.hidden, epochs=args.epochs,
+                           lr=args.lr, eval_fraction=args.eval_fraction, seed=args.seed, label=args.label,
                            chunk_ms=args.chunk_ms, limit=args.limit, decoding=decoding_options(args),
                            streaming=streaming_options(args))
     model = load_model(resolve_model(args.model, "device"), args.device)
@@ -233,7 +248,7 @@ def run_train(args: argparse.Namespace) -> int:
         return (f"ECE {r['ece']:.3f}  AUROC {auroc}  Brier {r['brier']:.3f}  "
                 f"(n={r['n']}, right={r['positives']})")
 
-    print(f"confidence estimator ({options.kind}) → {args.out} (+ .json)")
+    print(f"confidence estimator ({options.kind} on {', '.join(options.features)}) → {args.out} (+ .json)")
     print(f"utterances: train {meta['utterances']['train']}, eval {meta['utterances']['eval']}")
     print(f"eval, every step:  {fmt(ev['all_steps'])}")
     print(f"eval, final step:  {fmt(ev['final_step'])}")

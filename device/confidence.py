@@ -49,6 +49,12 @@ FEATURES: tuple[str, ...] = (
     "is_final",
     "ctc_attention_agreement",  # final only: CTC greedy vs the attention best
 )
+#: The features that mean the same on sentences unlike the training ones: the
+#: decoder's and CTC's scores per token and the n-best margin. Length and pilot
+#: counts (n_tokens, audio_s, tokens_per_s, n_pilots) and agreement between
+#: pilots follow the sentence's shape, which held-out templates change: an
+#: estimator that leans on them is confident in the wrong places (docs/experiments).
+SCORE_FEATURES: tuple[str, ...] = ("score_per_token", "decoder_per_token", "ctc_per_token", "nbest_margin", "is_final")
 SEQ_LEN = 8  # steps the CNN sees (most recent last; zero-padded in front)
 MARGIN_CAP = 10.0  # a single hypothesis has an "infinite" margin: capped
 FORMAT = "pasu-confidence/1"
@@ -141,14 +147,21 @@ def pad_sequence(steps: Sequence[np.ndarray]) -> np.ndarray:
 class ConfidenceNet(nn.Module):
     """Normalized features → logit. ``cnn`` adds a 1-D CNN over the recent steps."""
 
-    def __init__(self, kind: Kind = "mlp", hidden: int = 16, channels: int = 8) -> None:
+    def __init__(self, kind: Kind = "mlp", hidden: int = 16, channels: int = 8,
+                 uses: Sequence[str] = FEATURES) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        unknown = set(uses) - set(FEATURES)
+        if unknown or not uses:
+            raise ValueError(f"features to use must be some of {FEATURES}, got {list(uses)}")
         F = len(FEATURES)
         self.kind = kind
+        self.uses = tuple(f for f in FEATURES if f in uses)
         self.register_buffer("mean", torch.zeros(F))
         self.register_buffer("std", torch.ones(F))
+        # the feature vector stays FEATURES-wide; the features not used read as 0
+        self.register_buffer("mask", torch.tensor([1.0 if f in uses else 0.0 for f in FEATURES]))
         extra = channels if kind == "cnn" else 0
         if kind == "logistic":
             self.head = nn.Linear(F, 1)
@@ -159,12 +172,12 @@ class ConfidenceNet(nn.Module):
 
     def forward(self, x: torch.Tensor, seq: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, F), seq (B, SEQ_LEN, F) → logits (B,)."""
-        xn = (x - self.mean) / self.std
+        xn = (x - self.mean) / self.std * self.mask
         if self.kind == "cnn":
             if seq is None:
                 raise ValueError("the cnn estimator needs the step sequence")
             present = (seq.abs().sum(-1, keepdim=True) > 0).float()  # padding stays 0 after normalizing
-            sn = ((seq - self.mean) / self.std * present).transpose(1, 2)
+            sn = ((seq - self.mean) / self.std * self.mask * present).transpose(1, 2)
             pooled = self.conv(sn).amax(dim=2)
             xn = torch.cat([xn, pooled], dim=1)
         return self.head(xn).squeeze(-1)
@@ -228,7 +241,7 @@ class ConfidenceEstimator:
         p.parent.mkdir(parents=True, exist_ok=True)
         torch.save(self.net.state_dict(), p)
         meta = dict(self.meta, format=FORMAT, kind=self.net.kind, features=list(FEATURES),
-                    hidden=_hidden(self.net), channels=_channels(self.net))
+                    uses=list(self.net.uses), hidden=_hidden(self.net), channels=_channels(self.net))
         j = meta_path(p)
         j.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return p, j
@@ -244,8 +257,11 @@ class ConfidenceEstimator:
             raise ValueError(f"{j}: not a {FORMAT} file (format={meta.get('format')!r})")
         if list(meta.get("features", [])) != list(FEATURES):
             raise ValueError(f"{j}: trained on features {meta.get('features')}, this pasu computes {list(FEATURES)}")
-        net = ConfidenceNet(meta["kind"], hidden=meta.get("hidden") or 16, channels=meta.get("channels") or 8)
-        net.load_state_dict(torch.load(p, map_location=device, weights_only=True))
+        net = ConfidenceNet(meta["kind"], hidden=meta.get("hidden") or 16, channels=meta.get("channels") or 8,
+                            uses=meta.get("uses") or FEATURES)
+        state = torch.load(p, map_location=device, weights_only=True)
+        state.setdefault("mask", net.mask)  # estimators saved before feature selection use them all
+        net.load_state_dict(state)
         return cls(net.eval(), meta)
 
 

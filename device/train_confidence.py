@@ -23,7 +23,15 @@ from pasu.audio import AudioError, read_audio, read_scp, read_wav_scp
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
 from pasu.device.calibration import reliability_diagram, report
-from pasu.device.confidence import KINDS, ConfidenceEstimator, ConfidenceNet, FeatureTracker, Kind, pad_sequence
+from pasu.device.confidence import (
+    FEATURES,
+    KINDS,
+    ConfidenceEstimator,
+    ConfidenceNet,
+    FeatureTracker,
+    Kind,
+    pad_sequence,
+)
 from pasu.models import LoadedModel
 from pasu.streaming.options import StreamingOptions
 from pasu.streaming.session import StreamingSession
@@ -37,6 +45,7 @@ LABELS: tuple[str, ...] = ("intent", "intent+text")
 @dataclass(frozen=True)
 class TrainOptions:
     kind: Kind = "mlp"
+    features: tuple[str, ...] = FEATURES  # the ones the estimator uses (SCORE_FEATURES: shift-robust)
     hidden: int = 16
     epochs: int = 400
     lr: float = 0.02
@@ -152,7 +161,7 @@ def split(ex: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]
 def fit(ex: Examples, options: TrainOptions) -> ConfidenceEstimator:
     """Full-batch Adam on binary cross-entropy (small data: seconds on a CPU)."""
     torch.manual_seed(options.seed)
-    net = ConfidenceNet(options.kind, hidden=options.hidden)
+    net = ConfidenceNet(options.kind, hidden=options.hidden, uses=options.features)
     X = torch.as_tensor(ex.X)
     S = torch.as_tensor(ex.seqs)
     y = torch.as_tensor(ex.y)

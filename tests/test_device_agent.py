@@ -19,7 +19,7 @@ from pasu.cloud.config import WorkerConfig
 from pasu.cloud.server import CloudWorker
 from pasu.decoding.options import DecodingOptions
 from pasu.device.agent import DeviceAgent
-from pasu.device.confidence import ConfidenceEstimator
+from pasu.device.confidence import SCORE_FEATURES, ConfidenceEstimator
 from pasu.device.config import AgentConfig, CloudClientConfig, PolicyConfig
 from pasu.device.vad import segment_audio
 from pasu.v1 import hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
@@ -305,14 +305,15 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
     out = tmp_path / "conf" / "estimator.pt"
     rc = main(["device", "train-confidence", "--model", str(tiny_model_dirs["conformer"]), "--data", str(data),
                "--out", str(out), "--beam-size", "2", "--maxlenratio", "0.3", "--epochs", "60",
-               "--kind", "cnn", "--eval-fraction", "0.25", "--test", str(data), "--limit", "8"])
+               "--kind", "cnn", "--features", "scores", "--eval-fraction", "0.25", "--test", str(data),
+               "--limit", "8"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "ECE" in printed and "AUROC" in printed
     summary = json.loads(printed.strip().splitlines()[-1])
     assert summary["ece"] is not None and 0.0 <= summary["ece"] <= 1.0
     est = ConfidenceEstimator.load(out)
-    assert est.net.kind == "cnn"
+    assert est.net.kind == "cnn" and est.net.uses == SCORE_FEATURES
     meta = json.loads(Path(str(out) + ".json").read_text())
     assert meta["utterances"] == {"train": 6, "eval": 2}
     assert Path(meta["reliability_diagram"]).read_bytes()[:4] == b"\x89PNG"

@@ -98,6 +98,40 @@ def test_estimator_round_trip_weights_only(tmp_path, kind):
     assert back.predict(x, seq) == pytest.approx(p1, abs=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["logistic", "mlp", "cnn"])
+def test_estimator_ignores_the_features_it_does_not_use(tmp_path, kind):
+    from pasu.device.confidence import SCORE_FEATURES
+
+    torch.manual_seed(0)
+    est = ConfidenceEstimator(ConfidenceNet(kind, uses=SCORE_FEATURES))
+    x = np.random.default_rng(0).normal(size=len(FEATURES)).astype(np.float32)
+    other = x.copy()
+    for i, f in enumerate(FEATURES):
+        if f not in SCORE_FEATURES:
+            other[i] += 5.0  # lengths, pilot counts, agreement: whatever they say
+    p = est.predict(x, pad_sequence([x]))
+    assert est.predict(other, pad_sequence([other])) == pytest.approx(p, abs=1e-6)
+    score = FEATURES.index("score_per_token")
+    moved = x.copy()
+    moved[score] += 5.0
+    assert est.predict(moved, pad_sequence([moved])) != pytest.approx(p, abs=1e-6)
+    est.save(tmp_path / "c.pt")
+    back = ConfidenceEstimator.load(tmp_path / "c.pt")
+    assert back.net.uses == SCORE_FEATURES
+    assert back.predict(other, pad_sequence([other])) == pytest.approx(p, abs=1e-6)
+    with pytest.raises(ValueError, match="features to use"):
+        ConfidenceNet(kind, uses=("score_per_token", "nope"))
+
+
+def test_estimator_saved_before_feature_selection_loads_with_every_feature(tmp_path):
+    est = ConfidenceEstimator(ConfidenceNet("mlp"))
+    est.save(tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    del state["mask"]  # the v3 files have no mask
+    torch.save(state, tmp_path / "c.pt")
+    assert ConfidenceEstimator.load(tmp_path / "c.pt").net.mask.tolist() == [1.0] * len(FEATURES)
+
+
 def test_estimator_from_weights_and_prior():
     est = ConfidenceEstimator.from_weights({"audio_s": 2.0}, bias=-4.0)
     x = np.zeros(len(FEATURES), np.float32)
@@ -164,3 +198,15 @@ def test_intent_of():
     assert intent_of("iot_hue_lightoff turn off") == "iot_hue_lightoff"
     assert intent_of("wake me up") is None
     assert intent_of("") is None
+
+
+def test_features_flag_names_sets_or_lists_and_refuses_unknown_ones():
+    import argparse
+
+    from pasu.device.cli import _feature_set
+    from pasu.device.confidence import SCORE_FEATURES
+
+    assert _feature_set("all") == FEATURES and _feature_set("scores") == SCORE_FEATURES
+    assert _feature_set("audio_s, n_tokens") == ("audio_s", "n_tokens")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown features \\['loudness'\\]"):
+        _feature_set("audio_s,loudness")
