@@ -32,14 +32,5 @@ fi
 "$PASU" -v train --data "$DATA" --exp "$EXP" --init-from "$INIT" --finetune-epochs 8 \
   --model-version 3 --stages tokens,stats,cloud,device,package
 
-# 3. the device's confidence estimator, on calib (training voices in test_hard's noise)
-"$PASU" -v device train-confidence --model "$EXP/models/device" --data "$DATA/calib" --kind mlp \
-  --test shared/resources/eval/test_hard --out "$EXP/models/device/confidence.pt"
-
-# 4. evaluate (docs/models.md has the sets and the figures)
-"$PASU" data subset --data "$DATA/dev" --out "$EXP/dev200" --size 200 --max-mb 100
-for role in cloud device; do
-  for D in "$DATA/test_voices" "$DATA/test_hard" shared/resources/eval/test_hard "$EXP/dev200" "$DATA/calib"; do
-    "$PASU" eval --model "$EXP/models/$role" --data "$D" --threads 1
-  done
-done
+# 3. the confidence estimator and the evaluations (docs/models.md has the figures)
+scripts/finish_pair.sh "$DATA" "$EXP" --kind mlp

@@ -16,7 +16,7 @@ import torch
 
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from pasu.encoders.late import LateContextEncoder
-from pasu.train.grow import conformer_init_state, write_conformer_init
+from pasu.train.grow import conformer_init_state, deepen_conformer_state, write_conformer_init
 
 D, HEADS, UNITS, KERNEL, RIGHT = 32, 4, 64, 7, 2  # local kernel: 4 past, 2 future taps
 
@@ -85,3 +85,48 @@ def test_a_kernel_too_narrow_for_the_local_taps_is_refused(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="does not fit"):
         write_conformer_init(tmp_path / "d.pth", tmp_path / "g.pth", kernel=7,
                              local_left_context=KERNEL - 1 - RIGHT, attention_heads=HEADS)
+
+
+@pytest.mark.parametrize("after", [[0], [1, 3], [0, 1, 2, 3]])
+def test_deepened_conformer_computes_the_same_function(after: list[int]) -> None:
+    torch.manual_seed(0)
+    cloud = conformer(4, 5)
+    for p in cloud.parameters():  # trained-looking weights: no unit norms, no zero biases
+        p.data.add_(0.05 * torch.randn_like(p))
+    state = {f"encoder.{k}": v for k, v in cloud.state_dict().items()}
+    deeper = conformer(4 + len(after), 5)
+    deeper.load_state_dict({k.removeprefix("encoder."): v
+                            for k, v in deepen_conformer_state(state, after).items()})
+    x = torch.randn(2, 64, 20)
+    torch.testing.assert_close(encode(deeper, x), encode(cloud, x), atol=1e-4, rtol=1e-4)
+    # the new layers really are new: their residual outputs start at zero
+    new_layer = deeper.encoders[after[0] + 1]
+    assert not new_layer.feed_forward.w_2.weight.any() and not new_layer.self_attn.linear_out.weight.any()
+
+
+def test_deepen_refuses_a_layer_the_encoder_lacks() -> None:
+    state = {f"encoder.{k}": v for k, v in conformer(2, 5).state_dict().items()}
+    with pytest.raises(ValueError, match="no encoder layers \\[5\\]"):
+        deepen_conformer_state(state, [5])
+
+
+def test_write_deeper_model_makes_a_package_with_the_new_depth(tmp_path: Path) -> None:
+    import yaml
+
+    from pasu.train.grow import main
+
+    src = tmp_path / "cloud"
+    src.mkdir()
+    (src / "config.yaml").write_text(yaml.safe_dump({"encoder": "conformer", "encoder_conf": {"num_blocks": 2}}))
+    torch.save({f"encoder.{k}": v for k, v in conformer(2, 5).state_dict().items()}, src / "model.pth")
+    (src / "tokens.txt").write_text("<blank>\n")
+    assert main(["--model", str(src), "--out", str(tmp_path / "deeper"), "--after", "0,1"]) == 0
+    out = tmp_path / "deeper"
+    assert yaml.safe_load((out / "config.yaml").read_text())["encoder_conf"]["num_blocks"] == 4
+    assert (out / "tokens.txt").read_text() == "<blank>\n"
+    assert "deepened from 2 to 4 Conformer layers" in yaml.safe_load((out / "config.yaml").read_text())["pasu"]["history"][-1]
+    state = torch.load(out / "model.pth")
+    conformer(4, 5).load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})
+    (src / "config.yaml").write_text(yaml.safe_dump({"encoder": "transformer", "encoder_conf": {}}))
+    with pytest.raises(ValueError, match="only a conformer"):
+        main(["--model", str(src), "--out", str(tmp_path / "x"), "--after", "0"])

@@ -101,3 +101,22 @@ def test_device_warm_start_takes_front_end_and_ctc_only_when_shapes_match(tmp_pa
     other["frontend_conf"]["n_mels"] = 80  # different features: the conv shapes differ
     device_cfg.write_text(yaml.safe_dump(other))
     assert warm_start_params(opts, device_cfg, ckpt) == []
+
+
+def test_epochs_per_role_override_the_fine_tune_and_max_epoch_defaults(tmp_path: Path) -> None:
+    opts = RecipeOptions(exp_dir=tmp_path, init_models=tmp_path, finetune_epochs=4,
+                         role_epochs={"cloud": 10})
+    assert (opts.epochs("cloud"), opts.epochs("device")) == (10, 4)
+    assert opts.with_(max_epoch=2).epochs("cloud") == 10
+    assert opts.with_(max_epoch=2).epochs("device") == 2
+
+
+@pytest.mark.parametrize("text", ["cloud", "cloud=0", "decoder=3", "device=x"])
+def test_epochs_flag_rejects_what_is_not_role_equals_count(text: str) -> None:
+    import argparse
+
+    from pasu.train.cli import _role_epochs
+
+    with pytest.raises(argparse.ArgumentTypeError, match="ROLE=N"):
+        _role_epochs(text)
+    assert _role_epochs("device=16") == ("device", 16)

@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "no bootstrap stages, both models side by side with the shared decoder frozen")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
                    help="epochs of each model with --init-from (default: %(default)s)")
+    p.add_argument("--epochs", action="append", default=[], metavar="ROLE=N", type=_role_epochs,
+                   help="epochs of one training stage (bootstrap, device_ctc, cloud, device), over "
+                        "--max-epoch and --finetune-epochs (repeat; e.g. --epochs cloud=10 --epochs device=16)")
     p.add_argument("--model-version", default=d.version, help="version written into the packages")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--espnet-arg", action="append", default=[], metavar="ARG",
@@ -74,6 +77,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_eval)
 
 
+def _role_epochs(text: str) -> tuple[str, int]:
+    from pasu.train.recipe import ROLES
+
+    role, _, n = text.partition("=")
+    if role not in ROLES or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"expected ROLE=N with ROLE one of {', '.join(ROLES)}, got {text!r}")
+    return role, int(n)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from pasu.train.recipe import CONFIG_DIR, RecipeOptions, run_recipe
 
@@ -94,6 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         init_models=args.init_from,
         finetune_epochs=args.finetune_epochs,
+        role_epochs=dict(args.epochs),
         version=args.model_version,
         device_attention_blocks=args.device_attention_blocks,
         eval_limit=args.eval_limit,

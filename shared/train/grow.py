@@ -151,3 +151,97 @@ def write_conformer_init(
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(grown, out)
     return out
+
+
+# The residual branches of an ESPnet Conformer layer end in these projections:
+# zeroed, the layer adds nothing to its input (see deepen_conformer_state).
+_RESIDUAL_OUTPUTS = (
+    "feed_forward_macaron.w_2", "self_attn.linear_out", "conv_module.pointwise_conv2", "feed_forward.w_2",
+)
+_LAYER = re.compile(r"^encoder\.encoders\.(\d+)\.(.+)$")
+
+
+def deepen_conformer_state(state: dict[str, torch.Tensor], after: list[int]) -> dict[str, torch.Tensor]:
+    """State dict of the same Conformer with a new layer inserted after each layer in ``after``.
+
+    Why: a deeper cloud encoder, started from a trained one without losing what it
+    knows. Each new layer is a copy of the layer below it (trained feature
+    extractors to start from) with its residual branches' output projections
+    zeroed, so it passes its input through; its final LayerNorm then would
+    re-normalise that input, so the layer below hands over its final norm's
+    affine weights (it outputs the plain normalised vector, which a LayerNorm
+    leaves unchanged) and the new layer applies them: the deeper encoder computes
+    the same function (up to LayerNorm's epsilon), and training grows the new
+    layers from zero.
+    """
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if m := _LAYER.match(key):
+            layers.setdefault(int(m.group(1)), {})[m.group(2)] = value
+        else:
+            out[key] = value
+    missing = sorted(set(after) - set(layers))
+    if missing:
+        raise ValueError(f"no encoder layers {missing} to insert after (the encoder has {len(layers)})")
+    index = 0
+    for i in sorted(layers):
+        layer = dict(layers[i])
+        if i in after:
+            new = {k: v.clone() for k, v in layer.items()}
+            for name in _RESIDUAL_OUTPUTS:
+                for suffix in (".weight", ".bias"):
+                    if name + suffix in new:
+                        new[name + suffix] = torch.zeros_like(new[name + suffix])
+            layer["norm_final.weight"] = torch.ones_like(layer["norm_final.weight"])
+            layer["norm_final.bias"] = torch.zeros_like(layer["norm_final.bias"])
+            for name, value in layer.items():
+                out[f"encoder.encoders.{index}.{name}"] = value
+            layer, index = new, index + 1
+        for name, value in layer.items():
+            out[f"encoder.encoders.{index}.{name}"] = value
+        index += 1
+    return out
+
+
+def write_deeper_model(model_dir: Path, out_dir: Path, after: list[int]) -> Path:
+    """Copy a packaged Conformer model (config.yaml, model.pth, ...) to ``out_dir``,
+    :func:`deepen_conformer_state` applied: a ready ``--init-from`` package."""
+    import shutil
+
+    import yaml
+
+    config = yaml.safe_load((model_dir / "config.yaml").read_text())
+    if config.get("encoder") != "conformer":
+        raise ValueError(f"{model_dir}: only a conformer encoder can be deepened, not {config.get('encoder')}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in ("config.yaml", "model.pth"):
+            shutil.copy2(f, out_dir / f.name)
+    state = torch.load(model_dir / "model.pth", map_location="cpu")
+    torch.save(deepen_conformer_state(state, after), out_dir / "model.pth")
+    before = int(config["encoder_conf"]["num_blocks"])
+    config["encoder_conf"]["num_blocks"] = before + len(set(after))
+    pasu = config.setdefault("pasu", {})  # the package's own history, carried into the model card
+    pasu["history"] = [*pasu.get("history", []), (
+        f"deepened from {before} to {before + len(set(after))} Conformer layers: a new layer after layers "
+        f"{', '.join(map(str, sorted(set(after))))}, starting as the identity (pasu.train.grow).")]
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pasu.train.grow --model DIR --out DIR --after 1,4,7``: a deeper package."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pasu.train.grow", description=write_deeper_model.__doc__)
+    p.add_argument("--model", type=Path, required=True, help="packaged Conformer model dir")
+    p.add_argument("--out", type=Path, required=True, help="where the deeper package goes")
+    p.add_argument("--after", required=True, help="comma-separated layers to insert a new layer after")
+    args = p.parse_args(argv)
+    write_deeper_model(args.model, args.out, [int(i) for i in args.after.split(",")])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

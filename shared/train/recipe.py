@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,9 @@ class RecipeOptions:
     # fine-tune that pair instead of training from scratch (see the module docstring).
     init_models: Path | None = None
     finetune_epochs: int = 4  # epochs of each model in fine-tune mode (--max-epoch overrides)
+    # Epochs of one role, over everything else: a deeper cloud's epochs take longer
+    # than the device's, and side by side both should finish at about the same time.
+    role_epochs: Mapping[str, int] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()  # appended to every asr_train call
     stages: tuple[str, ...] = STAGES
 
@@ -127,7 +130,9 @@ class RecipeOptions:
         return self.init_models / role
 
     def epochs(self, role: str) -> int:
-        """Epochs a training stage runs: --max-epoch, else the fine-tune or config default."""
+        """Epochs a training stage runs: its --epochs, --max-epoch, else the fine-tune or config default."""
+        if role in self.role_epochs:
+            return self.role_epochs[role]
         if self.max_epoch:
             return self.max_epoch
         if self.init_models is not None:
@@ -610,7 +615,8 @@ def _package_notes(opts: RecipeOptions, role: str) -> dict[str, Any]:
             notes["bootstrap_attention_branch_weights"] = init["bootstrap_attention_branch_weights"]
         notes["history"] = [*init.get("history", []), (
             f"v{opts.version}: continued from {init.get('name', role)} version {init.get('version', '?')} "
-            f"for {opts.epochs(role)} epochs on {opts.data_dir}, the shared decoder frozen (pasu train --init-from).")]
+            f"for {opts.epochs(role)} epochs on {opts.data_dir}, the shared decoder frozen (pasu train --init-from"
+            + "".join(f" {a}" for a in opts.extra_args) + ").")]
     timings = opts.exp_dir / "timings.json"
     if timings.is_file():
         t = json.loads(timings.read_text())
