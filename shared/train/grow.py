@@ -218,7 +218,9 @@ def write_deeper_model(model_dir: Path, out_dir: Path, after: list[int]) -> Path
     for f in model_dir.iterdir():
         if f.is_file() and f.name not in ("config.yaml", "model.pth"):
             shutil.copy2(f, out_dir / f.name)
-    state = torch.load(model_dir / "model.pth", map_location="cpu")
+    from pasu.models import load_state_dict
+
+    state = load_state_dict(model_dir / "model.pth")
     torch.save(deepen_conformer_state(state, after), out_dir / "model.pth")
     before = int(config["encoder_conf"]["num_blocks"])
     config["encoder_conf"]["num_blocks"] = before + len(set(after))
