@@ -213,15 +213,12 @@ def run_live(args: argparse.Namespace) -> int:
 
 
 def _feature_set(text: str) -> tuple[str, ...]:
-    from pasu.device.confidence import FEATURES, SCORE_FEATURES
+    from pasu.device.confidence import feature_set
 
-    named = {"all": FEATURES, "scores": SCORE_FEATURES}
-    uses = named.get(text) or tuple(f.strip() for f in text.split(",") if f.strip())
-    unknown = set(uses) - set(FEATURES)
-    if unknown or not uses:
-        raise argparse.ArgumentTypeError(
-            f"unknown features {sorted(unknown)}; use all, scores or some of {', '.join(FEATURES)}")
-    return uses
+    try:
+        return feature_set(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -59,6 +59,21 @@ SEQ_LEN = 8  # steps the CNN sees (most recent last; zero-padded in front)
 MARGIN_CAP = 10.0  # a single hypothesis has an "infinite" margin: capped
 FORMAT = "pasu-confidence/1"
 
+
+
+def feature_set(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """The features an estimator uses, as named: ``all``, ``scores``
+    (:data:`SCORE_FEATURES`), a comma-separated string or a sequence of names."""
+    if isinstance(spec, str):
+        spec = {"all": FEATURES, "scores": SCORE_FEATURES}.get(spec) or [f.strip() for f in spec.split(",")]
+    uses = [f for f in spec if f]
+    unknown = sorted(set(uses) - set(FEATURES))
+    if unknown or not uses:
+        raise ValueError(f"features to use: unknown features {unknown}; use all, scores or some of "
+                         f"{', '.join(FEATURES)}")
+    return tuple(uses)
+
+
 Kind = Literal["logistic", "mlp", "cnn"]
 KINDS: tuple[str, ...] = ("logistic", "mlp", "cnn")
 
@@ -152,16 +167,14 @@ class ConfidenceNet(nn.Module):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        unknown = set(uses) - set(FEATURES)
-        if unknown or not uses:
-            raise ValueError(f"features to use must be some of {FEATURES}, got {list(uses)}")
         F = len(FEATURES)
         self.kind = kind
-        self.uses = tuple(f for f in FEATURES if f in uses)
+        chosen = feature_set(uses)
+        self.uses = tuple(f for f in FEATURES if f in chosen)
         self.register_buffer("mean", torch.zeros(F))
         self.register_buffer("std", torch.ones(F))
         # the feature vector stays FEATURES-wide; the features not used read as 0
-        self.register_buffer("mask", torch.tensor([1.0 if f in uses else 0.0 for f in FEATURES]))
+        self.register_buffer("mask", torch.tensor([1.0 if f in self.uses else 0.0 for f in FEATURES]))
         extra = channels if kind == "cnn" else 0
         if kind == "logistic":
             self.head = nn.Linear(F, 1)

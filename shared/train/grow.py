@@ -222,12 +222,12 @@ def write_deeper_model(model_dir: Path, out_dir: Path, after: list[int]) -> Path
 
     state = load_state_dict(model_dir / "model.pth")
     torch.save(deepen_conformer_state(state, after), out_dir / "model.pth")
-    before = int(config["encoder_conf"]["num_blocks"])
-    config["encoder_conf"]["num_blocks"] = before + len(set(after))
+    before, layers = int(config["encoder_conf"]["num_blocks"]), sorted(set(after))
+    config["encoder_conf"]["num_blocks"] = before + len(layers)
     pasu = config.setdefault("pasu", {})  # the package's own history, carried into the model card
     pasu["history"] = [*pasu.get("history", []), (
-        f"deepened from {before} to {before + len(set(after))} Conformer layers: a new layer after layers "
-        f"{', '.join(map(str, sorted(set(after))))}, starting as the identity (pasu.train.grow).")]
+        f"deepened from {before} to {before + len(layers)} Conformer layers: a new layer after layers "
+        f"{', '.join(map(str, layers))}, starting as the identity (pasu.train.grow).")]
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out_dir
 
