@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("train-confidence", help="train the offramp's confidence estimator on an ESPnet data dir")
     add_model_args(c)
     add_decoding_args(c)
-    c.add_argument("--data", required=True, type=Path, help="ESPnet data dir: wav.scp and text (uttid intent words…)")
+    c.add_argument("--data", required=True, type=Path, action="append",
+                   help="ESPnet data dir: wav.scp and text (uttid intent words…); repeat to pool several")
     c.add_argument("--out", required=True, type=Path, help="weights file (metadata goes to OUT.json)")
     c.add_argument("--kind", choices=("logistic", "mlp", "cnn"), default="mlp")
     c.add_argument("--features", default="all", type=_feature_set,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -191,17 +191,21 @@ def evaluate(est: ConfidenceEstimator, ex: Examples) -> dict:
             "pilot_steps": report(p[~ex.final], ex.y[~ex.final])}
 
 
-def train(model: LoadedModel, data_dir: str | Path, out: str | Path, options: TrainOptions = TrainOptions(),
-          plot: str | Path | None = None, progress: Callable | None = None,
-          test_dir: str | Path | None = None) -> dict:
+def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: str | Path,
+          options: TrainOptions = TrainOptions(), plot: str | Path | None = None,
+          progress: Callable | None = None, test_dir: str | Path | None = None) -> dict:
     """Collect, split, fit, evaluate, save. Returns the report (also stored in the JSON metadata).
 
+    ``data_dir``: one data dir or several, pooled (e.g. ``calib`` with familiar
+    sentences and a ``calib`` of the novel-template grammar: the device meets both).
     ``test_dir``: a second data dir (e.g. ``test_hard``: other voices, unseen
     sentences) the estimator is also scored on, with its own reliability diagram
     — the honest figure, since dev shares voices and templates with training.
     """
     t0 = time.perf_counter()
-    data = read_data_dir(data_dir)[: options.limit] if options.limit else read_data_dir(data_dir)
+    dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
+    data = [item for d in dirs for item in read_data_dir(d)]
+    data = data[: options.limit] if options.limit else data
     ex = collect(model, data, options, progress)
     train_ex, eval_ex = split(ex, options.eval_fraction, options.seed)
     if eval_ex.X.shape[0] == 0:
@@ -211,12 +215,13 @@ def train(model: LoadedModel, data_dir: str | Path, out: str | Path, options: Tr
     metrics = {"train": evaluate(est, train_ex), "eval": evaluate(est, eval_ex)}
     p = est.predict_many(eval_ex.X, eval_ex.seqs if est.net.kind == "cnn" else None)
     plot_path = Path(plot) if plot else Path(str(out) + ".reliability.png")
-    reliability_diagram(p, eval_ex.y, plot_path, title=f"{options.kind} on {Path(data_dir).name} (eval)")
+    names = " + ".join(f"{d.parent.name}/{d.name}" if len(dirs) > 1 else d.name for d in dirs)
+    reliability_diagram(p, eval_ex.y, plot_path, title=f"{options.kind} on {names} (eval)")
     opts = {k: v for k, v in asdict(options).items() if k not in ("decoding", "streaming")}
     est.meta.update(
         name=f"{model.name}-confidence",
         model={"name": model.name, "version": model.version},
-        data=str(data_dir),
+        data=str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs],
         utterances={"train": int(len(set(train_ex.utt.tolist()))), "eval": int(len(set(eval_ex.utt.tolist())))},
         options=opts,
         decoding=asdict(options.decoding),

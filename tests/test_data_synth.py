@@ -96,6 +96,20 @@ def test_intents_tsv_examples_are_sentences_of_their_intent(grammar: Grammar) ->
     assert grammar.match("this is not a command of the grammar at all") == []
 
 
+def test_novel_grammar_shares_fillers_and_no_sentence_with_the_base(grammar: Grammar) -> None:
+    # grammar_novel.yaml: templates the models never train on (the confidence
+    # estimator's calibration set); `base:` gives it grammar.yaml's fillers
+    novel = Grammar.load(resource_path("grammar_novel.yaml"))
+    assert novel.intent_names == grammar.intent_names
+    assert novel.fillers == grammar.fillers and novel.speak_as == grammar.speak_as
+    assert all(len(t) == 6 for t in novel.templates.values())
+    base_patterns = {t.pattern for ts in grammar.templates.values() for t in ts}
+    assert not {t.pattern for ts in novel.templates.values() for t in ts} & base_patterns
+    sentences = novel.distinct_sentences(heldout=None, per_template=50)
+    assert not [s for s in sentences if grammar.match(s)][:5]  # no base template says any of them
+    assert all(WORDS.match(s) for s in sentences)
+
+
 def test_nlsyms_lists_the_intents() -> None:
     nlsyms = resource_path("nlsyms.txt").read_text().split()
     assert nlsyms == [i.name for i in read_intents()]

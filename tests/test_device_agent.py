@@ -302,8 +302,15 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
             intent = (session.finalize().best.text.split() or ["x"])[0]
         lines.append(f"{f.stem} {intent} {references[f.stem]}\n")
     (data / "text").write_text("".join(lines))
+    halves = []  # trained on two pooled data dirs (--data twice), tested on the whole
+    for k in (0, 1):
+        half = tmp_path / f"half{k}"
+        half.mkdir()
+        (half / "wav.scp").write_text("".join(f"{f.stem} {f}\n" for f in files[4 * k : 4 * k + 4]))
+        (half / "text").write_text("".join(lines[4 * k : 4 * k + 4]))
+        halves += ["--data", str(half)]
     out = tmp_path / "conf" / "estimator.pt"
-    rc = main(["device", "train-confidence", "--model", str(tiny_model_dirs["conformer"]), "--data", str(data),
+    rc = main(["device", "train-confidence", "--model", str(tiny_model_dirs["conformer"]), *halves,
                "--out", str(out), "--beam-size", "2", "--maxlenratio", "0.3", "--epochs", "60",
                "--kind", "cnn", "--features", "scores", "--eval-fraction", "0.25", "--test", str(data),
                "--limit", "8"])
@@ -316,6 +323,7 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
     assert est.net.kind == "cnn" and est.net.uses == SCORE_FEATURES
     meta = json.loads(Path(str(out) + ".json").read_text())
     assert meta["utterances"] == {"train": 6, "eval": 2}
+    assert meta["data"] == [str(tmp_path / "half0"), str(tmp_path / "half1")]
     assert Path(meta["reliability_diagram"]).read_bytes()[:4] == b"\x89PNG"
     assert meta["test"]["utterances"] == 8 and "auroc" in meta["test"]["metrics"]["all_steps"]
     assert Path(meta["test"]["reliability_diagram"]).read_bytes()[:4] == b"\x89PNG"

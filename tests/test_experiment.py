@@ -54,6 +54,18 @@ def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
     for png in ("accuracy_vs_offload_100ms_10Mbit.png", "latency_cdf_100ms_10Mbit.png", "reliability.png"):
         assert (out / png).stat().st_size > 1000
     assert (out / "summary.md").read_text().startswith("# Offload experiment")
+    # the cloud's gain: per signal the bins cover every utterance and add up to wins minus losses;
+    # the oracle offloads only the cloud's wins, so no policy reaches the target with less
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("pasu final confidence", "pasu least confident pilot"):
+        bins = summary["gain_by_bin"][name]
+        assert sum(b["n"] for b in bins) == 4
+        assert sum(b["net_gain"] for b in bins) == summary["cloud_wins"] - summary["cloud_losses"]
+    if summary["oracle_offload_rate"] is not None:
+        assert summary["oracle_offload_rate"] <= summary["cloud_wins"] / 4
+        for key in ("offload_rate_baseline", "offload_rate_pasu"):
+            assert summary[key] is None or summary["oracle_offload_rate"] <= summary[key] + 1e-9
+    assert "Where the cloud's gain lies" in (out / "summary.md").read_text()
     # resumable: a second run reuses the cache (no new device/cloud work) and gives the same summary
     cached = sorted(p.name for p in (out / "cache").iterdir() if p.name != "key.json")
     assert len(cached) == 4
@@ -67,3 +79,16 @@ def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
     assert r3.returncode == 0, r3.stderr[-2000:]
     assert "starting it afresh" in r3.stderr
     assert all(p.stat().st_mtime_ns != t for p, t in stamps.items())
+
+
+def test_oracle_offloads_only_the_clouds_wins():
+    from pasu.experiment.gain import gain_by_bins, oracle_offload_rate
+
+    local = {"a": True, "b": False, "c": False, "d": False}
+    cloud = {"a": False, "b": True, "c": True, "d": False}
+    assert oracle_offload_rate(local, cloud, target=0.25) == 0.0  # already there
+    assert oracle_offload_rate(local, cloud, target=0.5) == 0.25  # one win: b or c
+    assert oracle_offload_rate(local, cloud, target=0.75) == 0.5
+    assert oracle_offload_rate(local, cloud, target=1.0) is None  # d: nobody gets it
+    bins = gain_by_bins({"a": 0.9, "b": 0.1, "c": 0.2, "d": 0.5}, local, cloud, bins=2)
+    assert [b["net_gain"] for b in bins] == [2, -1] and [b["n"] for b in bins] == [2, 2]

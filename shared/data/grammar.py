@@ -151,6 +151,20 @@ class Sentence:
     template: str  # Template.id
 
 
+def _read_spec(path: Path) -> dict:
+    """A grammar YAML; ``base: FILE`` (relative to it) supplies the fillers and
+    speak_as it does not define itself, so a grammar of other templates (e.g.
+    grammar_novel.yaml) shares the slot values without copying them."""
+    with open(path, encoding="utf-8") as f:
+        spec = yaml.safe_load(f) or {}
+    if "base" not in spec:
+        return spec
+    base = _read_spec(path.parent / spec["base"])
+    for key in ("fillers", "speak_as"):
+        spec[key] = {**(base.get(key) or {}), **(spec.get(key) or {})}
+    return spec
+
+
 def resource_path(name: str) -> Path:
     """A file under pasu/resources/slu/ (this package's own copy)."""
     return Path(str(resources.files("pasu") / "resources" / "slu" / name))
@@ -204,9 +218,8 @@ class Grammar:
     # ---- loading -------------------------------------------------------------
     @classmethod
     def load(cls, grammar_path: Path | None = None, intents_path: Path | None = None) -> Grammar:
-        grammar_path = grammar_path or resource_path("grammar.yaml")
-        with open(grammar_path, encoding="utf-8") as f:
-            spec = yaml.safe_load(f)
+        grammar_path = Path(grammar_path or resource_path("grammar.yaml"))
+        spec = _read_spec(grammar_path)
         intents = read_intents(intents_path)
         fillers = generated_fillers()
         for name, values in (spec.get("fillers") or {}).items():

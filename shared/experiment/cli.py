@@ -34,12 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     from pasu.audio import read_scp, read_wav_scp
     from pasu.device.config import PolicyConfig
     from pasu.device.confidence import estimator_for
     from pasu.experiment.collect import CollectOptions, collect
-    from pasu.experiment.report import plot, write_csv, write_summary
-    from pasu.experiment.sweep import Network, pilot_confidences, sweep
+    from pasu.experiment.gain import gain_report
+    from pasu.experiment.report import plot, target_accuracy, write_csv, write_summary
+    from pasu.experiment.sweep import Network, Scorer, pilot_confidences, sweep
     from pasu.model_store import resolve_model
     from pasu.models import load_model
 
@@ -63,11 +66,7 @@ def run(args: argparse.Namespace) -> int:
     write_csv(points, out / "points.csv")
     main_net = next((n for n in networks if abs(n.rtt_s - 0.1) < 1e-9 and n.mbit_s == 10.0), networks[0])
     conf = pilot_confidences(records, estimator)
-    from pasu.experiment.sweep import Scorer
-
     scorer = Scorer(refs)
-    import numpy as np
-
     finals = np.array([conf[u][-1][1] for u in records])
     correct = np.array([scorer.correct(u, records[u]["device"]["final"]["nbest"][0]["text"]
                                        if records[u]["device"]["final"]["nbest"] else "") for u in records], float)
@@ -75,10 +74,12 @@ def run(args: argparse.Namespace) -> int:
     for n in [main_net] + [n for n in networks if n is not main_net]:
         plots += plot(points, n.name, out, (finals, correct) if n is main_net else None)
     command = "pasu " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary = write_summary(points, [main_net.name] + [n.name for n in networks if n is not main_net], out, command, plots)
+    gain = gain_report(records, scorer.correct, conf, target_accuracy(points, main_net.name), min_pilots)
+    summary = write_summary(points, [main_net.name] + [n.name for n in networks if n is not main_net], out, command,
+                            plots, gain)
     summary["utterances"] = len(records)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print((out / "summary.md").read_text())
-    print(json.dumps({k: summary[k] for k in summary if k not in ("networks",)}), flush=True)
+    print(json.dumps({k: summary[k] for k in summary if k not in ("networks", "gain_by_bin")}), flush=True)
     return 0
 
