@@ -65,6 +65,7 @@ def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
         assert summary["oracle_offload_rate"] <= summary["cloud_wins"] / 4
         for key in ("offload_rate_baseline", "offload_rate_pasu"):
             assert summary[key] is None or summary["oracle_offload_rate"] <= summary[key] + 1e-9
+    assert set(summary["auroc"]) == set(summary["gain_by_bin"])
     assert "Where the cloud's gain lies" in (out / "summary.md").read_text()
     # resumable: a second run reuses the cache (no new device/cloud work) and gives the same summary
     cached = sorted(p.name for p in (out / "cache").iterdir() if p.name != "key.json")

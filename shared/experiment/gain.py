@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from pasu.device.calibration import auroc
+
 BINS = 6
 
 
@@ -69,13 +71,17 @@ def gain_report(records: Mapping[str, dict], correct: Callable[[str, str], bool]
     pilot = {u: min([c for _, c, k in steps if k >= min_pilots] or [final[u]])
              for u, steps in confidences.items()}
     stock = {u: r["stock"]["score_per_token"] for u, r in records.items()}
+    signals = {  # name -> (signal, what the device answers when it keeps the utterance)
+        "baseline_eou (stock score per token)": (stock, stock_right),
+        "pasu final confidence": (final, pasu_right),
+        "pasu least confident pilot": (pilot, pasu_right),
+    }
     return {
         "oracle_offload_rate": oracle_offload_rate(pasu_right, cloud_right, target),
         "cloud_wins": sum(1 for u in records if cloud_right[u] and not pasu_right[u]),
         "cloud_losses": sum(1 for u in records if pasu_right[u] and not cloud_right[u]),
-        "gain_by_bin": {
-            "baseline_eou (stock score per token)": gain_by_bins(stock, stock_right, cloud_right, bins),
-            "pasu final confidence": gain_by_bins(final, pasu_right, cloud_right, bins),
-            "pasu least confident pilot": gain_by_bins(pilot, pasu_right, cloud_right, bins),
-        },
+        "gain_by_bin": {name: gain_by_bins(sig, right, cloud_right, bins) for name, (sig, right) in signals.items()},
+        # how well each signal ranks the device's own failures (0.5: not at all)
+        "auroc": {name: auroc(np.array([sig[u] for u in records]), np.array([right[u] for u in records]))
+                  for name, (sig, right) in signals.items()},
     }

@@ -178,12 +178,14 @@ def _gain_lines(gain: dict) -> list[str]:
         "bin first:",
         "",
     ]
-    signals = list(gain["gain_by_bin"])
     bins = max(len(v) for v in gain["gain_by_bin"].values())
-    lines += ["| signal | " + " | ".join(f"bin {k + 1}" for k in range(bins)) + " |",
-              "|---|" + "---:|" * bins]
-    for name in signals:
+    lines += ["| signal | " + " | ".join(f"bin {k + 1}" for k in range(bins)) + " | AUROC |",
+              "|---|" + "---:|" * (bins + 1)]
+    for name, by_bin in gain["gain_by_bin"].items():
         cells = [f"{b['net_gain']:+d} ({100 * b['local_accuracy']:.0f}→{100 * b['cloud_accuracy']:.0f}%)"
-                 for b in gain["gain_by_bin"][name]]
+                 for b in by_bin]
+        a = gain["auroc"][name]
+        cells.append("—" if a is None else f"{a:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines + ["", "(cell: net gain, and the device's → the cloud's accuracy in the bin; AUROC: how well "
+                    "the signal ranks the device's own failures, 0.5 = not at all.)", ""]
