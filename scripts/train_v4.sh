@@ -26,25 +26,9 @@ V3=a50c6ea  # the commit that shipped the v3 pair
 [[ -f "$DATA/manifest.json" ]] || "$PASU" -v data synth --out "$DATA"
 [[ -f "${DATA}_s1/manifest.json" ]] || "$PASU" -v data synth --out "${DATA}_s1" --seed 1 --splits train
 
-# 2. one data dir: train = both (seed 1's ids get a -s1 suffix), the rest seed 0's
+# 2. one data dir: train = all the draws (seed S's ids get a -sS suffix), the rest seed 0's
 MERGED="${DATA}_v4"
-if [[ ! -f "$MERGED/train/text" ]]; then
-  mkdir -p "$MERGED/train"
-  for split in dev test_voices test_hard calib; do ln -sfn "$(realpath "$DATA/$split")" "$MERGED/$split"; done
-  for f in wav.scp text utt2spk; do
-    { cat "$DATA/train/$f"; awk '{ $1 = $1 "-s1"; print }' "${DATA}_s1/train/$f"; } > "$MERGED/train/$f"
-  done
-  # what the model cards' data line reads: seed 0's counts, train doubled
-  "$PY" - "$DATA" "${DATA}_s1" "$MERGED" <<'PY'
-import json, sys
-a, b = (json.load(open(f"{d}/manifest.json")) for d in sys.argv[1:3])
-m = {"options": {"seed": "0 (+ train from seed 1)", "merged_from": [sys.argv[1], sys.argv[2] + " (train)"]},
-     "counts": dict(a["counts"]), "seconds": dict(a["seconds"])}
-m["counts"]["train"] += b["counts"]["train"]
-m["seconds"]["train"] = round(m["seconds"]["train"] + b["seconds"]["train"], 2)
-json.dump(m, open(f"{sys.argv[3]}/manifest.json", "w"), indent=2)
-PY
-fi
+PY="$PY" scripts/merge_train_draws.sh "$DATA" "$MERGED" 1
 
 # 3. the starting pair: v3's device as it is, v3's cloud deepened
 INIT="$EXP/init"

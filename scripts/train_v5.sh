@@ -27,30 +27,9 @@ for seed in 1 2; do
   [[ -f "${DATA}_s$seed/manifest.json" ]] || "$PASU" -v data synth --out "${DATA}_s$seed" --seed "$seed" --splits train
 done
 
-# 2. one data dir: train = all three (seed S's ids get a -sS suffix), the rest seed 0's
+# 2. one data dir: train = all the draws (seed S's ids get a -sS suffix), the rest seed 0's
 MERGED="${DATA}_v5"
-if [[ ! -f "$MERGED/train/text" ]]; then
-  mkdir -p "$MERGED/train"
-  for split in dev test_voices test_hard calib; do ln -sfn "$(realpath "$DATA/$split")" "$MERGED/$split"; done
-  for f in wav.scp text utt2spk; do
-    { cat "$DATA/train/$f"
-      for seed in 1 2; do awk -v s="-s$seed" '{ $1 = $1 s; print }' "${DATA}_s$seed/train/$f"; done
-    } > "$MERGED/train/$f"
-  done
-  # what the model cards' data line reads: seed 0's counts, the train draws added
-  "$PY" - "$MERGED" "$DATA" "${DATA}_s1" "${DATA}_s2" <<'PY'
-import json, sys
-out, first, *more = sys.argv[1:]
-a = json.load(open(f"{first}/manifest.json"))
-m = {"options": {"seed": "0 (+ train from seeds 1, 2)", "merged_from": [first, *(f"{d} (train)" for d in more)]},
-     "counts": dict(a["counts"]), "seconds": dict(a["seconds"])}
-for d in more:
-    b = json.load(open(f"{d}/manifest.json"))
-    m["counts"]["train"] += b["counts"]["train"]
-    m["seconds"]["train"] = round(m["seconds"]["train"] + b["seconds"]["train"], 2)
-json.dump(m, open(f"{out}/manifest.json", "w"), indent=2)
-PY
-fi
+PY="$PY" scripts/merge_train_draws.sh "$DATA" "$MERGED" 1 2
 
 # 3. the starting pair: v4 as shipped
 INIT="$EXP/init"
