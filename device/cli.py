@@ -54,8 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--epochs", type=int, default=400)
     c.add_argument("--lr", type=float, default=0.02)
     c.add_argument("--eval-fraction", type=float, default=0.25, help="utterances held out for the report")
-    c.add_argument("--label", choices=("intent", "intent+text"), default="intent",
-                   help="what counts as right: the intent, or the intent and every word")
+    c.add_argument("--label", choices=("intent", "intent+text", "cloud"), default="intent",
+                   help="what counts as right: the intent, or the intent and every word; cloud: the device "
+                        "answer is 'wrong' only where the cloud model gets the intent right and the device "
+                        "does not (what offloading would gain)")
+    c.add_argument("--cloud-model", default=None,
+                   help="the cloud model the cloud label compares with (default: the shipped one)")
     c.add_argument("--limit", type=int, default=None, help="first N utterances only")
     c.add_argument("--plot", type=Path, default=None, help="reliability diagram PNG (default: OUT.reliability.png)")
     c.add_argument("--test", type=Path, default=None,
@@ -233,12 +237,17 @@ def run_train(args: argparse.Namespace) -> int:
                            lr=args.lr, eval_fraction=args.eval_fraction, seed=args.seed, label=args.label,
                            chunk_ms=args.chunk_ms, limit=args.limit, decoding=decoding_options(args),
                            streaming=streaming_options(args))
+    if args.cloud_model and args.label != "cloud":
+        print("error: --cloud-model is for --label cloud", file=sys.stderr)
+        return 2
     model = load_model(resolve_model(args.model, "device"), args.device)
+    cloud = load_model(resolve_model(args.cloud_model, "cloud"), args.device) if args.label == "cloud" else None
 
     def progress(items):
         return tqdm(items, desc="decoding", unit="utt", file=sys.stderr, disable=not sys.stderr.isatty())
 
-    meta = train(model, args.data, args.out, options, plot=args.plot, progress=progress, test_dir=args.test)
+    meta = train(model, args.data, args.out, options, plot=args.plot, progress=progress, test_dir=args.test,
+                 cloud=cloud)
     ev = meta["metrics"]["eval"]
 
     def fmt(r: dict) -> str:

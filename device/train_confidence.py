@@ -3,8 +3,13 @@
 Each utterance is streamed through the same :class:`StreamingSession` the agent
 uses; every pilot and the final pass become one example, all labelled with
 whether the *final* device answer was right (intent, and optionally the
-words). Utterances — never steps of one utterance — are split into train and
-eval, so the eval numbers (ECE, AUROC, Brier, reliability diagram) are honest.
+words) — or, with the ``cloud`` label, whether keeping it loses nothing: 0 only
+where the cloud model gets the intent right and the device does not. That is
+the question an offload answers; on sentences neither model knows, most device
+errors are the cloud's errors too, and offloading them buys nothing (the
+offload experiment's gain table). Utterances — never steps of one utterance —
+are split into train and eval, so the eval numbers (ECE, AUROC, Brier,
+reliability diagram) are honest.
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ from pasu.streaming.session import StreamingSession
 
 log = logging.getLogger(__name__)
 
-Label = Literal["intent", "intent+text"]
-LABELS: tuple[str, ...] = ("intent", "intent+text")
+Label = Literal["intent", "intent+text", "cloud"]
+LABELS: tuple[str, ...] = ("intent", "intent+text", "cloud")
 
 
 @dataclass(frozen=True)
@@ -111,9 +116,16 @@ def is_right(hyp: str, ref: str, label: Label = "intent") -> bool:
 
 
 def collect(model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
-            progress: Callable | None = None) -> Examples:
-    """Stream every utterance as the agent does and record each step's features."""
+            progress: Callable | None = None, cloud: LoadedModel | None = None) -> Examples:
+    """Stream every utterance as the agent does and record each step's features.
+
+    ``cloud``: the model the label ``cloud`` compares with (it decodes the whole
+    utterance once, with the same decoding options, as the cloud worker does).
+    """
+    if (options.label == "cloud") != (cloud is not None):
+        raise ValueError("the cloud label needs a cloud model, and only it uses one")
     rec = Recognizer(model, options.decoding)
+    cloud_rec = Recognizer(cloud, options.decoding) if cloud is not None else None
     chunk = max(1, model.sample_rate * options.chunk_ms // 1000)
     X, seqs, y, utt, final, ids, hyps = [], [], [], [], [], [], []
     items = progress(data) if progress else data
@@ -134,7 +146,12 @@ def collect(model: LoadedModel, data: list[tuple[str, Path, str]], options: Trai
         tracker = FeatureTracker()
         steps = [tracker.pilot(p) for p in result.pilots] + [tracker.final(result)]
         text = result.best.text if result.best else ""
-        right = float(is_right(text, ref, options.label))
+        if cloud_rec is None:
+            right = float(is_right(text, ref, options.label))
+        else:
+            best = cloud_rec.recognize([audio])[0]
+            cloud_right = bool(best) and is_right(best[0].text, ref)
+            right = float(is_right(text, ref) or not cloud_right)
         for k, v in enumerate(steps):
             X.append(v)
             seqs.append(pad_sequence(steps[: k + 1]))
@@ -193,7 +210,8 @@ def evaluate(est: ConfidenceEstimator, ex: Examples) -> dict:
 
 def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: str | Path,
           options: TrainOptions = TrainOptions(), plot: str | Path | None = None,
-          progress: Callable | None = None, test_dir: str | Path | None = None) -> dict:
+          progress: Callable | None = None, test_dir: str | Path | None = None,
+          cloud: LoadedModel | None = None) -> dict:
     """Collect, split, fit, evaluate, save. Returns the report (also stored in the JSON metadata).
 
     ``data_dir``: one data dir or several, pooled (e.g. ``calib`` with familiar
@@ -201,12 +219,13 @@ def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: 
     ``test_dir``: a second data dir (e.g. ``test_hard``: other voices, unseen
     sentences) the estimator is also scored on, with its own reliability diagram
     — the honest figure, since dev shares voices and templates with training.
+    ``cloud``: the cloud model, for the ``cloud`` label.
     """
     t0 = time.perf_counter()
     dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
     data = [item for d in dirs for item in read_data_dir(d)]
     data = data[: options.limit] if options.limit else data
-    ex = collect(model, data, options, progress)
+    ex = collect(model, data, options, progress, cloud)
     train_ex, eval_ex = split(ex, options.eval_fraction, options.seed)
     if eval_ex.X.shape[0] == 0:
         log.warning("too few utterances for an eval split: the report is on the training data")
@@ -221,6 +240,7 @@ def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: 
     est.meta.update(
         name=f"{model.name}-confidence",
         model={"name": model.name, "version": model.version},
+        **({"cloud": {"name": cloud.name, "version": cloud.version}} if cloud is not None else {}),
         data=str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs],
         utterances={"train": int(len(set(train_ex.utt.tolist()))), "eval": int(len(set(eval_ex.utt.tolist())))},
         options=opts,
@@ -232,7 +252,7 @@ def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: 
     )
     if test_dir is not None:
         test = read_data_dir(test_dir)
-        test_ex = collect(model, test[: options.limit] if options.limit else test, options, progress)
+        test_ex = collect(model, test[: options.limit] if options.limit else test, options, progress, cloud)
         test_plot = Path(str(out) + f".reliability.{Path(test_dir).name}.png")
         reliability_diagram(est.predict_many(test_ex.X, test_ex.seqs if est.net.kind == "cnn" else None),
                             test_ex.y, test_plot, title=f"{options.kind} on {Path(test_dir).name}")

@@ -344,3 +344,32 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
     with DeviceAgent(cfg, load_model(tiny_model_dirs["conformer"])) as agent:
         recs = run(agent, read_audio(audio_files[0]))
     assert len(recs) == 1 and 0.0 <= recs[0]["confidence"] <= 1.0
+
+
+def test_cloud_label_marks_only_what_the_cloud_would_fix(tiny_models, audio_files):
+    """``--label cloud``: an utterance is 0 exactly where the cloud's intent is right and the
+    device's is not. References are built so that both cases occur: the intent is the
+    cloud's first word on odd clips where the two models disagree, else the device's."""
+    from pasu.decoding.recognizer import Recognizer
+    from pasu.device.train_confidence import TrainOptions, collect
+    from pasu.streaming import StreamingOptions, StreamingSession
+
+    device, cloud = tiny_models["conformer"], tiny_models["branchformer"]
+    files = audio_files[:6]
+    first = {}
+    for f in files:
+        session = StreamingSession(Recognizer(device, FAST), StreamingOptions())
+        for c in chunks(read_audio(f)):
+            session.feed(c)
+        d = (session.finalize().best.text.split() or ["<none>"])[0]
+        c_ = (Recognizer(cloud, FAST).recognize([read_audio(f)])[0][0].text.split() or ["<none>"])[0]
+        first[f.stem] = (d, c_)
+    data = [(f.stem, f, f"{first[f.stem][1] if i % 2 and first[f.stem][0] != first[f.stem][1] else first[f.stem][0]} w")
+            for i, f in enumerate(files)]
+    expected = [0.0 if i % 2 and first[f.stem][0] != first[f.stem][1] else 1.0 for i, f in enumerate(files)]
+    assert 0.0 in expected and 1.0 in expected  # both cases, or the test proves nothing
+    options = TrainOptions(label="cloud", decoding=FAST)
+    ex = collect(device, data, options, cloud=cloud)
+    assert [float(ex.y[ex.final][ex.utt[ex.final] == k][0]) for k in range(len(files))] == expected
+    with pytest.raises(ValueError, match="cloud"):
+        collect(device, data, options)

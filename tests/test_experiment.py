@@ -93,3 +93,23 @@ def test_oracle_offloads_only_the_clouds_wins():
     assert oracle_offload_rate(local, cloud, target=1.0) is None  # d: nobody gets it
     bins = gain_by_bins({"a": 0.9, "b": 0.1, "c": 0.2, "d": 0.5}, local, cloud, bins=2)
     assert [b["net_gain"] for b in bins] == [2, -1] and [b["n"] for b in bins] == [2, 2]
+
+
+def test_gain_report_scores_signals_on_the_clouds_wins_apart_from_device_failures():
+    """A signal that puts the cloud's wins first but trusts a hopeless utterance (both wrong)
+    ranks the wins perfectly and the device's failures only partly."""
+    from pasu.experiment.gain import gain_report
+
+    truth = {"a": "x_on", "b": "x_off", "c": "x_up", "d": "x_down"}
+    device = {"a": "x_on", "b": "x_on", "c": "x_on", "d": "x_on"}  # right on a only
+    cloud = {"a": "x_on", "b": "x_off", "c": "x_on", "d": "x_on"}  # fixes b; c and d hopeless
+    conf = {"a": 0.8, "b": 0.1, "c": 0.3, "d": 0.9}
+    records = {u: {"device": {"final": {"nbest": [{"text": device[u]}]}},
+                   "stock": {"text": device[u], "score_per_token": conf[u]}, "cloud": {"text": cloud[u]}}
+               for u in truth}
+    g = gain_report(records, lambda u, text: text == truth[u], {u: [(0.0, c, 0)] for u, c in conf.items()},
+                    target=0.5, min_pilots=1)
+    assert g["cloud_wins"] == 1 and g["cloud_losses"] == 0
+    for name in g["gain_by_bin"]:
+        assert g["auroc_cloud_wins"][name] == 1.0
+        assert g["auroc"][name] == 2 / 3  # a (right) above b and c, below d

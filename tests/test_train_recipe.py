@@ -178,3 +178,40 @@ def test_init_from_continues_the_pair_with_its_decoder(recipe: Path) -> None:
         meta = yaml.safe_load((new / "config.yaml").read_text())["pasu"]
         assert meta["version"] == "9" and "continued from" in meta["history"][-1]
         assert yaml.safe_load((new / "config.yaml").read_text())["freeze_param"] == ["decoder"]
+
+
+@needs_engines
+def test_float16_packages_are_half_the_size_and_load_as_float32(
+        recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--weights-dtype float16`: what lets a deeper cloud fit 30 MB. Both loaders cast
+    the weights into a float32 model, and the pair still shares one decoder."""
+    import pasu.encoders  # noqa: F401  (late_context for the device model)
+    from espnet2.bin.asr_inference import Speech2Text
+
+    from pasu.audio import read_audio, read_scp
+    from pasu.models import load_model, load_state_dict
+    from pasu.train.package import PackageInfo, package_model
+    from pasu.train.recipe import best_checkpoint
+
+    exp = recipe / "exp"
+    for role in ("cloud", "device"):
+        package_model(exp / role, best_checkpoint(exp / role), exp / "tokens", exp / "stats" / "train" / "feats_stats.npz",
+                      tmp_path / role, PackageInfo(f"pasu-{role}", role, "9", recipe / "data"),
+                      shared_decoder_from=tmp_path / "cloud" / "model.pth" if role == "device" else None,
+                      weights_dtype=torch.float16)
+        full, half = load_state_dict(exp / "models" / role / "model.pth"), load_state_dict(tmp_path / role / "model.pth")
+        assert {v.dtype for v in half.values() if v.is_floating_point()} == {torch.float16}
+        for k, v in full.items():
+            if v.is_floating_point():
+                torch.testing.assert_close(half[k].float(), v, rtol=2**-10, atol=1e-7)
+        assert (tmp_path / role / "model.pth").stat().st_size < 0.6 * (exp / "models" / role / "model.pth").stat().st_size
+        model = load_model(tmp_path / role)
+        assert {p.dtype for p in model.model.parameters()} == {torch.float32}
+    cloud, device = (load_model(tmp_path / r).model.decoder.state_dict() for r in ("cloud", "device"))
+    assert all(torch.equal(cloud[k], device[k]) for k in cloud)
+
+    audio = read_audio(next(iter(read_scp(recipe / "data" / "test_voices" / "wav.scp").values())))
+    monkeypatch.chdir(tmp_path / "device")
+    s2t = Speech2Text(asr_train_config="config.yaml", asr_model_file="model.pth",
+                      beam_size=2, ctc_weight=0.3, maxlenratio=0.3, device="cpu")
+    assert isinstance(s2t(torch.as_tensor(audio))[0][0], str)

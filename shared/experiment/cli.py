@@ -68,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
     conf = pilot_confidences(records, estimator)
     scorer = Scorer(refs)
     finals = np.array([conf[u][-1][1] for u in records])
-    correct = np.array([scorer.correct(u, records[u]["device"]["final"]["nbest"][0]["text"]
-                                       if records[u]["device"]["final"]["nbest"] else "") for u in records], float)
+    right = {u: scorer.correct(u, r["device"]["final"]["nbest"][0]["text"] if r["device"]["final"]["nbest"] else "")
+             for u, r in records.items()}
+    if (estimator.meta.get("options") or {}).get("label") == "cloud":  # it predicts "the cloud would not fix it"
+        right = {u: ok or not scorer.correct(u, records[u]["cloud"]["text"]) for u, ok in right.items()}
+    correct = np.array([right[u] for u in records], float)
     plots = []
     for n in [main_net] + [n for n in networks if n is not main_net]:
         plots += plot(points, n.name, out, (finals, correct) if n is main_net else None)

@@ -84,4 +84,8 @@ def gain_report(records: Mapping[str, dict], correct: Callable[[str, str], bool]
         # how well each signal ranks the device's own failures (0.5: not at all)
         "auroc": {name: auroc(np.array([sig[u] for u in records]), np.array([right[u] for u in records]))
                   for name, (sig, right) in signals.items()},
+        # ... and the cloud's wins, the only failures offloading fixes (what --label cloud trains for)
+        "auroc_cloud_wins": {name: auroc(np.array([sig[u] for u in records]),
+                                         np.array([right[u] or not cloud_right[u] for u in records]))
+                             for name, (sig, right) in signals.items()},
     }

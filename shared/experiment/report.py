@@ -179,13 +179,14 @@ def _gain_lines(gain: dict) -> list[str]:
         "",
     ]
     bins = max(len(v) for v in gain["gain_by_bin"].values())
-    lines += ["| signal | " + " | ".join(f"bin {k + 1}" for k in range(bins)) + " | AUROC |",
-              "|---|" + "---:|" * (bins + 1)]
+    lines += ["| signal | " + " | ".join(f"bin {k + 1}" for k in range(bins)) + " | AUROC | AUROC, cloud's wins |",
+              "|---|" + "---:|" * (bins + 2)]
     for name, by_bin in gain["gain_by_bin"].items():
         cells = [f"{b['net_gain']:+d} ({100 * b['local_accuracy']:.0f}→{100 * b['cloud_accuracy']:.0f}%)"
                  for b in by_bin]
-        a = gain["auroc"][name]
-        cells.append("—" if a is None else f"{a:.3f}")
+        for a in (gain["auroc"][name], gain.get("auroc_cloud_wins", {}).get(name)):
+            cells.append("—" if a is None else f"{a:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + ["", "(cell: net gain, and the device's → the cloud's accuracy in the bin; AUROC: how well "
-                    "the signal ranks the device's own failures, 0.5 = not at all.)", ""]
+                    "the signal ranks the device's own failures, 0.5 = not at all; AUROC, cloud's wins: how "
+                    "well it ranks the failures the cloud fixes, the only ones offloading pays for.)", ""]

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--max-epoch and --finetune-epochs (repeat; e.g. --epochs cloud=10 --epochs device=16)")
     p.add_argument("--model-version", default=d.version, help="version written into the packages")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--weights-dtype", choices=("float32", "float16"), default=d.weights_dtype,
+                   help="how the packages store their weights; float16 halves them and they still load "
+                        "into float32 models, pasu's and ESPnet's (default: %(default)s)")
     p.add_argument("--espnet-arg", action="append", default=[], metavar="ARG",
                    help="extra argument passed to every asr_train run (repeat; e.g. --espnet-arg=--batch_bins=500000)")
     p.set_defaults(func=run_train)
@@ -104,6 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         num_threads=args.threads or None,
         seed=args.seed,
+        weights_dtype=args.weights_dtype,
         init_models=args.init_from,
         finetune_epochs=args.finetune_epochs,
         role_epochs=dict(args.epochs),

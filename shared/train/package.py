@@ -57,6 +57,7 @@ def package_model(
     out_dir: Path,
     info: PackageInfo,
     shared_decoder_from: Path | None = None,
+    weights_dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write the model dir; with ``shared_decoder_from``, prove and pin the shared decoder.
 
@@ -78,11 +79,15 @@ def package_model(
         mine = {k for k in state if k.startswith("decoder.")}
         if set(dec) != mine:
             raise ValueError(f"device and cloud decoders differ in shape/keys: {sorted(mine ^ set(dec))[:5]}")
-        worst = max(float((state[k].float() - v.float()).abs().max()) for k, v in dec.items())
+        # beyond the rounding of the cloud package's dtype (float16 rounds at 2**-11 of a value)
+        worst = max(float(((state[k].float() - v.float()).abs() - torch.finfo(v.dtype).eps * v.float().abs()).max())
+                    for k, v in dec.items())
         if worst > 1e-5:
             raise ValueError(f"device decoder drifted from the cloud decoder by {worst:g}: was it frozen?")
         log.info("device decoder = cloud decoder (max |diff| before pinning %.2g)", worst)
         state.update({k: v.clone() for k, v in dec.items()})
+    # the cloud is packaged first, so a pinned decoder is already in weights_dtype
+    state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, tmp / "model.pth")
     shutil.copy(stats_file, tmp / "feats_stats.npz")
     shutil.copy(token_dir / "tokens.txt", tmp / "tokens.txt")
@@ -101,6 +106,7 @@ def package_model(
         "role": info.role,
         "parameters": n_params,
         "checkpoint": checkpoint.name,
+        "weights_dtype": str(weights_dtype).removeprefix("torch."),
         **train_log,
         **info.notes,
     }

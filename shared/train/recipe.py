@@ -97,6 +97,10 @@ class RecipeOptions:
     # than the device's, and side by side both should finish at about the same time.
     role_epochs: Mapping[str, int] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()  # appended to every asr_train call
+    # How the packages store their weights. "float16" halves a package (ESPnet and
+    # pasu load it into a float32 model: load_state_dict casts), which is what lets
+    # a deeper cloud fit the 30 MB a package may take; inference stays float32.
+    weights_dtype: str = "float32"
     stages: tuple[str, ...] = STAGES
 
     def with_(self, **changes: Any) -> "RecipeOptions":
@@ -306,6 +310,8 @@ def stage_branches(opts: RecipeOptions) -> None:
 
 def stage_package(opts: RecipeOptions) -> None:
     """``<exp>/models/{cloud,device}``: self-contained ESPnet model dirs with a model card."""
+    import torch
+
     from pasu.train.package import PackageInfo, package_model
 
     cloud_dir = opts.models_dir / "cloud"
@@ -330,6 +336,7 @@ def stage_package(opts: RecipeOptions) -> None:
             out_dir=out,
             info=info,
             shared_decoder_from=cloud_dir / "model.pth" if role == "device" else None,
+            weights_dtype=getattr(torch, opts.weights_dtype),
         )
 
 
