@@ -61,6 +61,12 @@ FORMAT = "pasu-confidence/1"
 
 
 
+def nothing_lost(device_right: bool, cloud_right: bool) -> bool:
+    """What an estimator trained with ``--label cloud`` predicts: keeping the device's
+    answer loses nothing unless the cloud is right where the device is wrong."""
+    return device_right or not cloud_right
+
+
 def feature_set(spec: str | Sequence[str]) -> tuple[str, ...]:
     """The features an estimator uses, as named: ``all``, ``scores``
     (:data:`SCORE_FEATURES`), a comma-separated string or a sequence of names."""

@@ -35,6 +35,7 @@ from pasu.device.confidence import (
     ConfidenceNet,
     FeatureTracker,
     Kind,
+    nothing_lost,
     pad_sequence,
 )
 from pasu.models import LoadedModel
@@ -151,7 +152,7 @@ def collect(model: LoadedModel, data: list[tuple[str, Path, str]], options: Trai
         else:
             best = cloud_rec.recognize([audio])[0]
             cloud_right = bool(best) and is_right(best[0].text, ref)
-            right = float(is_right(text, ref) or not cloud_right)
+            right = float(nothing_lost(is_right(text, ref), cloud_right))
         for k, v in enumerate(steps):
             X.append(v)
             seqs.append(pad_sequence(steps[: k + 1]))

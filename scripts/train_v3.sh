@@ -19,16 +19,7 @@ PASU=${PASU:-.venv/bin/pasu}
 
 # 2. continue the v2 pair. Copy it out first: the packages are overwritten at the end.
 INIT="$EXP/init_v2"
-if [[ ! -d "$INIT" ]]; then
-  mkdir -p "$INIT"
-  git show "e463cc7:shared/resources/models/cloud/config.yaml" >/dev/null  # the v2 commit
-  for role in cloud device; do
-    mkdir -p "$INIT/$role"
-    for f in config.yaml model.pth feats_stats.npz tokens.txt bpe.model; do
-      git show "e463cc7:shared/resources/models/$role/$f" > "$INIT/$role/$f"
-    done
-  done
-fi
+scripts/pair_from_commit.sh e463cc7 "$INIT"  # the v2 commit
 "$PASU" -v train --data "$DATA" --exp "$EXP" --init-from "$INIT" --finetune-epochs 8 \
   --model-version 3 --stages tokens,stats,cloud,device,package
 

@@ -32,14 +32,7 @@ PY="$PY" scripts/merge_train_draws.sh "$DATA" "$MERGED" 1
 
 # 3. the starting pair: v3's device as it is, v3's cloud deepened
 INIT="$EXP/init"
-if [[ ! -f "$INIT/cloud/model.pth" ]]; then
-  mkdir -p "$INIT/device" "$INIT/v3cloud"
-  for f in config.yaml model.pth feats_stats.npz tokens.txt bpe.model; do
-    git show "$V3:shared/resources/models/device/$f" > "$INIT/device/$f"
-    git show "$V3:shared/resources/models/cloud/$f" > "$INIT/v3cloud/$f"
-  done
-  "$PY" -m pasu.train.grow --model "$INIT/v3cloud" --out "$INIT/cloud" --after 1,4,7
-fi
+PY="$PY" scripts/pair_from_commit.sh "$V3" "$INIT" 1,4,7
 "$PASU" -v train --data "$MERGED" --exp "$EXP" --init-from "$INIT" \
   --epochs cloud=9 --epochs device=15 --espnet-arg=--num_iters_per_epoch=500 \
   --model-version 4 --stages tokens,stats,cloud,device,package

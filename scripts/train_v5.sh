@@ -33,14 +33,7 @@ PY="$PY" scripts/merge_train_draws.sh "$DATA" "$MERGED" 1 2
 
 # 3. the starting pair: v4 as shipped
 INIT="$EXP/init"
-if [[ ! -f "$INIT/cloud/model.pth" ]]; then
-  for role in cloud device; do
-    mkdir -p "$INIT/$role"
-    for f in config.yaml model.pth feats_stats.npz tokens.txt bpe.model; do
-      git show "$V4:shared/resources/models/$role/$f" > "$INIT/$role/$f"
-    done
-  done
-fi
+scripts/pair_from_commit.sh "$V4" "$INIT"
 "$PASU" -v train --data "$MERGED" --exp "$EXP" --init-from "$INIT" \
   --epochs cloud=8 --epochs device=14 --espnet-arg=--num_iters_per_epoch=500 \
   --espnet-arg=--optim_conf=lr=0.0005 \

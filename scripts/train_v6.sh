@@ -36,14 +36,7 @@ PY="$PY" scripts/merge_train_draws.sh "$DATA" "$MERGED" 1 2 3
 
 # 3. the starting pair: v5's device as it is, v5's cloud deepened
 INIT="$EXP/init"
-if [[ ! -f "$INIT/cloud/model.pth" ]]; then
-  mkdir -p "$INIT/device" "$INIT/v5cloud"
-  for f in config.yaml model.pth feats_stats.npz tokens.txt bpe.model; do
-    git show "$V5:shared/resources/models/device/$f" > "$INIT/device/$f"
-    git show "$V5:shared/resources/models/cloud/$f" > "$INIT/v5cloud/$f"
-  done
-  "$PY" -m pasu.train.grow --model "$INIT/v5cloud" --out "$INIT/cloud" --after 2,5,8
-fi
+PY="$PY" scripts/pair_from_commit.sh "$V5" "$INIT" 2,5,8
 "$PASU" -v train --data "$MERGED" --exp "$EXP" --init-from "$INIT" \
   --epochs cloud=7 --epochs device=12 --espnet-arg=--num_iters_per_epoch=500 \
   --espnet-arg=--optim_conf=lr=0.0005 --weights-dtype float16 \

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pasu.audio import read_scp, read_wav_scp
     from pasu.device.config import PolicyConfig
-    from pasu.device.confidence import estimator_for
+    from pasu.device.confidence import estimator_for, nothing_lost
     from pasu.experiment.collect import CollectOptions, collect
     from pasu.experiment.gain import gain_report
     from pasu.experiment.report import plot, target_accuracy, write_csv, write_summary
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     right = {u: scorer.correct(u, r["device"]["final"]["nbest"][0]["text"] if r["device"]["final"]["nbest"] else "")
              for u, r in records.items()}
     if (estimator.meta.get("options") or {}).get("label") == "cloud":  # it predicts "the cloud would not fix it"
-        right = {u: ok or not scorer.correct(u, records[u]["cloud"]["text"]) for u, ok in right.items()}
+        right = {u: nothing_lost(ok, scorer.correct(u, records[u]["cloud"]["text"])) for u, ok in right.items()}
     correct = np.array([right[u] for u in records], float)
     plots = []
     for n in [main_net] + [n for n in networks if n is not main_net]:

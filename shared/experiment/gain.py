@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from pasu.device.calibration import auroc
+from pasu.device.confidence import nothing_lost
 
 BINS = 6
 
@@ -86,6 +87,6 @@ def gain_report(records: Mapping[str, dict], correct: Callable[[str, str], bool]
                   for name, (sig, right) in signals.items()},
         # ... and the cloud's wins, the only failures offloading fixes (what --label cloud trains for)
         "auroc_cloud_wins": {name: auroc(np.array([sig[u] for u in records]),
-                                         np.array([right[u] or not cloud_right[u] for u in records]))
+                                         np.array([nothing_lost(right[u], cloud_right[u]) for u in records]))
                              for name, (sig, right) in signals.items()},
     }
