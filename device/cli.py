@@ -65,6 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--test", type=Path, default=None,
                    help="also score the estimator on this data dir (e.g. test_hard), with its own diagram")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--cache", type=Path, default=None,
+                   help="keep each data dir's decoded examples (and the cloud's answers) here and reuse them: "
+                        "decoding is nearly all of a run, so kinds, features, seeds and labels can then be "
+                        "swept in seconds")
     add_streaming_args(c)
     c.set_defaults(func=run_train)
 
@@ -247,7 +251,7 @@ def run_train(args: argparse.Namespace) -> int:
         return tqdm(items, desc="decoding", unit="utt", file=sys.stderr, disable=not sys.stderr.isatty())
 
     meta = train(model, args.data, args.out, options, plot=args.plot, progress=progress, test_dir=args.test,
-                 cloud=cloud)
+                 cloud=cloud, cache=args.cache)
     ev = meta["metrics"]["eval"]
 
     def fmt(r: dict) -> str:

@@ -14,6 +14,8 @@ reliability diagram) are honest.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -77,15 +79,37 @@ class TrainOptions:
 class Examples:
     X: np.ndarray  # (N, F) step features
     seqs: np.ndarray  # (N, SEQ_LEN, F) the steps up to each one
-    y: np.ndarray  # (N,) 1 = the final answer was right
+    y: np.ndarray  # (N,) 1 = keep the answer local (see :func:`label`); zeros until labelled
     utt: np.ndarray  # (N,) utterance index
     final: np.ndarray  # (N,) bool: the final pass (else a pilot)
     utt_ids: list[str] = field(default_factory=list)
-    hyps: list[str] = field(default_factory=list)  # final text per utterance
+    hyps: list[str] = field(default_factory=list)  # final device text per utterance
+    refs: list[str] = field(default_factory=list)  # reference text per utterance
 
     def take(self, mask: np.ndarray) -> "Examples":
         return Examples(self.X[mask], self.seqs[mask], self.y[mask], self.utt[mask], self.final[mask],
-                        self.utt_ids, self.hyps)
+                        self.utt_ids, self.hyps, self.refs)
+
+    @staticmethod
+    def concat(parts: Sequence["Examples"]) -> "Examples":
+        """One set from several (pooled data dirs); utterance indices stay distinct."""
+        offsets = np.cumsum([0] + [len(p.utt_ids) for p in parts[:-1]])
+        return Examples(np.concatenate([p.X for p in parts]), np.concatenate([p.seqs for p in parts]),
+                        np.concatenate([p.y for p in parts]),
+                        np.concatenate([p.utt + o for p, o in zip(parts, offsets)]),
+                        np.concatenate([p.final for p in parts]),
+                        [u for p in parts for u in p.utt_ids], [h for p in parts for h in p.hyps],
+                        [r for p in parts for r in p.refs])
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, X=self.X, seqs=self.seqs, y=self.y, utt=self.utt, final=self.final,
+                            utt_ids=np.array(self.utt_ids), hyps=np.array(self.hyps), refs=np.array(self.refs))
+
+    @classmethod
+    def load(cls, path: Path) -> "Examples":
+        with np.load(path) as z:
+            return cls(z["X"], z["seqs"], z["y"], z["utt"], z["final"], z["utt_ids"].tolist(), z["hyps"].tolist(),
+                       z["refs"].tolist())
 
 
 def read_data_dir(data: str | Path) -> list[tuple[str, Path, str]]:
@@ -117,20 +141,14 @@ def is_right(hyp: str, ref: str, label: Label = "intent") -> bool:
 
 
 def collect(model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
-            progress: Callable | None = None, cloud: LoadedModel | None = None) -> Examples:
-    """Stream every utterance as the agent does and record each step's features.
-
-    ``cloud``: the model the label ``cloud`` compares with (it decodes the whole
-    utterance once, with the same decoding options, as the cloud worker does).
-    """
-    if (options.label == "cloud") != (cloud is not None):
-        raise ValueError("the cloud label needs a cloud model, and only it uses one")
+            progress: Callable | None = None) -> Examples:
+    """Stream every utterance as the agent does and record each step's features
+    and the final answer (unlabelled: :func:`label` says what "right" means)."""
     rec = Recognizer(model, options.decoding)
-    cloud_rec = Recognizer(cloud, options.decoding) if cloud is not None else None
     chunk = max(1, model.sample_rate * options.chunk_ms // 1000)
-    X, seqs, y, utt, final, ids, hyps = [], [], [], [], [], [], []
+    X, seqs, utt, final, ids, hyps, refs = [], [], [], [], [], [], []
     items = progress(data) if progress else data
-    for i, (uid, path, ref) in enumerate(items):
+    for uid, path, ref in items:
         try:
             audio = read_audio(path, model.sample_rate)
         except AudioError as e:
@@ -146,24 +164,104 @@ def collect(model: LoadedModel, data: list[tuple[str, Path, str]], options: Trai
             continue
         tracker = FeatureTracker()
         steps = [tracker.pilot(p) for p in result.pilots] + [tracker.final(result)]
-        text = result.best.text if result.best else ""
-        if cloud_rec is None:
-            right = float(is_right(text, ref, options.label))
-        else:
-            best = cloud_rec.recognize([audio])[0]
-            cloud_right = bool(best) and is_right(best[0].text, ref)
-            right = float(nothing_lost(is_right(text, ref), cloud_right))
         for k, v in enumerate(steps):
             X.append(v)
             seqs.append(pad_sequence(steps[: k + 1]))
-            y.append(right)
             utt.append(len(ids))
             final.append(k == len(steps) - 1)
         ids.append(uid)
-        hyps.append(text)
+        hyps.append(result.best.text if result.best else "")
+        refs.append(ref)
     if not ids:
         raise ValueError("no utterance could be decoded")
-    return Examples(np.stack(X), np.stack(seqs), np.array(y, np.float32), np.array(utt), np.array(final), ids, hyps)
+    return Examples(np.stack(X), np.stack(seqs), np.zeros(len(X), np.float32), np.array(utt), np.array(final),
+                    ids, hyps, refs)
+
+
+def cloud_answers(cloud: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
+                  progress: Callable | None = None) -> dict[str, str]:
+    """The cloud's text for every utterance: the whole utterance decoded once, with
+    the same decoding options, as the cloud worker does ("" where it finds nothing)."""
+    rec = Recognizer(cloud, options.decoding)
+    out = {}
+    for uid, path, _ in progress(data) if progress else data:
+        try:
+            audio = read_audio(path, cloud.sample_rate)
+        except AudioError as e:
+            log.warning("%s: %s; skipped", uid, e)
+            continue
+        best = rec.recognize([audio])[0]
+        out[uid] = best[0].text if best else ""
+    return out
+
+
+def label(ex: Examples, kind: Label, cloud: dict[str, str] | None = None) -> Examples:
+    """Every step gets its utterance's label: the final device answer is right
+    (``intent``, ``intent+text``) or, with ``cloud``, keeping it local loses
+    nothing (0 only where the cloud gets the intent right and the device not)."""
+    if (kind == "cloud") != (cloud is not None):
+        raise ValueError("the cloud label needs the cloud's answers, and only it uses them")
+    per_utt = []
+    for uid, hyp, ref in zip(ex.utt_ids, ex.hyps, ex.refs):
+        if cloud is None:
+            per_utt.append(is_right(hyp, ref, kind))
+        else:
+            if uid not in cloud:
+                raise KeyError(f"{uid}: the cloud has no answer")
+            per_utt.append(nothing_lost(is_right(hyp, ref), is_right(cloud[uid], ref)))
+    y = np.array(per_utt, np.float32)[ex.utt] if len(ex.utt) else np.zeros(0, np.float32)
+    return Examples(ex.X, ex.seqs, y, ex.utt, ex.final, ex.utt_ids, ex.hyps, ex.refs)
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def examples_key(model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions) -> str:
+    """A digest of everything :func:`collect` depends on: the device's weights, the
+    utterances (ids, audio paths, references) and the decoding and streaming
+    options — not the label or the estimator's options, which is what a cache
+    lets one sweep. (Audio files rewritten in place under the same path are not seen.)"""
+    return _digest({"device": model.weights_digest(), "chunk_ms": options.chunk_ms,
+                    "decoding": asdict(options.decoding), "streaming": asdict(options.streaming),
+                    "utterances": [(u, str(p), r) for u, p, r in data]})
+
+
+def collect_cached(model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
+                   cache: Path | None, progress: Callable | None = None,
+                   cloud: LoadedModel | None = None) -> Examples:
+    """:func:`collect` (and, with ``cloud``, :func:`cloud_answers`), labelled by
+    ``options.label``, or their earlier results from ``cache`` (a directory; None: no cache).
+
+    Decoding is nearly all of a run's time (the fit takes seconds), so with a
+    cache one decode serves any number of estimator kinds, feature sets, seeds
+    and labels; the device's decodes and the cloud's are kept apart, so a new
+    cloud model decodes only its own side.
+    """
+    if (options.label == "cloud") != (cloud is not None):
+        raise ValueError("the cloud label needs a cloud model, and only it uses one")
+    if cache is None:
+        ex = collect(model, data, options, progress)
+        return label(ex, options.label, cloud_answers(cloud, data, options, progress) if cloud else None)
+    path = Path(cache) / f"examples-{examples_key(model, data, options)}.npz"
+    if path.is_file():
+        log.info("%d utterances from %s", len(data), path)
+        ex = Examples.load(path)
+    else:
+        ex = collect(model, data, options, progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ex.save(path)
+    answers = None
+    if cloud is not None:
+        key = _digest({"cloud": cloud.weights_digest(), "decoding": asdict(options.decoding),
+                       "utterances": [(u, str(p)) for u, p, _ in data]})
+        cpath = Path(cache) / f"cloud-{key}.json"
+        if cpath.is_file():
+            answers = json.loads(cpath.read_text())
+        else:
+            answers = cloud_answers(cloud, data, options, progress)
+            cpath.write_text(json.dumps(answers, indent=0))
+    return label(ex, options.label, answers)
 
 
 def split(ex: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
@@ -212,7 +310,7 @@ def evaluate(est: ConfidenceEstimator, ex: Examples) -> dict:
 def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: str | Path,
           options: TrainOptions = TrainOptions(), plot: str | Path | None = None,
           progress: Callable | None = None, test_dir: str | Path | None = None,
-          cloud: LoadedModel | None = None) -> dict:
+          cloud: LoadedModel | None = None, cache: str | Path | None = None) -> dict:
     """Collect, split, fit, evaluate, save. Returns the report (also stored in the JSON metadata).
 
     ``data_dir``: one data dir or several, pooled (e.g. ``calib`` with familiar
@@ -221,12 +319,18 @@ def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: 
     sentences) the estimator is also scored on, with its own reliability diagram
     — the honest figure, since dev shares voices and templates with training.
     ``cloud``: the cloud model, for the ``cloud`` label.
+    ``cache``: a directory keeping each data dir's decoded examples (:func:`collect_cached`).
     """
     t0 = time.perf_counter()
     dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
-    data = [item for d in dirs for item in read_data_dir(d)]
-    data = data[: options.limit] if options.limit else data
-    ex = collect(model, data, options, progress, cloud)
+    per_dir, left = [], options.limit or None
+    for d in dirs:  # --limit: the first N utterances of the pooled dirs
+        items = read_data_dir(d)[:left] if left is not None else read_data_dir(d)
+        if items:
+            per_dir.append(items)
+        left = None if left is None else left - len(items)
+    cache_dir = Path(cache) if cache is not None else None
+    ex = Examples.concat([collect_cached(model, items, options, cache_dir, progress, cloud) for items in per_dir])
     train_ex, eval_ex = split(ex, options.eval_fraction, options.seed)
     if eval_ex.X.shape[0] == 0:
         log.warning("too few utterances for an eval split: the report is on the training data")
@@ -253,7 +357,8 @@ def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: 
     )
     if test_dir is not None:
         test = read_data_dir(test_dir)
-        test_ex = collect(model, test[: options.limit] if options.limit else test, options, progress, cloud)
+        test_ex = collect_cached(model, test[: options.limit] if options.limit else test, options, cache_dir,
+                                 progress, cloud)
         test_plot = Path(str(out) + f".reliability.{Path(test_dir).name}.png")
         reliability_diagram(est.predict_many(test_ex.X, test_ex.seqs if est.net.kind == "cnn" else None),
                             test_ex.y, test_plot, title=f"{options.kind} on {Path(test_dir).name}")

@@ -225,6 +225,11 @@ class LoadedModel:
         tokens = self.tokens(token_ids)
         return self.tokenizer.tokens2text(tokens) if self.tokenizer is not None else " ".join(tokens)
 
+    def weights_digest(self) -> str:
+        """SHA-256 of the weights file: what a cache of this model's answers is keyed on."""
+        with open(self.files.weights, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
     def resolved_config_path(self) -> Path:
         """A copy of config.yaml with absolute paths, for ESPnet's own loaders."""
         if self._resolved_config is None:

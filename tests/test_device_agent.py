@@ -310,10 +310,11 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
         (half / "text").write_text("".join(lines[4 * k : 4 * k + 4]))
         halves += ["--data", str(half)]
     out = tmp_path / "conf" / "estimator.pt"
-    rc = main(["device", "train-confidence", "--model", str(tiny_model_dirs["conformer"]), *halves,
-               "--out", str(out), "--beam-size", "2", "--maxlenratio", "0.3", "--epochs", "60",
-               "--kind", "cnn", "--features", "scores", "--eval-fraction", "0.25", "--test", str(data),
-               "--limit", "8"])
+    cache = tmp_path / "cache"
+    common = ["device", "train-confidence", "--model", str(tiny_model_dirs["conformer"]), *halves,
+              "--beam-size", "2", "--maxlenratio", "0.3", "--epochs", "60", "--features", "scores",
+              "--eval-fraction", "0.25", "--test", str(data), "--limit", "8", "--cache", str(cache)]
+    rc = main([*common, "--out", str(out), "--kind", "cnn"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "ECE" in printed and "AUROC" in printed
@@ -328,6 +329,26 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
     assert meta["test"]["utterances"] == 8 and "auroc" in meta["test"]["metrics"]["all_steps"]
     assert Path(meta["test"]["reliability_diagram"]).read_bytes()[:4] == b"\x89PNG"
     assert 0.0 <= summary["test_ece"] <= 1.0
+    # --cache: one file of decoded examples per data dir; a second run with another estimator
+    # kind decodes nothing (the files stay as they were) and sees the same utterances
+    cached = {p: p.stat().st_mtime_ns for p in cache.glob("examples-*.npz")}
+    assert len(cached) == 3
+    rc = main([*common, "--out", str(tmp_path / "conf" / "mlp.pt"), "--kind", "mlp"])
+    assert rc == 0
+    capsys.readouterr()
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("examples-*.npz")} == cached
+    meta_mlp = json.loads((tmp_path / "conf" / "mlp.pt.json").read_text())
+    assert meta_mlp["utterances"] == meta["utterances"] and meta_mlp["test"]["utterances"] == 8
+    assert meta_mlp["metrics"]["eval"]["all_steps"]["n"] == meta["metrics"]["eval"]["all_steps"]["n"]
+    # --label cloud reuses the device's decodes; only the cloud's answers are new, one file per dir
+    rc = main([*common, "--out", str(tmp_path / "conf" / "cloud.pt"), "--label", "cloud",
+               "--cloud-model", str(tiny_model_dirs["branchformer"])])
+    assert rc == 0
+    capsys.readouterr()
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("examples-*.npz")} == cached
+    answers = sorted(cache.glob("cloud-*.json"))
+    assert len(answers) == 3 and sum(len(json.loads(a.read_text())) for a in answers) == 8 + 8
+    assert json.loads((tmp_path / "conf" / "cloud.pt.json").read_text())["options"]["label"] == "cloud"
     # shipped beside a model, the estimator is that model's default
     import shutil
 
@@ -351,7 +372,7 @@ def test_cloud_label_marks_only_what_the_cloud_would_fix(tiny_models, audio_file
     device's is not. References are built so that both cases occur: the intent is the
     cloud's first word on odd clips where the two models disagree, else the device's."""
     from pasu.decoding.recognizer import Recognizer
-    from pasu.device.train_confidence import TrainOptions, collect
+    from pasu.device.train_confidence import TrainOptions, collect_cached, label
     from pasu.streaming import StreamingOptions, StreamingSession
 
     device, cloud = tiny_models["conformer"], tiny_models["branchformer"]
@@ -369,7 +390,12 @@ def test_cloud_label_marks_only_what_the_cloud_would_fix(tiny_models, audio_file
     expected = [0.0 if i % 2 and first[f.stem][0] != first[f.stem][1] else 1.0 for i, f in enumerate(files)]
     assert 0.0 in expected and 1.0 in expected  # both cases, or the test proves nothing
     options = TrainOptions(label="cloud", decoding=FAST)
-    ex = collect(device, data, options, cloud=cloud)
+    ex = collect_cached(device, data, options, None, cloud=cloud)
     assert [float(ex.y[ex.final][ex.utt[ex.final] == k][0]) for k in range(len(files))] == expected
     with pytest.raises(ValueError, match="cloud"):
-        collect(device, data, options)
+        collect_cached(device, data, options, None)
+    # the device's decodes are label-free: relabelling them by the device's own intent
+    # gives 1 exactly where its first word is the reference's
+    own = label(ex, "intent")
+    assert [float(own.y[own.final][own.utt[own.final] == k][0]) for k in range(len(files))] == [
+        1.0 if data[k][2].split()[0] == first[f.stem][0] else 0.0 for k, f in enumerate(files)]

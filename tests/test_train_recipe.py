@@ -181,6 +181,39 @@ def test_init_from_continues_the_pair_with_its_decoder(recipe: Path) -> None:
 
 
 @needs_engines
+def test_init_from_one_role_carries_the_other_over(recipe: Path, tmp_path: Path) -> None:
+    """`--init-from` with `--stages ...,cloud,package`: only the cloud trains; the device
+    package is the pair's, byte for byte, because the frozen decoder still fits it —
+    and a device whose decoder differs from the new cloud's is refused."""
+    from pasu.models import load_state_dict
+    from pasu.train.recipe import carry_over
+
+    pair, exp = recipe / "exp" / "models", recipe / "exp_cloud_only"
+    argv = ["train", "--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
+            "--finetune-epochs", "1", "--model-version", "9", "--num-workers", "0",
+            "--stages", "tokens,stats,cloud,package"]
+    r = subprocess.run([sys.executable, "-m", "pasu.cli", *argv], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (exp / "device").exists()
+    new = exp / "models"
+    assert {p.name: p.read_bytes() for p in (new / "device").iterdir()} == \
+        {p.name: p.read_bytes() for p in (pair / "device").iterdir()}
+    before, after = load_state_dict(pair / "cloud" / "model.pth"), load_state_dict(new / "cloud" / "model.pth")
+    assert not torch.equal(before["ctc.ctc_lo.weight"], after["ctc.ctc_lo.weight"])
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+    drifted = tmp_path / "device"
+    drifted.mkdir()
+    state = load_state_dict(pair / "device" / "model.pth")
+    key = next(k for k in state if k.startswith("decoder.") and state[k].is_floating_point())
+    state[key] = state[key] + 0.01
+    torch.save(state, drifted / "model.pth")
+    with pytest.raises(ValueError, match="drifted"):
+        carry_over(drifted, tmp_path / "out" / "device", new / "cloud")
+    assert not (tmp_path / "out" / "device").exists()
+
+
+@needs_engines
 def test_float16_packages_are_half_the_size_and_load_as_float32(
         recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--weights-dtype float16`: what lets a deeper cloud fit 30 MB. Both loaders cast

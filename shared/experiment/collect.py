@@ -13,7 +13,6 @@ instead of mixing answers of two model versions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -137,17 +136,12 @@ def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, 
     return {"text": text, "compute_s": time.perf_counter() - t0}
 
 
-def _weights_digest(model: LoadedModel) -> str:
-    with open(model.files.weights, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def cache_key(device: LoadedModel, cloud: LoadedModel | None, options: CollectOptions,
               cloud_target: str | None) -> dict:
     """What the cached records depend on (JSON-comparable)."""
     return {
-        "device": _weights_digest(device),
-        "cloud": _weights_digest(cloud) if cloud is not None else f"grpc:{cloud_target}",
+        "device": device.weights_digest(),
+        "cloud": cloud.weights_digest() if cloud is not None else f"grpc:{cloud_target}",
         "options": json.loads(json.dumps(options_dict(options))),
     }
 

@@ -74,17 +74,7 @@ def package_model(
     tmp.mkdir(parents=True)
     state = load_state_dict(checkpoint)
     if shared_decoder_from is not None:
-        cloud = load_state_dict(shared_decoder_from)
-        dec = {k: v for k, v in cloud.items() if k.startswith("decoder.")}
-        mine = {k for k in state if k.startswith("decoder.")}
-        if set(dec) != mine:
-            raise ValueError(f"device and cloud decoders differ in shape/keys: {sorted(mine ^ set(dec))[:5]}")
-        # beyond the rounding of the cloud package's dtype (float16 rounds at 2**-11 of a value)
-        worst = max(float(((state[k].float() - v.float()).abs() - torch.finfo(v.dtype).eps * v.float().abs()).max())
-                    for k, v in dec.items())
-        if worst > 1e-5:
-            raise ValueError(f"device decoder drifted from the cloud decoder by {worst:g}: was it frozen?")
-        log.info("device decoder = cloud decoder (max |diff| before pinning %.2g)", worst)
+        dec = shared_decoder(state, load_state_dict(shared_decoder_from))
         state.update({k: v.clone() for k, v in dec.items()})
     # the cloud is packaged first, so a pinned decoder is already in weights_dtype
     state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
@@ -120,6 +110,25 @@ def package_model(
         "packaged %s: %.2f M parameters, %.1f MB (target <= %.0f MB)", out_dir, n_params / 1e6, size, SIZE_TARGET_MB
     )
     return out_dir
+
+
+def shared_decoder(device: dict[str, torch.Tensor], cloud: dict[str, torch.Tensor],
+                   tolerance: float = 1e-5) -> dict[str, torch.Tensor]:
+    """The cloud's decoder tensors, after proving the device's decoder is the same one.
+
+    Differences within the rounding of the cloud's dtype (float16 rounds at 2**-11
+    of a value) pass; anything beyond ``tolerance`` is an error: the freeze did not hold.
+    """
+    dec = {k: v for k, v in cloud.items() if k.startswith("decoder.")}
+    mine = {k for k in device if k.startswith("decoder.")}
+    if set(dec) != mine:
+        raise ValueError(f"device and cloud decoders differ in shape/keys: {sorted(mine ^ set(dec))[:5]}")
+    worst = max(float(((device[k].float() - v.float()).abs() - torch.finfo(v.dtype).eps * v.float().abs()).max())
+                for k, v in dec.items())
+    if worst > tolerance:
+        raise ValueError(f"device decoder drifted from the cloud decoder by {worst:g}: was it frozen?")
+    log.info("device decoder = cloud decoder (max |diff| %.2g)", worst)
+    return dec
 
 
 def dir_size_mb(path: Path) -> float:

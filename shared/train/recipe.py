@@ -320,6 +320,9 @@ def stage_package(opts: RecipeOptions) -> None:
         if (out / "model_card.md").is_file():
             log.info("package: %s exists, skipping", out)
             continue
+        if opts.init_models is not None and role not in opts.stages:
+            carry_over(opts.init_model(role), out, cloud_dir)
+            continue
         exp = opts.model_exp(role)
         info = PackageInfo(
             name=f"pasu-{role}",
@@ -338,6 +341,21 @@ def stage_package(opts: RecipeOptions) -> None:
             shared_decoder_from=cloud_dir / "model.pth" if role == "device" else None,
             weights_dtype=getattr(torch, opts.weights_dtype),
         )
+
+
+def carry_over(package: Path, out: Path, cloud_dir: Path) -> None:
+    """A role ``--init-from`` gave and this run did not train (``--stages`` without
+    it): its package as it is — it still fits the new cloud, whose decoder was
+    frozen, and a device is proven to carry that decoder."""
+    from pasu.models import load_state_dict
+    from pasu.train.package import shared_decoder
+
+    if out.name == "device":
+        shared_decoder(load_state_dict(package / "model.pth"), load_state_dict(cloud_dir / "model.pth"))
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(package, out)
+    log.info("package: %s carried over from %s (not trained in this run)", out, package)
 
 
 def stage_eval(opts: RecipeOptions) -> None:
