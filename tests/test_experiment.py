@@ -68,18 +68,22 @@ def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
     assert set(summary["auroc"]) == set(summary["gain_by_bin"])
     assert "Where the cloud's gain lies" in (out / "summary.md").read_text()
     # resumable: a second run reuses the cache (no new device/cloud work) and gives the same summary
-    cached = sorted(p.name for p in (out / "cache").iterdir() if p.name != "key.json")
-    assert len(cached) == 4
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json") if p.name != "key.json"}
+    def stamps(side: str) -> dict:
+        return {p: p.stat().st_mtime_ns for p in (out / "cache" / side).glob("*.json") if p.name != "key.json"}
+
+    device_stamps, cloud_stamps = stamps("device"), stamps("cloud")
+    assert len(device_stamps) == 4 and len(cloud_stamps) == 4
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert json.loads(r2.stdout.strip().splitlines()[-1])["offload_rate_pasu"] == last["offload_rate_pasu"]
-    assert {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.json") if p.name != "key.json"} == stamps
-    # other models: the cache starts afresh instead of mixing two models' answers
+    assert stamps("device") == device_stamps and stamps("cloud") == cloud_stamps
+    # another device model: its side starts afresh instead of mixing two models' answers; the
+    # cloud's answers do not depend on the device and stay
     swapped = [a if a != str(tiny_model_dirs["late"]) else str(tiny_model_dirs["conformer"]) for a in cmd]
     r3 = subprocess.run(swapped, capture_output=True, text=True, timeout=900)
     assert r3.returncode == 0, r3.stderr[-2000:]
     assert "starting it afresh" in r3.stderr
-    assert all(p.stat().st_mtime_ns != t for p, t in stamps.items())
+    assert all(p.stat().st_mtime_ns != t for p, t in device_stamps.items())
+    assert stamps("cloud") == cloud_stamps
 
 
 def test_oracle_offloads_only_the_clouds_wins():

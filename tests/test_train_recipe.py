@@ -28,17 +28,21 @@ needs_engines = pytest.mark.skipif(
 PER_SPLIT = 12
 
 
+def pasu_train(argv: list[str]) -> None:
+    """``pasu train ...`` in a fresh interpreter, as a user runs it: native code (sentencepiece,
+    ESPnet's trainer) must not inherit the threads and state hundreds of earlier tests left here."""
+    r = subprocess.run([sys.executable, "-m", "pasu.cli", "train", *argv], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("recipe")
     opts = SynthOptions(out_dir=root / "data", seed=5, jobs=2, progress=False).with_per_split(PER_SPLIT)
     assert synthesize_corpus(opts, engines=ENGINES).failed == []
-    argv = ["train", "--tiny", "--data", str(root / "data"), "--exp", str(root / "exp"),
-            "--eval-limit", "3", "--eval-beam", "2", "--num-workers", "0"]
-    # A fresh interpreter, as a user runs it: native code (sentencepiece, ESPnet's trainer) must not
-    # inherit the threads and state hundreds of earlier tests left in this process.
-    r = subprocess.run([sys.executable, "-m", "pasu.cli", *argv], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    pasu_train(["--tiny", "--data", str(root / "data"), "--exp", str(root / "exp"),
+                "--eval-limit", "3", "--eval-beam", "2", "--num-workers", "0"])
     return root
 
 
@@ -159,11 +163,8 @@ def test_init_from_continues_the_pair_with_its_decoder(recipe: Path) -> None:
     from pasu.models import load_state_dict
 
     pair, exp = recipe / "exp" / "models", recipe / "exp_ft"
-    argv = ["train", "--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
-            "--finetune-epochs", "1", "--model-version", "9", "--num-workers", "0",
-            "--stages", "tokens,stats,bootstrap,cloud,device,package"]
-    r = subprocess.run([sys.executable, "-m", "pasu.cli", *argv], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    pasu_train(["--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
+                "--finetune-epochs", "1", "--model-version", "9", "--num-workers", "0", "--stages", "tokens,stats,bootstrap,cloud,device,package"])
     assert not (exp / "bootstrap").exists()  # not needed when fine-tuning
     assert set(json.loads((exp / "timings.json").read_text())) >= {"cloud", "device", "cloud_cpu", "device_cpu"}
     for role in ("cloud", "device"):
@@ -189,11 +190,8 @@ def test_init_from_one_role_carries_the_other_over(recipe: Path, tmp_path: Path)
     from pasu.train.recipe import carry_over
 
     pair, exp = recipe / "exp" / "models", recipe / "exp_cloud_only"
-    argv = ["train", "--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
-            "--finetune-epochs", "1", "--model-version", "9", "--num-workers", "0",
-            "--stages", "tokens,stats,cloud,package"]
-    r = subprocess.run([sys.executable, "-m", "pasu.cli", *argv], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    pasu_train(["--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
+                "--finetune-epochs", "1", "--model-version", "9", "--num-workers", "0", "--stages", "tokens,stats,cloud,package"])
     assert not (exp / "device").exists()
     new = exp / "models"
     assert {p.name: p.read_bytes() for p in (new / "device").iterdir()} == \

@@ -5,10 +5,12 @@ without recomputing. Per utterance we keep: the device's streaming run (each
 pilot's n-best and when it finished on the simulated clock; the final n-best
 and its latency), the stock end-of-utterance decode (ESPnet's Speech2Text on
 the device model: its text, score and time) and the cloud model's answer and
-compute time. One JSON file per utterance, so an interrupted run resumes.
-``cache/key.json`` names the models (a digest of their weights) and options the
-records came from: a run with other models or options starts the cache afresh
-instead of mixing answers of two model versions.
+compute time. One JSON file per utterance and side, so an interrupted run
+resumes: ``cache/device/`` (the streaming run and the stock decode) and
+``cache/cloud/`` (the cloud's answer), each with a ``key.json`` naming the model
+(a digest of its weights) and options its records came from. A run with other
+models or options starts that side's cache afresh instead of mixing answers of
+two model versions — and a new cloud model re-decodes only the cloud's side.
 """
 
 from __future__ import annotations
@@ -85,36 +87,48 @@ def collect(
     cloud_target: str | None = None,
 ) -> dict[str, dict]:
     """Per-utterance records, computed once and cached under ``out/cache``."""
-    cache = out / "cache"
-    key = cache_key(device, cloud, options, cloud_target)
-    key_file = cache / "key.json"
-    if cache.is_dir() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
-        log.warning("%s was made with other models or options: starting it afresh", cache)
-        shutil.rmtree(cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    if cloud is None and not cloud_target:
+        raise ValueError("need a cloud model or a cloud target")
+    keys = cache_key(device, cloud, options, cloud_target)
+    dev_cache = _open_cache(out / "cache" / "device", {k: keys[k] for k in ("device", "options")})
+    cloud_cache = _open_cache(out / "cache" / "cloud", {k: keys[k] for k in ("cloud", "decoding")})
+    todo_dev = [u for u in wav_scp if not (dev_cache / f"{u}.json").is_file()]
+    todo_cloud = [u for u in wav_scp if not (cloud_cache / f"{u}.json").is_file()]
+    if len(todo_dev) < len(wav_scp) or len(todo_cloud) < len(wav_scp):
+        log.info("resuming: device %d, cloud %d of %d utterances cached", len(wav_scp) - len(todo_dev),
+                 len(wav_scp) - len(todo_cloud), len(wav_scp))
+    if todo_dev:
+        rec = Recognizer(device, options.decoding)
+        s2t = espnet_speech2text(device, options.decoding)
+        for utt in tqdm(todo_dev, desc="device", unit="utt"):
+            audio = read_audio(wav_scp[utt], device.sample_rate)
+            t0 = time.perf_counter()
+            stock = espnet_nbest(s2t, audio)
+            stock_s = time.perf_counter() - t0
+            rec_ = {"utt": utt, "audio_s": len(audio) / device.sample_rate, "bytes_pcm16": 2 * len(audio)}
+            rec_["device"] = device_stream(rec, options, audio)
+            n_tok = max(1, len(stock[0].yseq) - 2) if stock else 1
+            rec_["stock"] = {"text": stock[0].text if stock else "", "score": stock[0].score if stock else -1e9,
+                             "score_per_token": (stock[0].score / n_tok) if stock else -1e9, "latency_s": stock_s}
+            (dev_cache / f"{utt}.json").write_text(json.dumps(rec_))
+    if todo_cloud:
+        cloud_rec = Recognizer(cloud, options.decoding) if cloud is not None else None
+        for utt in tqdm(todo_cloud, desc="cloud", unit="utt"):
+            audio = read_audio(wav_scp[utt], device.sample_rate)
+            (cloud_cache / f"{utt}.json").write_text(json.dumps(_cloud(cloud_rec, cloud_target, audio, utt)))
+    return {utt: {**json.loads((dev_cache / f"{utt}.json").read_text()),
+                  "cloud": json.loads((cloud_cache / f"{utt}.json").read_text())} for utt in wav_scp}
+
+
+def _open_cache(path: Path, key: dict) -> Path:
+    """``path``, emptied first if its records were made with another ``key``."""
+    key_file = path / "key.json"
+    if path.is_dir() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
+        log.warning("%s was made with other models or options: starting it afresh", path)
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
     key_file.write_text(json.dumps(key, indent=2))
-    rec = Recognizer(device, options.decoding)
-    s2t = espnet_speech2text(device, options.decoding)
-    cloud_rec = Recognizer(cloud, options.decoding) if cloud is not None else None
-    records = {}
-    todo = [u for u in wav_scp if not (cache / f"{u}.json").is_file()]
-    if len(todo) < len(wav_scp):
-        log.info("resuming: %d of %d utterances cached", len(wav_scp) - len(todo), len(wav_scp))
-    for utt in tqdm(todo, desc="device + cloud", unit="utt"):
-        audio = read_audio(wav_scp[utt], device.sample_rate)
-        t0 = time.perf_counter()
-        stock = espnet_nbest(s2t, audio)
-        stock_s = time.perf_counter() - t0
-        rec_ = {"utt": utt, "audio_s": len(audio) / device.sample_rate, "bytes_pcm16": 2 * len(audio)}
-        rec_["device"] = device_stream(rec, options, audio)
-        n_tok = max(1, len(stock[0].yseq) - 2) if stock else 1
-        rec_["stock"] = {"text": stock[0].text if stock else "", "score": stock[0].score if stock else -1e9,
-                         "score_per_token": (stock[0].score / n_tok) if stock else -1e9, "latency_s": stock_s}
-        rec_["cloud"] = _cloud(cloud_rec, cloud_target, audio, utt)
-        (cache / f"{utt}.json").write_text(json.dumps(rec_))
-    for utt in wav_scp:
-        records[utt] = json.loads((cache / f"{utt}.json").read_text())
-    return records
+    return path
 
 
 def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, utt: str) -> dict:
@@ -143,6 +157,7 @@ def cache_key(device: LoadedModel, cloud: LoadedModel | None, options: CollectOp
         "device": device.weights_digest(),
         "cloud": cloud.weights_digest() if cloud is not None else f"grpc:{cloud_target}",
         "options": json.loads(json.dumps(options_dict(options))),
+        "decoding": json.loads(json.dumps(asdict(options.decoding))),  # all the cloud's answer depends on
     }
 
 
