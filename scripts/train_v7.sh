@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# How the v7 pair was trained: v5's device as it is, v5's cloud continued alone
-# on two fresh draws of training audio, the shared decoder frozen.
+# How the v7 pair was trained (measured, not shipped: docs/models.md): v5's device
+# as it is, v5's cloud continued alone on two fresh draws of training audio, the
+# shared decoder frozen.
 #
 # Why the cloud alone: v6 (scripts/train_v6.sh) continued both models on a fourth
 # draw and the device gained more on test_hard than the cloud, closing the gap
 # offloading lives on (v5 2.8 points, v6 1.7). The cloud's lead is what the pair
-# is for, so this run spends both cores on the cloud; the device keeps v5's
+# is for, so this run trains the cloud alone; the device keeps v5's
 # weights (`--stages` without `device`: the package is carried over, proven to
 # carry the same decoder as the new cloud).
 #
@@ -14,7 +15,7 @@
 #   sets seed 0's, unchanged (OWN_TRAIN=0: seed 0's train is left out).
 # * cloud: v5's 11-layer Conformer, epochs of 500 updates at peak learning rate
 #   0.0005 as v5 and v6, `--epochs cloud=6`; THREADS torch threads (default 2;
-#   the shipped run used 1, with the estimator's decodes on the other core).
+#   the run in docs/models.md used 1, with the estimator's decodes on the other core).
 #
 # Usage: [THREADS=2] scripts/train_v7.sh [DATA=data/synth] [EXP=exp/v7]   (run from the repo root)
 set -euo pipefail
