@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from pasu.streaming.session import StreamingSession
 log = logging.getLogger(__name__)
 
 Label = Literal["intent", "intent+text", "cloud"]
+T = TypeVar("T")
 LABELS: tuple[str, ...] = ("intent", "intent+text", "cloud")
 
 
@@ -227,6 +228,25 @@ def examples_key(model: LoadedModel, data: list[tuple[str, Path, str]], options:
                     "utterances": [(u, str(p), r) for u, p, r in data]})
 
 
+def answers_key(cloud: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions) -> str:
+    """What :func:`cloud_answers` depends on: the cloud's weights, the decoding options, the utterances."""
+    return _digest({"cloud": cloud.weights_digest(), "decoding": asdict(options.decoding),
+                    "utterances": [(u, str(p)) for u, p, _ in data]})
+
+
+def _load_or_make(path: Path | None, make: Callable[[], T], load: Callable[[Path], T],
+                  save: Callable[[T, Path], None]) -> T:
+    """``load(path)`` if it exists, else ``make()``, saved to ``path`` (None: no cache)."""
+    if path is not None and path.is_file():
+        log.info("reusing %s", path)
+        return load(path)
+    made = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(made, path)
+    return made
+
+
 def collect_cached(model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
                    cache: Path | None, progress: Callable | None = None,
                    cloud: LoadedModel | None = None) -> Examples:
@@ -240,27 +260,14 @@ def collect_cached(model: LoadedModel, data: list[tuple[str, Path, str]], option
     """
     if (options.label == "cloud") != (cloud is not None):
         raise ValueError("the cloud label needs a cloud model, and only it uses one")
-    if cache is None:
-        ex = collect(model, data, options, progress)
-        return label(ex, options.label, cloud_answers(cloud, data, options, progress) if cloud else None)
-    path = Path(cache) / f"examples-{examples_key(model, data, options)}.npz"
-    if path.is_file():
-        log.info("%d utterances from %s", len(data), path)
-        ex = Examples.load(path)
-    else:
-        ex = collect(model, data, options, progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ex.save(path)
+    where = Path(cache) if cache is not None else None
+    ex = _load_or_make(where / f"examples-{examples_key(model, data, options)}.npz" if where else None,
+                       lambda: collect(model, data, options, progress), Examples.load, Examples.save)
     answers = None
     if cloud is not None:
-        key = _digest({"cloud": cloud.weights_digest(), "decoding": asdict(options.decoding),
-                       "utterances": [(u, str(p)) for u, p, _ in data]})
-        cpath = Path(cache) / f"cloud-{key}.json"
-        if cpath.is_file():
-            answers = json.loads(cpath.read_text())
-        else:
-            answers = cloud_answers(cloud, data, options, progress)
-            cpath.write_text(json.dumps(answers, indent=0))
+        answers = _load_or_make(where / f"cloud-{answers_key(cloud, data, options)}.json" if where else None,
+                                lambda: cloud_answers(cloud, data, options, progress),
+                                lambda p: json.loads(p.read_text()), lambda a, p: p.write_text(json.dumps(a)))
     return label(ex, options.label, answers)
 
 
