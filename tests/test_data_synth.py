@@ -311,6 +311,28 @@ def test_cli_makes_a_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(args + ["--overwrite"]) == 0
 
 
+def test_text_variety_recombines_train_only_and_never_leaks_a_heldout_sentence(
+        grammar: Grammar, tmp_path: Path) -> None:
+    base = SynthOptions(out_dir=tmp_path, train=1200, dev=100, test_voices=100, test_hard=100, calib=100)
+    plain = plan_corpus(base, grammar, ENGINES)
+    varied = plan_corpus(replace(base, text_variety=0.5), grammar, ENGINES)
+    changed = [(a, b) for a, b in zip(plain["train"], varied["train"]) if a.text != b.text]
+    assert 0.4 * 1200 < len(changed) < 0.6 * 1200
+    vocab = {w for v in grammar.fillers.values() for s in v for w in s.split()}
+    for a, b in changed:  # the same utterance but for its words: voice, augmentation, intent
+        assert (a.utt_id, a.voice, a.aug, a.intent) == (b.utt_id, b.voice, b.aug, b.intent)
+        assert WORDS.match(b.text) and not grammar.heldout_match(b.text), b.text
+        literal = {w for t in grammar.pool(b.intent, False) for s in grammar.surfaces(t) for w in s.split()}
+        assert set(b.text.split()) <= vocab | literal, b.text  # the intent's own words only
+    # most of them are sentences no template makes
+    novel = [b for _, b in changed if not grammar.match(b.text)]
+    assert len(novel) > 0.7 * len(changed)
+    for split in ("dev", "test_voices", "test_hard", "calib"):
+        assert [p.text for p in varied[split]] == [p.text for p in plain[split]], split
+    with pytest.raises(ValueError):
+        SynthOptions(out_dir=tmp_path, text_variety=1.5)
+
+
 def test_options_reject_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SynthOptions(out_dir=tmp_path, splits=("train", "bogus"))

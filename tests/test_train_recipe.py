@@ -212,6 +212,31 @@ def test_init_from_one_role_carries_the_other_over(recipe: Path, tmp_path: Path)
 
 
 @needs_engines
+def test_init_from_retrain_decoder_moves_the_decoder_and_the_device_follows(recipe: Path) -> None:
+    """`--init-from --retrain-decoder`: the cloud trains the shared decoder, then the
+    device adapts to that decoder, frozen: both packages carry the new decoder."""
+    import yaml
+
+    from pasu.models import load_state_dict
+
+    pair, exp = recipe / "exp" / "models", recipe / "exp_new_decoder"
+    pasu_train(["--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
+                "--retrain-decoder", "--finetune-epochs", "1", "--num-workers", "0",
+                "--stages", "tokens,stats,cloud,device,package"])
+    old = load_state_dict(pair / "cloud" / "model.pth")
+    cloud = load_state_dict(exp / "models" / "cloud" / "model.pth")
+    device = load_state_dict(exp / "models" / "device" / "model.pth")
+    decoder = [k for k in old if k.startswith("decoder.") and old[k].is_floating_point()]
+    assert any(not torch.equal(old[k], cloud[k]) for k in decoder)  # the cloud trained it
+    assert all(torch.equal(cloud[k], device[k]) for k in decoder)  # and the device carries it
+    before = load_state_dict(pair / "device" / "model.pth")
+    assert not torch.equal(before["ctc.ctc_lo.weight"], device["ctc.ctc_lo.weight"])
+    assert yaml.safe_load((exp / "models" / "device" / "config.yaml").read_text())["freeze_param"] == ["decoder"]
+    assert "decoder retrained" in yaml.safe_load(
+        (exp / "models" / "cloud" / "config.yaml").read_text())["pasu"]["history"][-1]
+
+
+@needs_engines
 def test_float16_packages_are_half_the_size_and_load_as_float32(
         recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--weights-dtype float16`: what lets a deeper cloud fit 30 MB. Both loaders cast

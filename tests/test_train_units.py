@@ -120,3 +120,16 @@ def test_epochs_flag_rejects_what_is_not_role_equals_count(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="ROLE=N"):
         _role_epochs(text)
     assert _role_epochs("device=16") == ("device", 16)
+
+
+def test_retrain_decoder_is_refused_where_it_would_break_the_pair(tmp_path: Path) -> None:
+    """Refused before any training: without a pair to continue, or with a cloud whose
+    new decoder the pair's device (not trained in the run) would no longer fit."""
+    from pasu.train.recipe import run_recipe
+
+    with pytest.raises(ValueError, match="init_models"):
+        run_recipe(RecipeOptions(exp_dir=tmp_path / "a", retrain_decoder=True))
+    with pytest.raises(ValueError, match="add device"):
+        run_recipe(RecipeOptions(exp_dir=tmp_path / "b", init_models=tmp_path, retrain_decoder=True,
+                                 stages=("tokens", "stats", "cloud", "package")))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

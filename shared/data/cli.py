@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="do not use festival test voices even when installed")
     p.add_argument("--grammar", type=Path, help="grammar YAML (default: the packaged one)")
     p.add_argument("--overwrite", action="store_true", help="replace existing split dirs")
+    p.add_argument("--text-variety", type=float, default=0.0, metavar="P",
+                   help="share of train sentences recombined within their intent so the "
+                        "decoder cannot memorise the templates (default: %(default)s)")
     p.add_argument("--text-only", action="store_true",
                    help="only plan and write text/utt2voice (no audio)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -106,6 +109,7 @@ def run_synth(args: argparse.Namespace) -> int:
         splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
         jobs=args.jobs, audio_format=args.audio_format, festival=not args.no_festival,
         grammar_path=args.grammar, progress=not args.no_progress, overwrite=args.overwrite,
+        text_variety=args.text_variety,
     )
     if args.per_split is not None:
         opts = opts.with_per_split(args.per_split)

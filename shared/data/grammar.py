@@ -214,6 +214,7 @@ class Grammar:
     speak_as: dict[str, str] = field(default_factory=dict)
     heldout_fraction: float = 0.15
     _regex: dict[str, re.Pattern[str]] | None = field(default=None, repr=False, compare=False)
+    _literals: dict[str, frozenset[str]] | None = field(default=None, repr=False, compare=False)
 
     # ---- loading -------------------------------------------------------------
     @classmethod
@@ -291,6 +292,39 @@ class Grammar:
         text = _SLOT.sub(pick_slot, _GROUP.sub(pick_group, t.pattern))
         return Sentence(intent, _squash(text), t.id)
 
+    def vary(self, rng: np.random.Generator, sentence: Sentence, tries: int = 10) -> Sentence:
+        """A sentence of the same intent in an order no single template gives.
+
+        Why: with ~26 training templates per intent the decoder learns the
+        templates as a language model and, on a held-out template, completes
+        the audio into a training sentence (test_hard: ~42% intent accuracy
+        against 81% for the same voices and noise on training templates). A
+        *crossover* (this sentence's head, another training sentence's tail,
+        same intent) or a dropped word keeps the intent's words and label but
+        breaks the memorised word order, so the audio has to decide. Never a
+        sentence a held-out template makes (that would leak test_hard into
+        training); after `tries` such draws the sentence comes back unchanged.
+        """
+        words = sentence.text.split()
+        for _ in range(tries):
+            if len(words) > 3 and rng.random() < 0.25:
+                k = int(rng.integers(len(words)))
+                new, tid = words[:k] + words[k + 1:], f"{sentence.template}-w{k}"
+            else:
+                other = self.sample(rng, sentence.intent)
+                tail = other.text.split()
+                i = int(rng.integers(1, len(words) + 1))
+                j = int(rng.integers(0, len(tail)))
+                new, tid = words[:i] + tail[j:], f"{sentence.template}+{other.template}"
+            text = " ".join(new)
+            if len(new) >= 2 and text != sentence.text and not self.heldout_match(text):
+                return Sentence(sentence.intent, text, tid)
+        return sentence
+
+    def heldout_match(self, sentence: str) -> bool:
+        """Whether a held-out template can produce `sentence`."""
+        return any(t.heldout for t in self.match(sentence))
+
     def surfaces(self, template: Template) -> list[str]:
         """The template with every group expanded (slots left in)."""
         pieces: list[list[str]] = []
@@ -323,12 +357,14 @@ class Grammar:
         """The templates that can produce `sentence` (a tiny grammar parser)."""
         if self._regex is None:
             self._regex = {}
+        if self._literals is None:  # each template's obligatory literal words
+            self._literals = {t.id: frozenset(_SLOT.sub(" ", _GROUP.sub(" ", t.pattern)).split())
+                              for temps in self.templates.values() for t in temps}
         words = set(sentence.split())
         found = []
         for temps in self.templates.values():
             for t in temps:
-                # cheap prefilter: the template's obligatory literal words
-                if not set(_SLOT.sub(" ", _GROUP.sub(" ", t.pattern)).split()) <= words:
+                if not self._literals[t.id] <= words:  # cheap prefilter
                     continue
                 if t.id not in self._regex:
                     self._regex[t.id] = _template_regex(t.pattern, self.fillers)

@@ -80,6 +80,9 @@ class SynthOptions:
     intents_path: Path | None = None  # default: pasu/resources/slu/intents.tsv
     progress: bool = True
     overwrite: bool = False
+    # Share of train sentences recombined (Grammar.vary): 0 keeps a corpus made
+    # before this option byte for byte; scripts/train_v8.sh uses 0.5.
+    text_variety: float = 0.0
 
     def __post_init__(self) -> None:
         bad = [s for s in self.splits if s not in SPLITS]
@@ -89,6 +92,8 @@ class SynthOptions:
             raise ValueError("audio_format must be flac or wav")
         if min(self.size(s) for s in SPLITS) < 0:
             raise ValueError("split sizes must be >= 0")
+        if not 0.0 <= self.text_variety <= 1.0:
+            raise ValueError("text_variety must be within [0, 1]")
 
     def size(self, split: str) -> int:
         return int(getattr(self, split))
@@ -294,6 +299,7 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
     assert all(is_test_voice(v) for v in test_voices)
 
     seen: set[str] = set()
+    recombined: set[str] = set()  # train's varied sentences (text_variety)
     train_sentences: set[str] | None = None
     plans: dict[str, list[UttPlan]] = {}
     intents = grammar.intent_names
@@ -305,6 +311,8 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
                         "sentences", split)
             continue
         rng = _split_rng(opts.seed, split)
+        # its own stream, so text_variety changes train's texts and nothing else
+        vary_rng = np.random.default_rng([opts.seed, SPLITS.index(split), 7])
         n = opts.size(split)
         heldout = split == "test_hard"
         if heldout and train_sentences is None:
@@ -317,9 +325,15 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
         for k, intent in enumerate(order[:n]):
             for _ in range(50):
                 s = grammar.sample(rng, intent, heldout=heldout)
-                if s.text not in seen and not (heldout and s.text in train_sentences):
+                if s.text not in seen and not (split != "train" and s.text in recombined) and not (
+                        heldout and s.text in train_sentences):
                     break
             seen.add(s.text)
+            if split == "train" and vary_rng.random() < opts.text_variety:
+                # kept apart from `seen` so train's own draws (voices, augmentation)
+                # stay those of a corpus without variety; later splits avoid both
+                s = grammar.vary(vary_rng, s)
+                recombined.add(s.text)
             if split in TRAIN_SPLITS:
                 voice = _pick_voice(rng, train_voices)
                 aug = _calib_aug(rng, voice) if split == "calib" else _train_aug(rng, voice)

@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fine-tune a trained pair (DIR/cloud, DIR/device; e.g. shared/resources/models) "
                         "on --data instead of training from scratch: its tokens and MVN statistics, "
                         "no bootstrap stages, both models side by side with the shared decoder frozen")
+    p.add_argument("--retrain-decoder", action="store_true",
+                   help="with --init-from: the cloud trains the shared decoder too, then the device "
+                        "adapts to it (frozen), one after the other — for a corpus with new text")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
                    help="epochs of each model with --init-from (default: %(default)s)")
     p.add_argument("--epochs", action="append", default=[], metavar="ROLE=N", type=_role_epochs,
@@ -110,6 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
         weights_dtype=args.weights_dtype,
         init_models=args.init_from,
         finetune_epochs=args.finetune_epochs,
+        retrain_decoder=args.retrain_decoder,
         role_epochs=dict(args.epochs),
         version=args.model_version,
         device_attention_blocks=args.device_attention_blocks,

@@ -13,7 +13,9 @@ With ``init_models`` (``pasu train --init-from DIR``) the recipe instead
 *continues* a trained pair on a new corpus: tokens and MVN statistics come from
 the pair, the bootstrap stages are skipped, and cloud and device train side by
 side, each from its own weights, both with the shared decoder frozen, so the
-two stay interchangeable without a further device stage.
+two stay interchangeable without a further device stage. With
+``retrain_decoder`` (a corpus with new text) the cloud trains the decoder as
+well, and the device then adapts to the new one, frozen, as from scratch.
 
 Every stage is one function that skips when its outputs exist, so rerunning
 ``pasu train`` after an interruption resumes where it stopped; the training
@@ -93,6 +95,10 @@ class RecipeOptions:
     # fine-tune that pair instead of training from scratch (see the module docstring).
     init_models: Path | None = None
     finetune_epochs: int = 4  # epochs of each model in fine-tune mode (--max-epoch overrides)
+    # Fine-tune mode only: the cloud trains the shared decoder too (new text, e.g.
+    # `pasu data synth --text-variety`, is what the decoder has to learn), then the
+    # device adapts to the cloud's new decoder, frozen — one after the other.
+    retrain_decoder: bool = False
     # Epochs of one role, over everything else: a deeper cloud's epochs take longer
     # than the device's, and side by side both should finish at about the same time.
     role_epochs: Mapping[str, int] = field(default_factory=dict)
@@ -253,7 +259,11 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
         write_device_config(opts, config)
     bootstrap = opts.model_exp("bootstrap")
     if opts.init_models is not None:
-        extra += ["--init_param", str(opts.init_model(role) / "model.pth"), "--freeze_param", "decoder"]
+        extra += ["--init_param", str(opts.init_model(role) / "model.pth")]
+        if opts.retrain_decoder and role == "device":  # later --init_param entries win
+            extra += [f"{best_checkpoint(opts.model_exp('cloud'))}:decoder:decoder"]
+        if not (opts.retrain_decoder and role == "cloud"):
+            extra += ["--freeze_param", "decoder"]
     elif role == "device_ctc":
         # CTC only (ESPnet then builds no decoder): the bootstrap's decoder has not
         # seen a working encoder and would only pull this one towards its mistakes
@@ -389,6 +399,11 @@ def run_recipe(opts: RecipeOptions) -> Path:
     unknown = set(opts.stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+    if opts.retrain_decoder and opts.init_models is None:
+        raise ValueError("retrain_decoder continues a trained pair: it needs init_models (--init-from)")
+    if opts.retrain_decoder and "cloud" in opts.stages and "device" not in opts.stages:
+        raise ValueError("a retrained decoder no longer fits the pair's device: "
+                         "add device to the stages so it adapts to the new one")
     for split in (opts.train_set, opts.valid_set):
         if not (opts.data_dir / split / "wav.scp").is_file():
             raise FileNotFoundError(
@@ -420,7 +435,9 @@ def run_recipe(opts: RecipeOptions) -> Path:
         if skipped:
             log.info("fine-tuning %s: stages %s are not needed", opts.init_models, ",".join(skipped))
         stages = [s for s in stages if s not in FINETUNE_SKIPS]
-    side_by_side = opts.init_models is not None and {"cloud", "device"} <= set(stages)
+    # a retrained decoder is the cloud's to finish before the device can adapt to it
+    side_by_side = (opts.init_models is not None and not opts.retrain_decoder
+                    and {"cloud", "device"} <= set(stages))
     for stage in stages:
         if side_by_side and stage == "device":  # ran beside the cloud
             continue
@@ -640,7 +657,9 @@ def _package_notes(opts: RecipeOptions, role: str) -> dict[str, Any]:
             notes["bootstrap_attention_branch_weights"] = init["bootstrap_attention_branch_weights"]
         notes["history"] = [*init.get("history", []), (
             f"v{opts.version}: continued from {init.get('name', role)} version {init.get('version', '?')} "
-            f"for {opts.epochs(role)} epochs on {opts.data_dir}, the shared decoder frozen (pasu train --init-from"
+            f"for {opts.epochs(role)} epochs on {opts.data_dir}, "
+            + ("the shared decoder retrained by the cloud" if opts.retrain_decoder else "the shared decoder frozen")
+            + " (pasu train --init-from" + (" --retrain-decoder" if opts.retrain_decoder else "")
             + "".join(f" {a}" for a in opts.extra_args) + ").")]
     timings = opts.exp_dir / "timings.json"
     if timings.is_file():
