@@ -19,7 +19,8 @@
 # * training: `pasu train --init-from` v5 `--retrain-decoder`: the cloud trains
 #   encoder and decoder, then the device adapts to the new decoder, frozen (one
 #   after the other); epochs of 500 updates at peak learning rate 0.0005 as
-#   v5-v7; THREADS torch threads (default 2).
+#   v5-v7, `--epochs cloud=4 --epochs device=3`; THREADS torch threads (default 2;
+#   the run in docs/models.md: 2 for the cloud, 1 for the device).
 #
 # Usage: [THREADS=2] scripts/train_v8.sh [DATA=data/synth] [EXP=exp/v8]   (run from the repo root)
 set -euo pipefail
@@ -40,7 +41,7 @@ OWN_TRAIN=0 PY="$PY" scripts/merge_train_draws.sh "$DATA" "$MERGED" 5 4
 INIT="$EXP/init"
 PY="$PY" scripts/pair_from_commit.sh "$V5" "$INIT"
 "$PASU" -v train --data "$MERGED" --exp "$EXP" --init-from "$INIT" --retrain-decoder \
-  --threads "${THREADS:-2}" --epochs cloud=4 --epochs device=4 \
+  --threads "${THREADS:-2}" --epochs cloud=4 --epochs device=3 \
   --espnet-arg=--num_iters_per_epoch=500 --espnet-arg=--optim_conf=lr=0.0005 \
   --model-version 8 --stages tokens,stats,cloud,device,package
 
