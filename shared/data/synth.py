@@ -300,6 +300,8 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
 
     seen: set[str] = set()
     recombined: set[str] = set()  # train's varied sentences (text_variety)
+    # its own stream, so text_variety changes train's texts and nothing else
+    vary_rng = np.random.default_rng([opts.seed, SPLITS.index("train"), 7])
     train_sentences: set[str] | None = None
     plans: dict[str, list[UttPlan]] = {}
     intents = grammar.intent_names
@@ -311,8 +313,6 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
                         "sentences", split)
             continue
         rng = _split_rng(opts.seed, split)
-        # its own stream, so text_variety changes train's texts and nothing else
-        vary_rng = np.random.default_rng([opts.seed, SPLITS.index(split), 7])
         n = opts.size(split)
         heldout = split == "test_hard"
         if heldout and train_sentences is None:
@@ -325,8 +325,8 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
         for k, intent in enumerate(order[:n]):
             for _ in range(50):
                 s = grammar.sample(rng, intent, heldout=heldout)
-                if s.text not in seen and not (split != "train" and s.text in recombined) and not (
-                        heldout and s.text in train_sentences):
+                avoid_recombined = split != "train" and s.text in recombined
+                if s.text not in seen and not avoid_recombined and not (heldout and s.text in train_sentences):
                     break
             seen.add(s.text)
             if split == "train" and vary_rng.random() < opts.text_variety:
