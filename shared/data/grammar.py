@@ -323,7 +323,7 @@ class Grammar:
 
     def heldout_match(self, sentence: str) -> bool:
         """Whether a held-out template can produce `sentence`."""
-        return any(t.heldout for t in self.match(sentence))
+        return bool(self.match(sentence, heldout=True))
 
     def surfaces(self, template: Template) -> list[str]:
         """The template with every group expanded (slots left in)."""
@@ -353,8 +353,9 @@ class Grammar:
         return sum(math.prod(len(self.fillers[s]) for s in _SLOT.findall(sf))
                    for sf in self.surfaces(template))
 
-    def match(self, sentence: str) -> list[Template]:
-        """The templates that can produce `sentence` (a tiny grammar parser)."""
+    def match(self, sentence: str, heldout: bool | None = None) -> list[Template]:
+        """The templates that can produce `sentence` (a tiny grammar parser);
+        heldout=True/False looks only among the held-out/training ones."""
         if self._regex is None:
             self._regex = {}
         if self._literals is None:  # each template's obligatory literal words
@@ -364,6 +365,8 @@ class Grammar:
         found = []
         for temps in self.templates.values():
             for t in temps:
+                if heldout is not None and t.heldout != heldout:
+                    continue
                 if not self._literals[t.id] <= words:  # cheap prefilter
                     continue
                 if t.id not in self._regex:
