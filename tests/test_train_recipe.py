@@ -8,6 +8,7 @@ are ordinary ESPnet models sharing one decoder.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,8 @@ def test_models_load_with_espnet_speech2text(recipe: Path, monkeypatch: pytest.M
 
 
 @needs_engines
-def test_eval_prints_a_table_and_a_json_line(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_prints_a_table_and_a_json_line(recipe: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["eval", "--model", str(recipe / "exp" / "models" / "device"),
             "--data", str(recipe / "data" / "test_voices"), "--limit", "2", "--beam-size", "2",
             "--no-progress"]
@@ -152,6 +154,12 @@ def test_eval_prints_a_table_and_a_json_line(recipe: Path, capsys: pytest.Captur
     summary = json.loads(lines[-1])
     assert set(summary) == {"intent_acc", "wer", "utterances"}
     assert summary["utterances"] == 2 and 0.0 <= summary["intent_acc"] <= 1.0
+    # --card-row: the same figures become a row of the model card
+    model = tmp_path / "device"
+    shutil.copytree(recipe / "exp" / "models" / "device", model)
+    assert main([*argv[:2], str(model), *argv[3:], "--card-row", "test_voices_first2"]) == 0
+    assert json.loads((model / "eval_test_voices_first2.json").read_text()) == summary
+    assert "| test_voices_first2 | 2 |" in (model / "model_card.md").read_text()
 
 
 @needs_engines

@@ -79,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=8, help="utterances per beam search (default: %(default)s)")
     e.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     e.add_argument("--hyps", type=Path, help="also write 'uttid hypothesis' lines here")
+    e.add_argument("--card-row", metavar="NAME",
+                   help="also save the figures as MODEL/eval_NAME.json and re-render the model card "
+                   "(its rows are those files; NAME because two sets can share a folder name)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=run_eval)
 
@@ -145,6 +148,11 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     if args.hyps:
         args.hyps.write_text("".join(f"{u} {h}\n" for u, h in result.hyps.items()), encoding="utf-8")
+    if args.card_row:
+        from pasu.train.package import update_model_card
+
+        (args.model / f"eval_{args.card_row}.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+        update_model_card(args.model)
     print(result.table(str(args.model), str(args.data)))
     print(json.dumps(result.summary()))
     return 0
