@@ -133,3 +133,39 @@ def test_retrain_decoder_is_refused_where_it_would_break_the_pair(tmp_path: Path
         run_recipe(RecipeOptions(exp_dir=tmp_path / "b", init_models=tmp_path, retrain_decoder=True,
                                  stages=("tokens", "stats", "cloud", "package")))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_compare_counts_the_utterances_one_side_gets_right(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pasu compare` on the shipped subset's references: hypotheses made from them
+    with known intent errors give known counts, per voice and in the sign test."""
+    import json
+
+    from pasu.audio import read_scp
+    from pasu.cli import main
+    from pasu.train.compare import compare, sign_test_p
+
+    data = Path(__file__).resolve().parents[1] / "shared" / "resources" / "eval" / "test_hard"
+    refs = read_scp(data / "text")
+    utts = sorted(refs)
+    wrong = lambda text: "wrong_intent " + text.split(maxsplit=1)[1]  # noqa: E731
+    a = {u: wrong(refs[u]) if i < 3 else refs[u] for i, u in enumerate(utts)}  # A misses 3
+    b = {u: wrong(refs[u]) if 3 <= i < 13 else refs[u] for i, u in enumerate(utts)}  # B misses 10 others
+    for name, hyps in (("a", a), ("b", b)):
+        (tmp_path / name).write_text("".join(f"{u} {h}\n" for u, h in hyps.items()))
+    assert main(["compare", "--data", str(data), "--hyps", f"cloud={tmp_path / 'a'}",
+                 "--hyps", f"device={tmp_path / 'b'}"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert summary["utterances"] == len(utts) == 200
+    assert (summary["only_cloud"], summary["only_device"]) == (10, 3)
+    assert summary["intent_acc_cloud"] == round(197 / 200, 4) and summary["intent_acc_device"] == 0.95
+    assert summary["sign_test_p"] == round(sign_test_p(10, 3), 4)
+    voices = read_scp(data / "utt2voice")
+    assert sum(v["utterances"] for v in summary["per_voice"].values()) == 200
+    assert set(summary["per_voice"]) == set(voices.values())
+    # the exact binomial test: 10 vs 3 is p = 0.092 (two-sided); symmetric; no discordance is 1
+    assert abs(sign_test_p(10, 3) - 0.0923) < 1e-3 and sign_test_p(3, 10) == sign_test_p(10, 3)
+    assert sign_test_p(0, 0) == 1.0
+    (tmp_path / "other").write_text("nobody alarm_set\n")
+    with pytest.raises(ValueError, match="share no utterance"):
+        compare(data, {"a": tmp_path / "a", "b": tmp_path / "other"})

@@ -1,4 +1,5 @@
-"""`pasu train` (the recipe) and `pasu eval` (score a model dir): thin layers over pasu.train."""
+"""`pasu train` (the recipe), `pasu eval` (score a model dir) and `pasu compare` (two models'
+hypotheses): thin layers over pasu.train."""
 
 from __future__ import annotations
 
@@ -85,6 +86,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=run_eval)
 
+    c = subparsers.add_parser(
+        "compare",
+        help="two models' hypotheses on one data dir: who is right where, per voice, sign test",
+        description="Compare two `pasu eval --hyps` files on the data dir they decoded: the "
+        "utterances only one model gets right (exact two-sided sign test) and intent accuracy per "
+        "voice. Prints a Markdown summary, then one JSON line.",
+    )
+    c.add_argument("--data", type=Path, required=True, help="data dir with text (and utt2voice or utt2spk)")
+    c.add_argument("--hyps", action="append", required=True, metavar="NAME=FILE", type=_named_path,
+                   help="a model's hypotheses (give exactly two; e.g. --hyps cloud=c.txt --hyps device=d.txt)")
+    c.set_defaults(func=run_compare)
+
 
 def _role_epochs(text: str) -> tuple[str, int]:
     from pasu.train.recipe import ROLES
@@ -127,6 +140,22 @@ def run_train(args: argparse.Namespace) -> int:
     )
     models = run_recipe(opts)
     log.warning("models in %s", models)  # the one line a default (quiet) run shows
+    return 0
+
+
+def _named_path(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
+    return name, Path(path)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from pasu.train.compare import compare
+
+    result = compare(args.data, dict(args.hyps))
+    print(result.table())
+    print(json.dumps(result.summary()))
     return 0
 
 
