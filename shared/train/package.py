@@ -209,8 +209,9 @@ def write_model_card(model_dir: Path, data_manifest: Path | None = None) -> Path
             lines.append(
                 f"| {r.stem.removeprefix('eval_')} | {s['utterances']} | {100 * s['intent_acc']:.1f}% | {100 * s['wer']:.1f}% |"
             )
+        lines += ["", "Each row: `pasu eval --model DIR --data SET --card-row NAME` (beam 10, CTC weight 0.5)."]
     else:
-        lines.append("Not evaluated yet: `pasu eval --model DIR --data data/synth/test_voices`.")
+        lines.append("Not evaluated yet: `pasu eval --model DIR --data data/synth/test_voices --card-row test_voices`.")
     lines += ["", f"<!-- data: {json.dumps(meta_data, sort_keys=True)} -->", ""]
     card.write_text("\n".join(lines), encoding="utf-8")
     return card
