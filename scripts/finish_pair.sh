@@ -14,10 +14,18 @@ PASU=${PASU:-.venv/bin/pasu}
 "$PASU" -v device train-confidence --model "$EXP/models/device" --data "$DATA/calib" "$@" \
   --test shared/resources/eval/test_hard --out "$EXP/models/device/confidence.pt"
 
-# evaluate (docs/models.md has the sets and the figures)
+# evaluate: each set becomes a row of the model card (docs/models.md has the figures),
+# and the hypotheses stay for `pasu compare` (who is right where, per voice)
 "$PASU" data subset --data "$DATA/dev" --out "$EXP/dev200" --size 200 --max-mb 100
+mkdir -p "$EXP/hyps"
 for role in cloud device; do
-  for D in "$DATA/test_voices" "$DATA/test_hard" shared/resources/eval/test_hard "$EXP/dev200" "$DATA/calib"; do
-    "$PASU" eval --model "$EXP/models/$role" --data "$D" --threads 1
+  for row in "test_voices:$DATA/test_voices" "test_hard:$DATA/test_hard" \
+      test_hard_subset200:shared/resources/eval/test_hard "dev_sample200:$EXP/dev200" "calib:$DATA/calib"; do
+    "$PASU" eval --model "$EXP/models/$role" --data "${row#*:}" --card-row "${row%%:*}" \
+      --hyps "$EXP/hyps/${role}_${row%%:*}.txt" --threads 1 --no-progress
   done
+done
+for row in "test_voices:$DATA/test_voices" "test_hard:$DATA/test_hard"; do
+  "$PASU" compare --data "${row#*:}" --hyps "cloud=$EXP/hyps/cloud_${row%%:*}.txt" \
+    --hyps "device=$EXP/hyps/device_${row%%:*}.txt"
 done
