@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pasu.audio import read_scp
+from pasu.train.evaluate import intent_label
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -60,10 +61,6 @@ class Comparison:
         return "\n".join(lines)
 
 
-def _intent(text: str) -> str:
-    return text.split(maxsplit=1)[0] if text.strip() else ""
-
-
 def compare(data_dir: Path, hyps: dict[str, Path]) -> Comparison:
     """Compare two hypothesis files (``uttid text`` lines) against ``data_dir/text``.
 
@@ -79,8 +76,8 @@ def compare(data_dir: Path, hyps: dict[str, Path]) -> Comparison:
         raise ValueError(f"{path_a} and {path_b} share no utterance with {data_dir / 'text'}")
     voices_file = next((data_dir / f for f in ("utt2voice", "utt2spk") if (data_dir / f).is_file()), None)
     voices = read_scp(voices_file) if voices_file else {}
-    right_a = {u: _intent(ha[u]) == _intent(refs[u]) for u in utts}
-    right_b = {u: _intent(hb[u]) == _intent(refs[u]) for u in utts}
+    right_a = {u: intent_label(ha[u]) == intent_label(refs[u]) for u in utts}
+    right_b = {u: intent_label(hb[u]) == intent_label(refs[u]) for u in utts}
     per_voice: dict[str, tuple[int, float, float]] = {}
     for voice in sorted({voices.get(u, "all") for u in utts}):
         mine = [u for u in utts if voices.get(u, "all") == voice]

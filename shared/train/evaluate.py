@@ -35,7 +35,7 @@ class EvalResult:
     def intent_acc(self) -> float:
         if not self.hyps:
             return 0.0
-        ok = sum(_intent(self.hyps[u]) == _intent(self.refs[u]) for u in self.hyps)
+        ok = sum(intent_label(self.hyps[u]) == intent_label(self.refs[u]) for u in self.hyps)
         return ok / len(self.hyps)
 
     @property
@@ -56,7 +56,8 @@ class EvalResult:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _intent(text: str) -> str:
+def intent_label(text: str) -> str:
+    """The first word (the intent label in ESPnet's SLURP format); "" for an empty text."""
     return text.split(maxsplit=1)[0] if text.strip() else ""
 
 
