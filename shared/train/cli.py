@@ -178,10 +178,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.hyps:
         args.hyps.write_text("".join(f"{u} {h}\n" for u, h in result.hyps.items()), encoding="utf-8")
     if args.card_row:
-        from pasu.train.package import update_model_card
+        from pasu.train.package import save_card_row
 
-        (args.model / f"eval_{args.card_row}.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
-        update_model_card(args.model)
+        save_card_row(args.model, args.card_row, result.summary())
     print(result.table(str(args.model), str(args.data)))
     print(json.dumps(result.summary()))
     return 0

@@ -153,6 +153,13 @@ def update_model_card(model_dir: Path) -> None:
     write_model_card(model_dir)
 
 
+def save_card_row(model_dir: Path, name: str, summary: dict) -> None:
+    """One evaluation as ``eval_<name>.json`` beside the weights, and the card re-rendered
+    with it: the one place the recipe's eval stage and ``pasu eval --card-row`` write rows."""
+    (model_dir / f"eval_{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    update_model_card(model_dir)
+
+
 def write_model_card(model_dir: Path, data_manifest: Path | None = None) -> Path:
     """``model_card.md`` from config.yaml's ``pasu`` section and any eval results."""
     config = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8"))

@@ -372,14 +372,12 @@ def stage_eval(opts: RecipeOptions) -> None:
     """Intent accuracy and WER of both packages on the test sets (``eval_<set>.json``)."""
     from pasu.decoding import DecodingOptions
     from pasu.train.evaluate import evaluate
-    from pasu.train.package import update_model_card
+    from pasu.train.package import save_card_row
 
     for role in ("cloud", "device"):
         model_dir = opts.models_dir / role
-        wrote = False
         for test in opts.test_sets:
-            out = model_dir / f"eval_{test}.json"
-            if out.is_file() or not (opts.data_dir / test / "text").is_file():
+            if (model_dir / f"eval_{test}.json").is_file() or not (opts.data_dir / test / "text").is_file():
                 continue
             result = evaluate(
                 model_dir,
@@ -387,11 +385,8 @@ def stage_eval(opts: RecipeOptions) -> None:
                 limit=opts.eval_limit,
                 options=DecodingOptions(beam_size=opts.eval_beam_size),
             )
-            out.write_text(json.dumps(result.summary(), indent=2) + "\n")
+            save_card_row(model_dir, test, result.summary())
             log.info("eval %s on %s: %s", role, test, result.summary())
-            wrote = True
-        if wrote:
-            update_model_card(model_dir)
 
 
 def run_recipe(opts: RecipeOptions) -> Path:
