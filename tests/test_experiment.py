@@ -66,6 +66,10 @@ def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
         for key in ("offload_rate_baseline", "offload_rate_pasu"):
             assert summary[key] is None or summary["oracle_offload_rate"] <= summary[key] + 1e-9
     assert set(summary["auroc"]) == set(summary["gain_by_bin"])
+    for key in ("offload_rate_baseline_ci95", "offload_rate_pasu_ci95"):  # the headline's bootstrap
+        lo, hi = summary[key]
+        assert 0.0 <= lo <= hi <= 1.0
+    assert summary["bootstrap_resamples"] == 1000
     assert "Where the cloud's gain lies" in (out / "summary.md").read_text()
     # resumable: a second run reuses the cache (no new device/cloud work) and gives the same summary
     def stamps(side: str) -> dict:
@@ -117,3 +121,48 @@ def test_gain_report_scores_signals_on_the_clouds_wins_apart_from_device_failure
     for name in g["gain_by_bin"]:
         assert g["auroc_cloud_wins"][name] == 1.0
         assert g["auroc"][name] == 2 / 3  # a (right) above b and c, below d
+
+
+def _points(policy: str, offload_sets: list[set[int]], device_ok: list[bool], cloud_ok: list[bool]) -> list:
+    """Operating points of ``policy``, one per set of offloaded utterances (indices)."""
+    from pasu.experiment.sweep import Point
+
+    n = len(device_ok)
+    out = []
+    for k, chosen in enumerate(offload_sets):
+        correct = [cloud_ok[i] if i in chosen else device_ok[i] for i in range(n)]
+        out.append(Point(policy, "net", float(k), len(chosen) / n, sum(correct) / n, 0.0, 0.0, 0.0, 0,
+                         [0.0] * n, correct, [i in chosen for i in range(n)]))
+    return out
+
+
+def test_headline_interval_resamples_the_headline_itself():
+    """The bootstrap recomputes the headline: on the utterances as they are it gives the headline's
+    rates, and a policy that offloads exactly the device's failures first stays ahead on every resample."""
+    import numpy as np
+
+    from pasu.experiment.interval import IntervalOptions, headline_interval, rates_needed, ratio_of
+    from pasu.experiment.report import headline
+
+    device_ok = [True] * 5 + [False] * 5
+    cloud_ok = [True] * 10
+    growing = lambda order: [set(order[:k]) for k in range(11)]  # noqa: E731
+    points = (_points("cloud", [set(range(10))], device_ok, cloud_ok)
+              + _points("local", [set()], device_ok, cloud_ok)
+              + _points("baseline_eou", growing(list(range(10))), device_ok, cloud_ok)  # the right ones first
+              + _points("pasu_offramp", growing(list(range(5, 10)) + list(range(5))), device_ok, cloud_ok))
+    h = headline(points, "net")
+    assert (h["offload_rate_baseline"], h["offload_rate_pasu"]) == (1.0, 0.5)
+    base, pasu = rates_needed(points, "net", np.ones(10))
+    assert (base[0], pasu[0]) == (1.0, 0.5)
+    rng = np.random.default_rng(1)
+    counts = rng.multinomial(10, np.full(10, 0.1), size=200)
+    base, pasu = rates_needed(points, "net", counts)
+    ratio = ratio_of(base, pasu)
+    assert np.all(pasu <= base) and np.all(ratio[~np.isnan(ratio)] >= 1.0)
+    iv = headline_interval(points, "net", IntervalOptions(resamples=200))
+    lo, hi = iv["offload_rate_pasu_ci95"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    assert iv["offload_ratio_ci95"][0] >= 1.0 and iv["bootstrap_resamples"] == 200
+    assert 0.0 < iv["offload_ratio_share_reaching_2x"] <= 1.0
+    assert iv["pasu_below_baseline_share"] > 0.9  # equal only where a resample misses one side's utterances

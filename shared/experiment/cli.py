@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: torch's choice); 1 for runs side by side, which "
                         "would otherwise oversubscribe the cores and inflate every latency")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0, help="random offloading's draw and the bootstrap's")
+    o.add_argument("--resamples", type=int, default=1000,  # IntervalOptions' (not imported: keeps the CLI light)
+                   help="bootstrap resamples for the headline's intervals (default: %(default)s)")
     o.set_defaults(func=run)
 
 
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from pasu.device.confidence import estimator_for, nothing_lost
     from pasu.experiment.collect import CollectOptions, collect
     from pasu.experiment.gain import gain_report
+    from pasu.experiment.interval import IntervalOptions, headline_interval
     from pasu.experiment.report import plot, target_accuracy, write_csv, write_summary
     from pasu.experiment.sweep import Network, Scorer, pilot_confidences, sweep
     from pasu.model_store import resolve_model
@@ -78,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
         plots += plot(points, n.name, out, (finals, correct) if n is main_net else None)
     command = "pasu " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     gain = gain_report(records, scorer.correct, conf, target_accuracy(points, main_net.name), min_pilots)
+    interval = headline_interval(points, main_net.name, IntervalOptions(resamples=args.resamples, seed=args.seed))
     summary = write_summary(points, [main_net.name] + [n.name for n in networks if n is not main_net], out, command,
-                            plots, gain)
+                            plots, gain, interval)
     summary["utterances"] = len(records)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print((out / "summary.md").read_text())

@@ -11,18 +11,17 @@ import numpy as np
 
 from pasu.experiment.sweep import Point
 
+PER_UTTERANCE = ("latencies", "correct", "offloaded")  # Point fields kept out of the CSV
 POLICIES = ("local", "cloud", "random", "baseline_eou", "pasu_offramp", "pasu_latency")
 
 
 def write_csv(points: list[Point], path: Path) -> None:
-    fields = [k for k in asdict(points[0]) if k != "latencies"]
+    fields = [k for k in asdict(points[0]) if k not in PER_UTTERANCE]
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for p in points:
-            row = asdict(p)
-            row.pop("latencies")
-            w.writerow(row)
+            w.writerow(asdict(p))
 
 
 def min_rate_reaching(points: list[Point], target: float) -> Point | None:
@@ -130,11 +129,14 @@ def _slug(s: str) -> str:
 
 
 def write_summary(points: list[Point], networks: list[str], out: Path, command: str, plots: list[Path],
-                  gain: dict | None = None) -> dict:
-    """``gain``: :func:`pasu.experiment.gain.gain_report` (the oracle rate, the gain per bin)."""
+                  gain: dict | None = None, interval: dict | None = None) -> dict:
+    """``gain``: :func:`pasu.experiment.gain.gain_report` (the oracle rate, the gain per bin);
+    ``interval``: :func:`pasu.experiment.interval.headline_interval` on the first network."""
     heads = [headline(points, n) for n in networks]
     main = heads[0]
     summary = {**main, "networks": heads, "utterances": None, "command": command}
+    if interval is not None:
+        summary.update(interval)
     if gain is not None:
         summary.update(gain)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -157,11 +159,34 @@ def write_summary(points: list[Point], networks: list[str], out: Path, command: 
             f"{fmt(h['latency_p50_baseline_s'], '{:.3f} s')} | {fmt(h['latency_p50_pasu_s'], '{:.3f} s')} |"
         )
     lines += ["", f"Local only: accuracy {main['local_accuracy']:.3f}; cloud only: {main['cloud_accuracy']:.3f}.", ""]
+    if interval is not None:
+        lines += _interval_lines(interval, main["network"])
     if gain is not None:
         lines += _gain_lines(gain)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return summary
+
+
+def _interval_lines(interval: dict, network: str) -> list[str]:
+    """Markdown: the headline's bootstrap intervals (keys as :func:`headline_interval` names them)."""
+    def span(key: str, fmt: str = "{:.3f}") -> str:
+        v = interval.get(key)
+        if v is None:
+            return "—"
+        return "[" + ", ".join("∞" if x is None else fmt.format(x) for x in v) + "]"
+
+    share = interval.get("offload_ratio_share_reaching_2x")
+    below = interval.get("pasu_below_baseline_share")
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    return [
+        f"How far the headline could move ({network}; {interval['bootstrap_resamples']} bootstrap resamples "
+        "of the utterances, 95% percentile intervals): baseline offload "
+        f"{span('offload_rate_baseline_ci95')}, pasu offload {span('offload_rate_pasu_ci95')}, ratio "
+        f"{span('offload_ratio_ci95', '{:.2f}x')}; the ratio reaches 2x in {pct(share)} of the resamples, "
+        f"and pasu needs less offloading than the baseline in {pct(below)}.",
+        "",
+    ]
 
 
 def _gain_lines(gain: dict) -> list[str]:

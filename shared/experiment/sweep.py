@@ -47,7 +47,11 @@ class Point:
     latency_p50_s: float
     latency_p90_s: float
     bytes_uploaded: int
+    # per utterance, in the records' order (not in the CSV): what the plots and the
+    # bootstrap of the headline (interval.py) recompute from
     latencies: list[float]
+    correct: list[bool]
+    offloaded: list[bool]
 
 
 def words(text: str) -> list[str]:
@@ -88,17 +92,21 @@ def _point(policy, net, thr, records, scorer, choices) -> Point:
     """``choices``: utt -> (text, latency, bytes, offloaded)."""
     utts = list(records)
     lat = [choices[u][1] for u in utts]
+    correct = [scorer.correct(u, choices[u][0]) for u in utts]
+    offloaded = [bool(choices[u][3]) for u in utts]
     return Point(
         policy=policy,
         network=net.name,
         threshold=thr,
-        offload_rate=float(np.mean([choices[u][3] for u in utts])),
-        accuracy=float(np.mean([scorer.correct(u, choices[u][0]) for u in utts])),
+        offload_rate=float(np.mean(offloaded)),
+        accuracy=float(np.mean(correct)),
         wer=scorer.wer([(u, choices[u][0]) for u in utts]),
         latency_p50_s=float(np.percentile(lat, 50)),
         latency_p90_s=float(np.percentile(lat, 90)),
         bytes_uploaded=int(sum(choices[u][2] for u in utts)),
         latencies=lat,
+        correct=correct,
+        offloaded=offloaded,
     )
 
 
