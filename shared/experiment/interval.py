@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pasu.experiment.report import TARGET_MARGIN
 from pasu.experiment.sweep import Point
 
 TARGET_RATIO = 2.0  # the paper's figure, the issue's target
@@ -29,9 +30,8 @@ TARGET_RATIO = 2.0  # the paper's figure, the issue's target
 @dataclass(frozen=True)
 class IntervalOptions:
     resamples: int = 1000
-    level: float = 0.95
     seed: int = 0
-    target_margin: float = 0.005  # as the headline's (report.TARGET_MARGIN)
+    target_margin: float = TARGET_MARGIN  # the headline's
 
 
 def _curve(points: list[Point], policy: str) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def _curve(points: list[Point], policy: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rates_needed(points: list[Point], network: str, counts: np.ndarray,
-                 margin: float = IntervalOptions.target_margin) -> tuple[np.ndarray, np.ndarray]:
+                 margin: float = TARGET_MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """Offload rates the baseline and pasu need on each resample (rows of ``counts``: how often
     each utterance is drawn); NaN where no operating point reaches the target.
 
@@ -79,22 +79,20 @@ def headline_interval(points: list[Point], network: str, options: IntervalOption
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=options.resamples)
     base, pasu = rates_needed(points, network, counts, options.target_margin)
     ratio = ratio_of(base, pasu)
-    tail = (1 - options.level) / 2
 
     def interval(x: np.ndarray) -> list[float] | None:
         x = x[~np.isnan(x)]
         if not len(x):
             return None
-        lo, hi = np.quantile(x, [tail, 1 - tail], method="nearest")
+        lo, hi = np.quantile(x, [0.025, 0.975], method="nearest")  # the 95% percentile interval
         return [float(v) if np.isfinite(v) else None for v in (lo, hi)]  # None: unbounded (JSON has no inf)
 
     ok = ratio[~np.isnan(ratio)]
     both = ~np.isnan(base) & ~np.isnan(pasu)
-    pct = round(100 * options.level)
     return {
-        f"offload_rate_baseline_ci{pct}": interval(base),
-        f"offload_rate_pasu_ci{pct}": interval(pasu),
-        f"offload_ratio_ci{pct}": interval(ratio),
+        "offload_rate_baseline_ci95": interval(base),
+        "offload_rate_pasu_ci95": interval(pasu),
+        "offload_ratio_ci95": interval(ratio),
         "offload_ratio_share_reaching_2x": float(np.mean(ok >= TARGET_RATIO)) if len(ok) else None,
         # the paired question: does pasu need less offloading than the baseline on this kind of data?
         "pasu_below_baseline_share": float(np.mean(pasu[both] < base[both])) if both.any() else None,
