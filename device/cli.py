@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from pasu.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
+from pasu.tools.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
 from pasu.device.config import POLICY_KINDS, AgentConfig, CloudClientConfig, PolicyConfig, VadOptions
 from pasu.streaming.options import StreamingOptions
 
@@ -233,7 +233,7 @@ def _feature_set(text: str) -> tuple[str, ...]:
 def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pasu.device.train_confidence import TrainOptions, train
+    from pasu.tools.train.confidence import TrainOptions, train
     from pasu.model_store import resolve_model
     from pasu.models import load_model
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from pasu.device.calibration import auroc
 from pasu.device.confidence import FEATURES, SCORE_FEATURES
-from pasu.device.train_confidence import Examples, TrainOptions, collect_cached, fit, label, read_data_dir
+from pasu.tools.train.confidence import Examples, TrainOptions, collect_cached, fit, label, read_data_dir
 from pasu.model_store import resolve_model
 from pasu.models import load_model
 

@@ -16,9 +16,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from pasu.data import synth as S
-from pasu.data.engines import detect_engines
-from pasu.data.grammar import Grammar
+from pasu.tools.data import synth as S
+from pasu.tools.data.engines import detect_engines
+from pasu.tools.data.grammar import Grammar
 
 out, n = Path(sys.argv[1]).resolve(), int(sys.argv[2]) if len(sys.argv) > 2 else 300
 opts = S.SynthOptions(out_dir=out, seed=0, splits=("test_voices",))

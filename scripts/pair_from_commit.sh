@@ -2,7 +2,7 @@
 # The starting pair of a continued training run (train_v3.sh .. train_v6.sh): the
 # cloud and device packages as a commit shipped them, copied to INIT/{cloud,device}
 # (the packages in the tree are overwritten at the end of a run). With AFTER
-# (e.g. 1,4,7) the cloud is deepened on the way (python -m pasu.train.grow: a new
+# (e.g. 1,4,7) the cloud is deepened on the way (python -m pasu.tools.train.grow: a new
 # layer after each, starting as the identity). Skips when INIT/cloud exists.
 #
 # Usage: scripts/pair_from_commit.sh COMMIT INIT [AFTER]
@@ -19,4 +19,4 @@ for f in config.yaml model.pth feats_stats.npz tokens.txt bpe.model; do
   git show "$COMMIT:shared/resources/models/device/$f" > "$INIT/device/$f"
   git show "$COMMIT:shared/resources/models/cloud/$f" > "$CLOUD/$f"
 done
-[[ -z "$AFTER" ]] || "$PY" -m pasu.train.grow --model "$CLOUD" --out "$INIT/cloud" --after "$AFTER"
+[[ -z "$AFTER" ]] || "$PY" -m pasu.tools.train.grow --model "$CLOUD" --out "$INIT/cloud" --after "$AFTER"

@@ -29,7 +29,7 @@ common=(--use_preprocessor true --token_type bpe --bpemodel "$EXP/tokens/bpe.mod
         --normalize global_mvn --normalize_conf "stats_file=$EXP/stats/train/feats_stats.npz"
         --ngpu 0 --num_workers 1 --seed 0 --resume true --use_tensorboard false --use_matplotlib false
         --batch_bins 500000)
-train() { "$PY" -m pasu.encoders.asr_train "$@"; }
+train() { "$PY" -m pasu.tools.train.asr_train "$@"; }
 warm=(--optim_conf lr=0.001 --scheduler_conf warmup_steps=500)  # every warm-started run
 
 # 2. bootstrap Branchformer (session 1): epochs 1-4 with batch_bins 1M and ctc 0.3,
@@ -44,7 +44,7 @@ train --config $CFG/train_bootstrap.yaml "${common[@]}" --max_epoch 8 --output_d
 "$PY" - "$EXP" <<'PYEOF'
 import sys
 from pathlib import Path
-from pasu.train.recipe import RecipeOptions, write_device_config
+from pasu.tools.train.recipe import RecipeOptions, write_device_config
 exp = Path(sys.argv[1])
 write_device_config(RecipeOptions(exp_dir=exp, device_attention_blocks=4), exp / "device.yaml")
 PYEOF
@@ -59,11 +59,11 @@ train --config "$EXP/device.yaml" "${common[@]}" --model_conf ctc_weight=0.5 --m
       --freeze_param decoder --output_dir "$EXP/device_a"
 
 # 5. session 2, beside step 4's epochs 5-9 — the cloud Conformer grown from device_a epoch 4
-#    (pasu.train.grow; FF 288): one epoch on the bootstrap decoder, frozen ...
+#    (pasu.tools.train.grow; FF 288): one epoch on the bootstrap decoder, frozen ...
 "$PY" - "$EXP" <<'PYEOF'
 import sys
 from pathlib import Path
-from pasu.train.grow import write_conformer_init
+from pasu.tools.train.grow import write_conformer_init
 exp = Path(sys.argv[1])
 write_conformer_init(exp / "device_a/4epoch.pth", exp / "cloud_a_init.pth", kernel=25,
                      local_left_context=12, attention_heads=4, linear_units=288)
@@ -82,7 +82,7 @@ train --config "$EXP/cloud_ff288.yaml" "${common[@]}" "${warm[@]}" --max_epoch 2
 import sys
 from pathlib import Path
 import torch
-from pasu.train.grow import write_conformer_init
+from pasu.tools.train.grow import write_conformer_init
 exp = Path(sys.argv[1])
 out = write_conformer_init(exp / "device_a/9epoch.pth", exp / "cloud_c_init.pth", kernel=25,
                            local_left_context=12, attention_heads=4, linear_units=576)

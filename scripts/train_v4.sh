@@ -6,7 +6,7 @@
 #   seed 1 (same training voices and templates, new sentences, voice shifts,
 #   channels and noise; the held-out templates depend on the grammar only, so
 #   seed 1 holds out the same ones). dev and the test sets are seed 0's, unchanged.
-# * cloud: v3's 8-layer Conformer deepened to 11 layers (python -m pasu.train.grow:
+# * cloud: v3's 8-layer Conformer deepened to 11 layers (python -m pasu.tools.train.grow:
 #   a new layer after layers 1, 4 and 7 that starts as the identity, so training
 #   starts from v3's exact function); the device keeps its size. The test_hard gap
 #   is what the cloud is for, and v3's cloud was only a wider device.

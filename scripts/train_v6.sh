@@ -6,7 +6,7 @@
 # * data: seeds 0-3 of the train split (`pasu data synth --seed S --splits train`,
 #   ~5 min each on 2 cores); dev and the test sets are seed 0's, unchanged. Each
 #   draw so far lifted both models (device test_voices 86.2 -> 88.2 -> 89.5%).
-# * cloud: v5's 11-layer Conformer deepened to 14 (python -m pasu.train.grow: new
+# * cloud: v5's 11-layer Conformer deepened to 14 (python -m pasu.tools.train.grow: new
 #   layers after 2, 5 and 8 start as the identity). v5's cloud was 28.7 MB of the
 #   30 a package may take, so the packages store float16 weights
 #   (--weights-dtype float16: half the bytes, loaded into float32 models).

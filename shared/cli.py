@@ -19,15 +19,15 @@ from pasu import __version__
 
 # Subcommand modules, in the order their commands appear in `pasu --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "pasu.commands.demo",  # pasu demo
-    "pasu.commands.decode",  # pasu decode
-    "pasu.commands.model",  # pasu model tiny
-    "pasu.commands.bench",  # pasu bench decoder|latency|cloud|soak
-    "pasu.data.cli",  # pasu data synth
-    "pasu.train.cli",  # pasu train, pasu eval
+    "pasu.tools.commands.demo",  # pasu demo
+    "pasu.tools.commands.decode",  # pasu decode
+    "pasu.tools.commands.model",  # pasu model tiny
+    "pasu.tools.commands.bench",  # pasu bench decoder|latency|cloud|soak
+    "pasu.tools.data.cli",  # pasu data synth
+    "pasu.tools.train.cli",  # pasu train, pasu eval
     "pasu.cloud.cli",  # pasu cloud serve
     "pasu.device.cli",  # pasu device transcribe|run|train-confidence
-    "pasu.experiment.cli",  # pasu experiment offload
+    "pasu.tools.experiment.cli",  # pasu experiment offload
 )
 
 

@@ -33,7 +33,7 @@ def default_model_dir(role: str) -> Path | None:
 
 def tiny_model_dir(kind: str = "conformer", seed: int = 0) -> Path:
     """A tiny model with seeded random weights, built once into the cache."""
-    from pasu.tiny import TinyModelOptions, build_tiny_model
+    from pasu.tools.tiny import TinyModelOptions, build_tiny_model
 
     d = cache_dir() / "models" / f"tiny-{kind}-seed{seed}"
     if not (d / "model.pth").is_file():

@@ -22,7 +22,7 @@ def _quiet_espnet():
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
-    from pasu.tiny import TINY_KINDS, TinyModelOptions, build_tiny_model
+    from pasu.tools.tiny import TINY_KINDS, TinyModelOptions, build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {kind: build_tiny_model(root / kind, TinyModelOptions(kind=kind)) for kind in TINY_KINDS}

@@ -143,7 +143,7 @@ def test_json_log_lines_carry_request_fields():
 def test_bench_cloud_in_process(capsys, tmp_path, tiny_model_dirs):
     import argparse
 
-    from pasu.bench.cloud import register_bench
+    from pasu.tools.bench.cloud import register_bench
 
     p = argparse.ArgumentParser()
     register_bench(p.add_subparsers())
@@ -163,7 +163,7 @@ def test_bench_cloud_in_process(capsys, tmp_path, tiny_model_dirs):
 def test_bench_refuses_non_loopback_targets():
     import argparse
 
-    from pasu.bench.cloud import register_bench
+    from pasu.tools.bench.cloud import register_bench
 
     p = argparse.ArgumentParser()
     register_bench(p.add_subparsers())

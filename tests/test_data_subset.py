@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pasu.audio import read_audio, read_scp, read_wav_scp
-from pasu.data.engines import Voice, is_test_voice
-from pasu.data.subset import SubsetOptions, choose_utterances, make_subset
+from pasu.tools.data.engines import Voice, is_test_voice
+from pasu.tools.data.subset import SubsetOptions, choose_utterances, make_subset
 from pasu.resources import EVAL_DIR, eval_audio
 
 INTENTS = [line.split("\t")[0] for line in

@@ -2,7 +2,7 @@
 
 The corpus tests run the real engines (espeak-ng, flite) and write real audio;
 they skip, saying why, where the engines are not installed
-(shared/data/install_engines.sh installs them).
+(tools/data/install_engines.sh installs them).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pasu.data import augment as A
-from pasu.data.engines import (
+from pasu.tools.data import augment as A
+from pasu.tools.data.engines import (
     FESTIVAL_TEST, FLITE_TEST, FLITE_TRAIN, Voice, detect_engines, is_test_voice,
     is_training_voice,
 )
-from pasu.data.grammar import Grammar, read_intents, resource_path, spell_number, spell_ordinal
-from pasu.data.synth import SPLITS, SynthOptions, plan_corpus, render, synthesize_corpus, write_texts
+from pasu.tools.data.grammar import Grammar, read_intents, resource_path, spell_number, spell_ordinal
+from pasu.tools.data.synth import SPLITS, SynthOptions, plan_corpus, render, synthesize_corpus, write_texts
 
 REFERENCE_INTENTS = Path("/work/shared/slu/intents.tsv")
 WORDS = re.compile(r"^[a-z]+( [a-z]+)*$")
@@ -32,7 +32,7 @@ needs_engines = pytest.mark.skipif(
     not (ENGINES.espeak_ng and set(FLITE_TRAIN) <= set(ENGINES.flite)
          and set(FLITE_TEST) & set(ENGINES.flite)),
     reason="espeak-ng and flite (with awb, rms and kal/kal16/slt) are not installed; "
-           "run shared/data/install_engines.sh",
+           "run tools/data/install_engines.sh",
 )
 
 

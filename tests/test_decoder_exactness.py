@@ -11,7 +11,7 @@ import pytest
 
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
-from pasu.reference import espnet_nbest, espnet_speech2text
+from pasu.tools.reference import espnet_nbest, espnet_speech2text
 
 TOL = 1e-4
 

@@ -372,7 +372,7 @@ def test_cloud_label_marks_only_what_the_cloud_would_fix(tiny_models, audio_file
     device's is not. References are built so that both cases occur: the intent is the
     cloud's first word on odd clips where the two models disagree, else the device's."""
     from pasu.decoding.recognizer import Recognizer
-    from pasu.device.train_confidence import TrainOptions, collect_cached, label
+    from pasu.tools.train.confidence import TrainOptions, collect_cached, label
     from pasu.streaming import StreamingOptions, StreamingSession
 
     device, cloud = tiny_models["conformer"], tiny_models["branchformer"]

@@ -91,7 +91,7 @@ def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
 
 
 def test_oracle_offloads_only_the_clouds_wins():
-    from pasu.experiment.gain import gain_by_bins, oracle_offload_rate
+    from pasu.tools.experiment.gain import gain_by_bins, oracle_offload_rate
 
     local = {"a": True, "b": False, "c": False, "d": False}
     cloud = {"a": False, "b": True, "c": True, "d": False}
@@ -106,7 +106,7 @@ def test_oracle_offloads_only_the_clouds_wins():
 def test_gain_report_scores_signals_on_the_clouds_wins_apart_from_device_failures():
     """A signal that puts the cloud's wins first but trusts a hopeless utterance (both wrong)
     ranks the wins perfectly and the device's failures only partly."""
-    from pasu.experiment.gain import gain_report
+    from pasu.tools.experiment.gain import gain_report
 
     truth = {"a": "x_on", "b": "x_off", "c": "x_up", "d": "x_down"}
     device = {"a": "x_on", "b": "x_on", "c": "x_on", "d": "x_on"}  # right on a only
@@ -125,7 +125,7 @@ def test_gain_report_scores_signals_on_the_clouds_wins_apart_from_device_failure
 
 def _points(policy: str, offload_sets: list[set[int]], device_ok: list[bool], cloud_ok: list[bool]) -> list:
     """Operating points of ``policy``, one per set of offloaded utterances (indices)."""
-    from pasu.experiment.sweep import Point
+    from pasu.tools.experiment.sweep import Point
 
     n = len(device_ok)
     out = []
@@ -141,8 +141,8 @@ def test_headline_interval_resamples_the_headline_itself():
     rates, and a policy that offloads exactly the device's failures first stays ahead on every resample."""
     import numpy as np
 
-    from pasu.experiment.interval import IntervalOptions, headline_interval, rates_needed, ratio_of
-    from pasu.experiment.report import headline
+    from pasu.tools.experiment.interval import IntervalOptions, headline_interval, rates_needed, ratio_of
+    from pasu.tools.experiment.report import headline
 
     device_ok = [True] * 5 + [False] * 5
     cloud_ok = [True] * 10

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pasu.bench.soak import ChildWorker, SoakOptions, check_loopback, register_bench
+from pasu.tools.bench.soak import ChildWorker, SoakOptions, check_loopback, register_bench
 from pasu.cloud import client as C
 from pasu.cloud.cli import TOKENS_ENV
 
@@ -110,7 +110,7 @@ def test_no_secrets_in_logs(served):
 def test_poisoned_checkpoint_refused_by_cloud_serve(poisoned_model_dir, tmp_path):
     """`pasu cloud serve --model DIR` with a pickle payload in model.pth: refused, not run, exit 1."""
     d = poisoned_model_dir
-    cmd = [sys.executable, "-m", "pasu.bench.soak", "cloud", "serve", "--model", str(d), "--port", "0"]
+    cmd = [sys.executable, "-m", "pasu.tools.bench.soak", "cloud", "serve", "--model", str(d), "--port", "0"]
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 1, p.stderr[-2000:]

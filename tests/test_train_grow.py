@@ -1,4 +1,4 @@
-"""pasu.train.grow: the cloud Conformer grown from a late-context encoder computes the same function.
+"""pasu.tools.train.grow: the cloud Conformer grown from a late-context encoder computes the same function.
 
 Exact up to one known difference: the local blocks normalise their convolution
 with LayerNorm, ESPnet's Conformer with BatchNorm. With both set to identity the
@@ -16,7 +16,7 @@ import torch
 
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from pasu.encoders.late import LateContextEncoder
-from pasu.train.grow import conformer_init_state, deepen_conformer_state, write_conformer_init
+from pasu.tools.train.grow import conformer_init_state, deepen_conformer_state, write_conformer_init
 
 D, HEADS, UNITS, KERNEL, RIGHT = 32, 4, 64, 7, 2  # local kernel: 4 past, 2 future taps
 
@@ -113,7 +113,7 @@ def test_deepen_refuses_a_layer_the_encoder_lacks() -> None:
 def test_write_deeper_model_makes_a_package_with_the_new_depth(tmp_path: Path) -> None:
     import yaml
 
-    from pasu.train.grow import main
+    from pasu.tools.train.grow import main
 
     src = tmp_path / "cloud"
     src.mkdir()

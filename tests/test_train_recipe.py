@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from pasu.cli import main
-from pasu.data.engines import FLITE_TEST, FLITE_TRAIN, detect_engines
-from pasu.data.synth import SynthOptions, synthesize_corpus
+from pasu.tools.data.engines import FLITE_TEST, FLITE_TRAIN, detect_engines
+from pasu.tools.data.synth import SynthOptions, synthesize_corpus
 
 ENGINES = detect_engines()
 needs_engines = pytest.mark.skipif(
     not (ENGINES.espeak_ng and set(FLITE_TRAIN) <= set(ENGINES.flite)
          and set(FLITE_TEST) & set(ENGINES.flite)),
-    reason="espeak-ng and flite are not installed; run shared/data/install_engines.sh",
+    reason="espeak-ng and flite are not installed; run tools/data/install_engines.sh",
 )
 PER_SPLIT = 12
 
@@ -195,7 +195,7 @@ def test_init_from_one_role_carries_the_other_over(recipe: Path, tmp_path: Path)
     package is the pair's, byte for byte, because the frozen decoder still fits it —
     and a device whose decoder differs from the new cloud's is refused."""
     from pasu.models import load_state_dict
-    from pasu.train.recipe import carry_over
+    from pasu.tools.train.recipe import carry_over
 
     pair, exp = recipe / "exp" / "models", recipe / "exp_cloud_only"
     pasu_train(["--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
@@ -254,8 +254,8 @@ def test_float16_packages_are_half_the_size_and_load_as_float32(
 
     from pasu.audio import read_audio, read_scp
     from pasu.models import load_model, load_state_dict
-    from pasu.train.package import PackageInfo, package_model
-    from pasu.train.recipe import best_checkpoint
+    from pasu.tools.train.package import PackageInfo, package_model
+    from pasu.tools.train.recipe import best_checkpoint
 
     exp = recipe / "exp"
     for role in ("cloud", "device"):

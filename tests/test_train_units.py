@@ -1,4 +1,4 @@
-"""pasu.train pieces that need no training: tokens, the attention rule, scoring, configs."""
+"""pasu.tools.train pieces that need no training: tokens, the attention rule, scoring, configs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pasu.train.evaluate import EvalResult
-from pasu.train.recipe import (
+from pasu.tools.train.evaluate import EvalResult
+from pasu.tools.train.recipe import (
     CONFIG_DIR,
     NLSYMS,
     RecipeOptions,
@@ -16,7 +16,7 @@ from pasu.train.recipe import (
     write_cloud_config,
     write_device_config,
 )
-from pasu.train.tokens import read_nlsyms, train_bpe
+from pasu.tools.train.tokens import read_nlsyms, train_bpe
 
 
 def test_intent_labels_are_single_bpe_tokens(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_scores_intent_first_word_and_wer_on_the_rest() -> None:
 
 
 def test_device_warm_start_takes_front_end_and_ctc_only_when_shapes_match(tmp_path: Path) -> None:
-    from pasu.train.recipe import warm_start_params
+    from pasu.tools.train.recipe import warm_start_params
 
     opts = RecipeOptions(exp_dir=tmp_path, device_attention_blocks=2)
     device_cfg = tmp_path / "device.yaml"
@@ -115,7 +115,7 @@ def test_epochs_per_role_override_the_fine_tune_and_max_epoch_defaults(tmp_path:
 def test_epochs_flag_rejects_what_is_not_role_equals_count(text: str) -> None:
     import argparse
 
-    from pasu.train.cli import _role_epochs
+    from pasu.tools.train.cli import _role_epochs
 
     with pytest.raises(argparse.ArgumentTypeError, match="ROLE=N"):
         _role_epochs(text)
@@ -125,7 +125,7 @@ def test_epochs_flag_rejects_what_is_not_role_equals_count(text: str) -> None:
 def test_retrain_decoder_is_refused_where_it_would_break_the_pair(tmp_path: Path) -> None:
     """Refused before any training: without a pair to continue, or with a cloud whose
     new decoder the pair's device (not trained in the run) would no longer fit."""
-    from pasu.train.recipe import run_recipe
+    from pasu.tools.train.recipe import run_recipe
 
     with pytest.raises(ValueError, match="init_models"):
         run_recipe(RecipeOptions(exp_dir=tmp_path / "a", retrain_decoder=True))
@@ -142,7 +142,7 @@ def test_compare_counts_the_utterances_one_side_gets_right(tmp_path: Path, capsy
 
     from pasu.audio import read_scp
     from pasu.cli import main
-    from pasu.train.compare import compare, sign_test_p
+    from pasu.tools.train.compare import compare, sign_test_p
 
     data = Path(__file__).resolve().parents[1] / "shared" / "resources" / "eval" / "test_hard"
     refs = read_scp(data / "text")

@@ -6,7 +6,7 @@ encoder first, then hands over to ESPnet unchanged.  Use it where a recipe
 calls ``python -m espnet2.bin.asr_train`` (asr.sh: ``--python`` wrapper or
 edit the command), e.g.::
 
-    python -m pasu.encoders.asr_train --config conf/train_asr_late.yaml ...
+    python -m pasu.tools.train.asr_train --config conf/train_asr_late.yaml ...
 """
 
 from __future__ import annotations

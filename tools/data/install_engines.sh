@@ -3,7 +3,7 @@
 #   training voices: espeak-ng (English voices + variants), flite (awb, rms)
 #   test voices:     flite (kal, kal16, slt), festival (kal_diphone,
 #                    ked_diphone, cmu_us_slt_arctic_hts)
-# Usage: shared/data/install_engines.sh [--no-festival]   (as root, or with sudo)
+# Usage: tools/data/install_engines.sh [--no-festival]   (as root, or with sudo)
 set -euo pipefail
 
 packages=(espeak-ng flite)

@@ -2,7 +2,7 @@
 
 Python API::
 
-    from pasu.data.synth import SynthOptions, synthesize_corpus
+    from pasu.tools.data.synth import SynthOptions, synthesize_corpus
     summary = synthesize_corpus(SynthOptions(out_dir=Path("data/synth"), seed=0))
 
 Splits (ESPnet data dirs under ``out_dir/<split>``):
@@ -40,11 +40,11 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from pasu.data import augment as A
-from pasu.data.engines import (
+from pasu.tools.data import augment as A
+from pasu.tools.data.engines import (
     Engines, Voice, default_jobs, detect_engines, is_test_voice, is_training_voice, synthesize,
 )
-from pasu.data.grammar import Grammar, resource_path, write_nlsyms
+from pasu.tools.data.grammar import Grammar, resource_path, write_nlsyms
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +292,9 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
     needs_train = any(opts.size(s) for s in opts.splits if s in TRAIN_SPLITS)
     if needs_train and not train_voices:
         raise RuntimeError("no training voices (install espeak-ng and flite: "
-                           "shared/data/install_engines.sh)")
+                           "tools/data/install_engines.sh)")
     if needs_test and not test_voices:
-        raise RuntimeError("no test voices (install flite: shared/data/install_engines.sh)")
+        raise RuntimeError("no test voices (install flite: tools/data/install_engines.sh)")
     assert all(is_training_voice(v) and not is_test_voice(v) for v in train_voices)
     assert all(is_test_voice(v) for v in test_voices)
 

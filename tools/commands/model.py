@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tiny(args: argparse.Namespace) -> int:
-    from pasu.tiny import TinyModelOptions, build_tiny_model
+    from pasu.tools.tiny import TinyModelOptions, build_tiny_model
 
     out = build_tiny_model(args.out, TinyModelOptions(kind=args.kind, seed=args.seed))
     print(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pasu.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
+from pasu.tools.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--json-out", default=None, help="also write per-utterance rows as JSON here")
     d.set_defaults(func=run_decoder)
 
-    from pasu.bench.cloud import register_bench
+    from pasu.tools.bench.cloud import register_bench
 
     register_bench(bsub)  # pasu bench cloud
-    from pasu.bench.soak import register_bench as register_soak
+    from pasu.tools.bench.soak import register_bench as register_soak
 
     register_soak(bsub)  # pasu bench soak
 
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_decoder(args: argparse.Namespace) -> int:
     import torch
 
-    from pasu.bench.decoder import DecoderBenchOptions, format_table, result_dict, run_decoder_bench
+    from pasu.tools.bench.decoder import DecoderBenchOptions, format_table, result_dict, run_decoder_bench
     from pasu.model_store import resolve_model
     from pasu.models import load_model
     from pasu.resources import example_audio
@@ -84,7 +84,7 @@ def run_latency(args: argparse.Namespace) -> int:
     import torch
 
     from pasu.audio import read_scp
-    from pasu.bench.latency import LatencyBenchOptions, format_table, result_dict, run_latency_bench
+    from pasu.tools.bench.latency import LatencyBenchOptions, format_table, result_dict, run_latency_bench
     from pasu.model_store import resolve_model
     from pasu.models import load_model
     from pasu.resources import AUDIO_DIR, example_audio
@@ -125,7 +125,7 @@ def run_latency(args: argparse.Namespace) -> int:
     print(format_table(result))
     summary = result.summary()
     if args.memory:
-        from pasu.bench.memory import measure_in_child
+        from pasu.tools.bench.memory import measure_in_child
 
         mem = {side: measure_in_child(side, str(model.files.root), files) for side in ("espnet", "pasu")}
         for side, m in mem.items():

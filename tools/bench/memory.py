@@ -1,7 +1,7 @@
 """Peak memory of one side of the latency benchmark, measured in a child process.
 
 Peak RSS is per process and only grows, so each side runs alone in a fresh
-interpreter: ``python -m pasu.bench.memory {espnet|pasu} MODEL FILES…`` prints
+interpreter: ``python -m pasu.tools.bench.memory {espnet|pasu} MODEL FILES…`` prints
 one JSON line with the RSS after loading the model and the peak after decoding
 every file (stock ESPnet on the whole file; pasu as a stream with every technique).
 """
@@ -35,7 +35,7 @@ def measure(side: str, model_dir: str, files: list[str]) -> dict:
     model = load_model(model_dir)
     options = DecodingOptions()
     if side == "espnet":
-        from pasu.reference import espnet_nbest, espnet_speech2text
+        from pasu.tools.reference import espnet_nbest, espnet_speech2text
 
         s2t = espnet_speech2text(model, options)
         loaded = _rss_mb()
@@ -58,7 +58,7 @@ def measure(side: str, model_dir: str, files: list[str]) -> dict:
 
 def measure_in_child(side: str, model_dir: str, files: list[str]) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "pasu.bench.memory", side, model_dir, *files],
+        [sys.executable, "-m", "pasu.tools.bench.memory", side, model_dir, *files],
         capture_output=True, text=True, check=True, timeout=1800,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pasu.experiment.sweep import Point
+from pasu.tools.experiment.sweep import Point
 
 PER_UTTERANCE = ("latencies", "correct", "offloaded")  # Point fields kept out of the CSV
 POLICIES = ("local", "cloud", "random", "baseline_eou", "pasu_offramp", "pasu_latency")
@@ -130,8 +130,8 @@ def _slug(s: str) -> str:
 
 def write_summary(points: list[Point], networks: list[str], out: Path, command: str, plots: list[Path],
                   gain: dict | None = None, interval: dict | None = None) -> dict:
-    """``gain``: :func:`pasu.experiment.gain.gain_report` (the oracle rate, the gain per bin);
-    ``interval``: :func:`pasu.experiment.interval.headline_interval` on the first network."""
+    """``gain``: :func:`pasu.tools.experiment.gain.gain_report` (the oracle rate, the gain per bin);
+    ``interval``: :func:`pasu.tools.experiment.interval.headline_interval` on the first network."""
     heads = [headline(points, n) for n in networks]
     main = heads[0]
     summary = {**main, "networks": heads, "utterances": None, "command": command}

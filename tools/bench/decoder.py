@@ -18,7 +18,7 @@ from pasu.audio import read_audio
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
 from pasu.models import LoadedModel
-from pasu.reference import espnet_nbest, espnet_speech2text
+from pasu.tools.reference import espnet_nbest, espnet_speech2text
 
 log = logging.getLogger(__name__)
 

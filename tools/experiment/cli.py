@@ -41,11 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from pasu.audio import read_scp, read_wav_scp
     from pasu.device.config import PolicyConfig
     from pasu.device.confidence import estimator_for, nothing_lost
-    from pasu.experiment.collect import CollectOptions, collect
-    from pasu.experiment.gain import gain_report
-    from pasu.experiment.interval import IntervalOptions, headline_interval
-    from pasu.experiment.report import plot, target_accuracy, write_csv, write_summary
-    from pasu.experiment.sweep import Network, Scorer, pilot_confidences, sweep
+    from pasu.tools.experiment.collect import CollectOptions, collect
+    from pasu.tools.experiment.gain import gain_report
+    from pasu.tools.experiment.interval import IntervalOptions, headline_interval
+    from pasu.tools.experiment.report import plot, target_accuracy, write_csv, write_summary
+    from pasu.tools.experiment.sweep import Network, Scorer, pilot_confidences, sweep
     from pasu.model_store import resolve_model
     from pasu.models import load_model
 

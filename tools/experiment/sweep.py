@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pasu.device.config import PolicyConfig
-from pasu.experiment.collect import nbest_from_json
+from pasu.tools.experiment.collect import nbest_from_json
 
 PCM_BYTES_PER_S = 32000  # 16 kHz, 16-bit mono: what the device uploads
 

@@ -227,16 +227,16 @@ def write_deeper_model(model_dir: Path, out_dir: Path, after: list[int]) -> Path
     pasu = config.setdefault("pasu", {})  # the package's own history, carried into the model card
     pasu["history"] = [*pasu.get("history", []), (
         f"deepened from {before} to {before + len(layers)} Conformer layers: a new layer after layers "
-        f"{', '.join(map(str, layers))}, starting as the identity (pasu.train.grow).")]
+        f"{', '.join(map(str, layers))}, starting as the identity (pasu.tools.train.grow).")]
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pasu.train.grow --model DIR --out DIR --after 1,4,7``: a deeper package."""
+    """``python -m pasu.tools.train.grow --model DIR --out DIR --after 1,4,7``: a deeper package."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m pasu.train.grow", description=write_deeper_model.__doc__)
+    p = argparse.ArgumentParser(prog="python -m pasu.tools.train.grow", description=write_deeper_model.__doc__)
     p.add_argument("--model", type=Path, required=True, help="packaged Conformer model dir")
     p.add_argument("--out", type=Path, required=True, help="where the deeper package goes")
     p.add_argument("--after", required=True, help="comma-separated layers to insert a new layer after")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 
-from pasu.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
+from pasu.tools.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

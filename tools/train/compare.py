@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pasu.audio import read_scp
-from pasu.train.evaluate import intent_label
+from pasu.tools.train.evaluate import intent_label
 
 
 def sign_test_p(wins: int, losses: int) -> float:

@@ -140,7 +140,7 @@ class Engines:
                      f"{' '.join(v.id for v in test) or '-'}")
         if self.missing():
             lines.append("missing: " + " ".join(self.missing())
-                         + "  (shared/data/install_engines.sh installs them)")
+                         + "  (tools/data/install_engines.sh installs them)")
         return "\n".join(lines)
 
 

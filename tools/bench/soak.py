@@ -239,7 +239,7 @@ class ChildWorker:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "pasu.bench.soak", "cloud", "serve", "--model", self.model,
+        return [sys.executable, "-m", "pasu.tools.bench.soak", "cloud", "serve", "--model", self.model,
                 "--host", "127.0.0.1", "--port", "0", *self.worker_args]
 
     def start(self, timeout: float = 300.0) -> int:

@@ -1,5 +1,5 @@
 """`pasu train` (the recipe), `pasu eval` (score a model dir) and `pasu compare` (two models'
-hypotheses): thin layers over pasu.train."""
+hypotheses): thin layers over pasu.tools.train."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from pasu.decoding import DecodingOptions
-    from pasu.train.recipe import STAGES, RecipeOptions
+    from pasu.tools.train.recipe import STAGES, RecipeOptions
 
     d = RecipeOptions()
     p = subparsers.add_parser(
@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _role_epochs(text: str) -> tuple[str, int]:
-    from pasu.train.recipe import ROLES
+    from pasu.tools.train.recipe import ROLES
 
     role, _, n = text.partition("=")
     if role not in ROLES or not n.isdigit() or int(n) < 1:
@@ -109,7 +109,7 @@ def _role_epochs(text: str) -> tuple[str, int]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pasu.train.recipe import CONFIG_DIR, RecipeOptions, run_recipe
+    from pasu.tools.train.recipe import CONFIG_DIR, RecipeOptions, run_recipe
 
     bootstrap, cloud, device = args.bootstrap_config, args.cloud_config, args.device_config
     if args.tiny:
@@ -151,7 +151,7 @@ def _named_path(text: str) -> tuple[str, Path]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from pasu.train.compare import compare
+    from pasu.tools.train.compare import compare
 
     result = compare(args.data, dict(args.hyps))
     print(result.table())
@@ -161,7 +161,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from pasu.decoding import DecodingOptions
-    from pasu.train.evaluate import evaluate
+    from pasu.tools.train.evaluate import evaluate
 
     if args.threads:
         import torch
@@ -178,7 +178,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.hyps:
         args.hyps.write_text("".join(f"{u} {h}\n" for u, h in result.hyps.items()), encoding="utf-8")
     if args.card_row:
-        from pasu.train.package import save_card_row
+        from pasu.tools.train.package import save_card_row
 
         save_card_row(args.model, args.card_row, result.summary())
     print(result.table(str(args.model), str(args.data)))

@@ -29,7 +29,7 @@ from pasu.audio import read_audio
 from pasu.decoding import DecodingOptions, Recognizer
 from pasu.decoding.recognizer import NBestEntry
 from pasu.models import LoadedModel
-from pasu.reference import espnet_nbest, espnet_speech2text
+from pasu.tools.reference import espnet_nbest, espnet_speech2text
 from pasu.slu import join_intent
 from pasu.streaming import StreamingOptions, StreamingSession
 

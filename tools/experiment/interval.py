@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pasu.experiment.report import TARGET_MARGIN
-from pasu.experiment.sweep import Point
+from pasu.tools.experiment.report import TARGET_MARGIN
+from pasu.tools.experiment.sweep import Point
 
 TARGET_RATIO = 2.0  # the paper's figure, the target
 

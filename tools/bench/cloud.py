@@ -135,7 +135,7 @@ def clip_references(paths: list[str], text: Path | None, default_audio: bool) ->
 
 def accuracy(best: dict[int, str], refs: dict[int, str]) -> dict[str, float | int]:
     """Intent accuracy and WER of the answers that have a reference (pasu eval's scoring)."""
-    from pasu.train.evaluate import EvalResult
+    from pasu.tools.train.evaluate import EvalResult
 
     keys = [k for k in best if k in refs]
     return EvalResult(refs={k: refs[k] for k in keys}, hyps={k: best[k] for k in keys}).summary()

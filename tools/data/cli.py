@@ -1,4 +1,4 @@
-"""`pasu data synth` and `pasu data engines`: a thin layer over pasu.data.synth."""
+"""`pasu data synth` and `pasu data engines`: a thin layer over pasu.tools.data.synth."""
 
 from __future__ import annotations
 
@@ -71,13 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _splits() -> tuple[str, ...]:
-    from pasu.data.synth import SPLITS
+    from pasu.tools.data.synth import SPLITS
 
     return SPLITS
 
 
 def run_engines(args: argparse.Namespace) -> int:
-    from pasu.data.engines import detect_engines
+    from pasu.tools.data.engines import detect_engines
 
     engines = detect_engines()
     print(engines.describe())
@@ -85,7 +85,7 @@ def run_engines(args: argparse.Namespace) -> int:
 
 
 def run_subset(args: argparse.Namespace) -> int:
-    from pasu.data.subset import SubsetOptions, make_subset
+    from pasu.tools.data.subset import SubsetOptions, make_subset
 
     try:
         ids = make_subset(args.data, args.out, SubsetOptions(args.size, args.seed, args.max_mb))
@@ -99,9 +99,9 @@ def run_subset(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     if args.list_engines:
         return run_engines(args)
-    from pasu.data.grammar import Grammar
-    from pasu.data.synth import SynthOptions, plan_corpus, synthesize_corpus, write_texts
-    from pasu.data.engines import detect_engines
+    from pasu.tools.data.grammar import Grammar
+    from pasu.tools.data.synth import SynthOptions, plan_corpus, synthesize_corpus, write_texts
+    from pasu.tools.data.engines import detect_engines
 
     opts = SynthOptions(
         out_dir=args.out, seed=args.seed, train=args.train, dev=args.dev,
