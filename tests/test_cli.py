@@ -55,7 +55,9 @@ def test_bench_latency_last_line_contract(tiny_model_dirs, audio_files):
     r = pasu("bench", "latency", "--model", str(tiny_model_dirs["late"]), "--no-ablation",
              "--audio", *map(str, audio_files[:2]))
     last = json.loads(r.stdout.strip().splitlines()[-1])
-    assert {"espnet_p50_s", "pasu_p50_s", "ratio_p50", "acc_espnet", "acc_pasu"} <= set(last)
+    assert {"espnet_p50_s", "pasu_p50_s", "ratio_p50", "acc_espnet", "acc_pasu", "ratio_p50_vs_off", "fired",
+            "after_speech_decoder_s", "rtf_during", "off_p50_s"} <= set(last)
+    assert set(last["fired"]) >= {"pilots", "beam_collapse", "ctc_leap", "late_context"}
     assert last["utterances"] == 2 and last["espnet_p50_s"] > 0 and last["pasu_p50_s"] > 0
 
 

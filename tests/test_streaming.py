@@ -9,6 +9,7 @@ import torch
 from pasu.audio import AudioError
 from pasu.decoding import DecodingOptions, Recognizer
 from pasu.streaming import StreamingOptions, StreamingSession
+from pasu.streaming.commit import confirmed_length
 from pasu.streaming.ctc_leap import PrefixForwardCache
 from pasu.streaming.termination import BeamTermination
 
@@ -43,16 +44,22 @@ def test_late_contextualization_alone_is_exact(late_rec, audio, chunk):
         assert all(abs(a.score - b.score) < 1e-3 for a, b in zip(got.nbest, want))
 
 
-def test_exact_termination_never_changes_the_nbest(tiny_models, audio):
+@pytest.mark.parametrize("normalize_length", [False, True])
+def test_exact_termination_never_changes_the_nbest(tiny_models, audio, normalize_length):
+    fired = 0
     for kind in ("conformer", "late"):
-        rec = Recognizer(tiny_models[kind], DecodingOptions(beam_size=8, nbest=2))
+        rec = Recognizer(tiny_models[kind], DecodingOptions(beam_size=8, nbest=2, normalize_length=normalize_length))
         for utt in list(audio)[:6]:
             batch = rec.encode([audio[utt]])
-            stop = BeamTermination(nbest=2, penalty=0.0)
+            stop = BeamTermination(nbest=2, penalty=0.0, normalize_length=normalize_length,
+                                   max_len=int(batch.lengths[0]))
             early = rec.decode(batch, stop=stop)[0]
             full = rec.decode(batch)[0]
             assert [h.yseq for h in early] == [h.yseq for h in full], (kind, utt)
             assert [h.score for h in early] == pytest.approx([h.score for h in full], abs=1e-5)
+            fired += stop.stops_exact
+    if not normalize_length:
+        assert fired > 0  # the rule did stop searches early
 
 
 def test_pilots_run_during_ingestion_and_seed_the_final_search(late_rec, audio):
@@ -63,10 +70,7 @@ def test_pilots_run_during_ingestion_and_seed_the_final_search(late_rec, audio):
     heard = [p.audio_s for p in res.pilots]
     assert heard == sorted(heard) and heard[-1] <= len(audio[utt]) / 16000
     assert all(p.nbest for p in res.pilots)
-    # the seed is what the last pilots agreed on, less the hold-back
-    if res.prefix_len:
-        assert res.beam_size == opts.collapse_beam_size
-        assert res.best.token_ids[: res.prefix_len] == res.pilots[-1].nbest[0].token_ids[: res.prefix_len]
+    assert res.fired["pilots"] == len(res.pilots)
     for key in ("score_per_token", "nbest_margin", "ctc_attention_agreement", "pilot_final_agreement", "audio_s"):
         assert key in res.features and np.isfinite(res.features[key])
 
@@ -171,3 +175,98 @@ def test_ablation_rows_keep_the_configured_settings() -> None:
     assert (only.beam_collapse, only.pilots, only.late_context, only.ctc_leap) == (True, True, False, False)
     assert only.collapse_margin == 3.0 and only.pilot_period_s == 0.32
     assert StreamingOptions.only("late_context") == StreamingOptions.stock().with_(late_context=True)
+
+
+# -- the techniques fire on a trained model (the shipped device model), and stop when switched off --------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from pasu.model_store import default_model_dir
+    from pasu.models import load_model
+
+    d = default_model_dir("device")
+    if d is None:
+        pytest.skip("no shipped device model in this checkout")
+    return Recognizer(load_model(d), DecodingOptions())
+
+
+@pytest.fixture(scope="module")
+def commands():
+    from pasu.audio import read_audio, read_scp
+    from pasu.resources import ROOT
+
+    d = ROOT / "eval" / "test_hard"
+    scp = read_scp(d / "wav.scp")
+    return [read_audio(d / scp[u]) for u in list(scp)[:4]]
+
+
+def test_pilots_build_on_each_other_and_seed_the_final_search(shipped, commands):
+    opts = StreamingOptions()
+    results = [stream(shipped, opts, a) for a in commands]
+    assert sum(r.fired["pilot_continuations"] for r in results) >= len(results)
+    for r in results:
+        seeded = [p for p in r.pilots if p.prefix_len]
+        for p in seeded:  # a continued pilot extends its seed: the agreed prefix never shrinks
+            assert p.nbest[0].token_ids[: p.prefix_len] == r.pilots[r.pilots.index(p) - 1].nbest[0].token_ids[: p.prefix_len]
+        if r.fired["beam_collapse"]:
+            assert r.prefix_len > 0 and r.beam_size == opts.collapse_beam_size
+            assert r.best.token_ids[: r.prefix_len] == r.pilots[-1].nbest[0].token_ids[: r.prefix_len]
+    assert sum(r.fired["beam_collapse"] for r in results) >= len(results) - 1
+    off = [stream(shipped, opts.with_(beam_collapse=False), a) for a in commands]
+    assert all(r.fired["beam_collapse"] == r.fired["pilot_continuations"] == r.prefix_len == 0 for r in off)
+    assert all(r.beam_size == shipped.options.beam_size for r in off)
+
+
+def test_ctc_leap_extends_the_pilots_forward_variables(shipped, commands):
+    results = [stream(shipped, StreamingOptions(), a) for a in commands]
+    assert sum(r.fired["ctc_leap"] for r in results) >= len(results) - 1
+    off = [stream(shipped, StreamingOptions(ctc_leap=False), a) for a in commands]
+    assert all(r.fired["ctc_leap"] == 0 for r in off)
+
+
+def test_late_contextualization_fires_only_where_the_encoder_streams(tiny_models, late_rec, audio):
+    speech = audio[list(audio)[0]]
+    assert stream(late_rec, StreamingOptions.only("late_context"), speech).fired["late_context"] == 1
+    conformer = Recognizer(tiny_models["conformer"], DecodingOptions(beam_size=4))
+    assert stream(conformer, StreamingOptions.only("late_context"), speech).fired["late_context"] == 0
+
+
+def _confirmed_by_the_search(rec, batch, prefix):
+    """The same decision as confirmed_length, from the search's own scorer sessions, token by token."""
+    w = rec.options.ctc_weight
+    rows = torch.tensor([0])
+    dec = rec.scorers["decoder"].begin(batch, rows)
+    ctc = rec.scorers["ctc"].begin(batch, rows)
+    yseq = torch.tensor([[rec.model.sos]])
+    for u, tok in enumerate(prefix):
+        d = dec.score(yseq, rows, None)[0]
+        cand = torch.cat((torch.tensor([tok]), d.topk(8).indices)).unsqueeze(0)
+        c = ctc.score(yseq, rows, cand)[0]
+        joint = (1 - w) * d[cand[0]].double() + w * c[cand[0]].double()
+        if joint[0] < joint[1:].max() - 1e-4:
+            return u
+        dec.advance(rows, torch.tensor([tok]))
+        ctc.advance(rows, torch.tensor([tok]))
+        yseq = torch.cat((yseq, torch.tensor([[tok]])), dim=1)
+    return len(prefix)
+
+
+@torch.inference_mode()
+def test_confirmation_weighs_each_token_as_the_search_does(shipped, commands):
+    rec = shipped
+    checked = cut = 0
+    for a in commands:
+        batch = rec.encode([a])
+        best = rec.decode(batch)[0][0].token_ids
+        logp = rec.model.model.ctc.log_softmax(batch.enc)[0]
+        for prefix in (best, best[:3] + [best[3] + 1] + best[4:], list(reversed(best))):
+            cache = PrefixForwardCache()
+            cache.update(prefix, logp, leap=False)
+            sess = rec.scorers["decoder"].begin(batch, torch.tensor([0]))
+            dec = sess.teacher_forced(torch.tensor([[rec.model.sos, *prefix]]), torch.tensor([0]))[0]
+            got = confirmed_length(prefix, dec, logp, cache.R, rec.options.ctc_weight)
+            assert got == _confirmed_by_the_search(rec, batch, prefix), prefix
+            checked += 1
+            cut += got < len(prefix)
+    assert checked == 3 * len(commands) and cut >= len(commands)  # wrong prefixes are cut

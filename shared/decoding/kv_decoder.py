@@ -135,6 +135,15 @@ class KVCacheDecoderSession(ScorerSession):
         n, L = yseq.shape
         if L == 1:
             return torch.zeros(n)
+        logp = self.teacher_forced(yseq, row_utt)
+        return logp.gather(2, yseq[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
+
+    def teacher_forced(self, yseq: torch.Tensor, row_utt: torch.Tensor) -> torch.Tensor:
+        """(n, L-1, V) log p(y_u | y_<u) of every position of ``yseq`` (n, L), in one parallel pass.
+
+        Leaves the session primed with the prefix: the next ``score`` continues after it.
+        """
+        L = yseq.size(1)
         x = self.dec.embed(yseq)  # all positions: embedding + positional encoding
         causal = torch.tril(torch.ones(L, L, dtype=torch.bool, device=x.device)).unsqueeze(0)
         cache = []
@@ -142,8 +151,7 @@ class KVCacheDecoderSession(ScorerSession):
             x, (k, v) = self._layer(i, x, row_utt, None, causal)
             cache.append((k[:, :, :-1], v[:, :, :-1]))  # the last position is recomputed by score()
         self.cache = cache
-        logp = self._logp(x[:, :-1])  # (n, L-1, V): p(y_u | y_<u)
-        return logp.gather(2, yseq[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
+        return self._logp(x[:, :-1])
 
     def advance(self, parents, tokens):
         idx = parents.to(self._pending[0][0].device)

@@ -64,6 +64,10 @@ class PrefixForwardCache:
     def __init__(self) -> None:
         self.tokens: list[int] = []
         self.R: torch.Tensor | None = None  # float64
+        #: the last update: how many sub-prefixes' forward variables it carried over
+        #: (0: computed from scratch) and over how many new frames it extended them
+        self.reused_tokens = 0
+        self.extended_frames = 0
 
     def update(self, tokens: list[int], logp: torch.Tensor, leap: bool = True) -> PrefixForward:
         """Forward variables of ``tokens`` on ``logp`` (T, V) CTC log-posteriors (blank = 0)."""
@@ -74,9 +78,11 @@ class PrefixForwardCache:
             while keep < min(len(tokens), len(self.tokens)) and tokens[keep] == self.tokens[keep]:
                 keep += 1
         if leap and self.R is not None and self.R.size(1) <= T and self.R.size(1) > keep + 1:
+            self.extended_frames = T - self.R.size(1)
             R = self._leap(self.R[: keep + 1], self.tokens[:keep], logp)
         else:
             keep = 0
+            self.extended_frames = 0
             R = torch.full((1, T, 2), LOG_ZERO, dtype=torch.float64)
             R[0, :, 1] = torch.cumsum(logp[:, 0], 0)  # the empty prefix: blanks only
         rows = [R[u] for u in range(R.size(0))]
@@ -85,6 +91,7 @@ class PrefixForwardCache:
             rows.append(_extend_one(rows[u - 1], tokens[u - 1], same, logp, u))
         self.R = torch.stack(rows)
         self.tokens = list(tokens)
+        self.reused_tokens = keep
         return PrefixForward(r=self.R[-1].float(), psi=self.psi(logp))
 
     def psi(self, logp: torch.Tensor) -> float:

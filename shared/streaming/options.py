@@ -20,21 +20,22 @@ class StreamingOptions:
     late_context: bool = True
     # 2. pilot inference: decode the partial input every `pilot_period_s` of new audio.
     pilots: bool = True
-    pilot_period_s: float = 0.64
+    pilot_period_s: float = 0.32
     pilot_beam_size: int = 4
     pilot_nbest: int = 2
-    # 3. beam collapse: when the last `collapse_pilots` pilots agree on a prefix
-    #    (and the latest one's n-best margin is at least `collapse_margin`), the
-    #    search starts from that prefix, less `collapse_holdback` tokens at its
-    #    end, with `collapse_beam_size` beams.
+    # 3. beam collapse (pasu.streaming.commit): when the last `collapse_pilots`
+    #    pilots agree on a prefix (and, if `collapse_margin` > 0, the latest one's
+    #    n-best margin is at least that), the next pilot and the final search start
+    #    from it, less `collapse_holdback` tokens at its end, and only as far as the
+    #    audio heard now still confirms it (`collapse_confirm`); the final search
+    #    with `collapse_beam_size` beams. Defaults chosen by measurement:
+    #    docs/benchmarks.md.
     beam_collapse: bool = True
     collapse_pilots: int = 2
-    collapse_holdback: int = 2
-    # 3 nats, measured (docs/benchmarks.md): on 60 test_hard utterances with the v2
-    # device model, margin 0 changed 17% of the outputs and 1 intent in 60; margin 3
-    # kept 98% identical and the same accuracy as ESPnet, at 3.84x (idle machine).
-    collapse_margin: float = 3.0
+    collapse_holdback: int = 0
+    collapse_margin: float = 0.0
     collapse_beam_size: int = 3
+    collapse_confirm: bool = True
     # 4. beam termination: stop once no running hypothesis can beat the n-best
     #    (exact), or once the predicted length (pilots, CTC greedy) plus slack is
     #    reached with a finished hypothesis in hand (approximate).

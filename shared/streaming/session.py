@@ -23,7 +23,7 @@ from rapidfuzz.distance import Levenshtein
 from pasu.audio import check_samples
 from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.decoding.scorers import EncoderBatch
-from pasu.streaming.ctc_leap import PrefixForwardCache
+from pasu.streaming.commit import PrefixCommitter, Seed, common_prefix
 from pasu.streaming.options import StreamingOptions
 from pasu.streaming.termination import BeamTermination
 
@@ -37,7 +37,7 @@ class PilotRecord:
     audio_s: float
     frames: int
     nbest: list[NBestEntry]
-    prefix_len: int  # tokens it was seeded with (beam collapse)
+    prefix_len: int  # tokens it was seeded with (beam collapse): 0 for a search from scratch
     seconds: float
 
 
@@ -49,22 +49,16 @@ class FinalResult:
     prefix_len: int  # tokens the final search was seeded with
     beam_size: int
     encode_s: float
-    decode_s: float
+    decode_s: float  # the final search: decoder and CTC work after the end of speech
     stops: dict[str, int] = field(default_factory=dict)
+    #: how often each technique fired in this utterance (see StreamingSession.fired)
+    fired: dict[str, int] = field(default_factory=dict)
+    #: why beam collapse declined, per search (pasu.streaming.commit.REFUSALS)
+    refused: dict[str, int] = field(default_factory=dict)
 
     @property
     def best(self) -> NBestEntry | None:
         return self.nbest[0] if self.nbest else None
-
-
-def common_prefix(seqs: list[list[int]]) -> list[int]:
-    if not seqs:
-        return []
-    n = min(len(s) for s in seqs)
-    k = 0
-    while k < n and all(s[k] == seqs[0][k] for s in seqs):
-        k += 1
-    return list(seqs[0][:k])
 
 
 class StreamingSession:
@@ -79,15 +73,26 @@ class StreamingSession:
         asr = recognizer.model.model
         self._ctc = asr.ctc
         self._encoder = None
+        #: how often each technique did its work in this utterance: late_context (1 when
+        #: the encoder really runs incrementally), pilots, pilot_continuations (pilots
+        #: that started from the agreed prefix), beam_collapse and ctc_leap (the final
+        #: search seeded / its CTC forward variables extended), termination_exact and
+        #: termination_predicted (the final search stopped early by either rule)
+        self.fired = dict.fromkeys(FIRED, 0)
         if options.late_context:
             from pasu.encoders.incremental import IncrementalEncoder
 
             self._encoder = IncrementalEncoder(asr)
+            if self._encoder.mode == "incremental":
+                self.fired["late_context"] = 1
+            else:
+                _warn_once(f"late_context is on but {recognizer.model.name} re-encodes everything at each "
+                           "pilot (its encoder has no local blocks)")
+        self._commit = PrefixCommitter(options, recognizer.options.ctc_weight)
         self._audio: list[np.ndarray] = []
         self.samples = 0
         self._samples_at_pilot = 0
         self.pilots: list[PilotRecord] = []
-        self._leap = PrefixForwardCache()
         self._finalized = False
         self._error: BaseException | None = None
         self._queue: queue.Queue | None = None
@@ -174,25 +179,35 @@ class StreamingSession:
             return None
 
     # -- pilots --------------------------------------------------------------
-    def _seed(self, batch: EncoderBatch) -> tuple[list[int], dict[str, object] | None]:
-        """The prefix recent pilots agree on (beam collapse), and its CTC state (leap)."""
-        o = self.o
-        if not o.beam_collapse or len(self.pilots) < o.collapse_pilots:
-            return [], None
-        recent = self.pilots[-o.collapse_pilots :]
-        if any(not p.nbest for p in recent):
-            return [], None
-        latest = recent[-1].nbest
-        if len(latest) > 1 and latest[0].score - latest[1].score < o.collapse_margin:
-            return [], None
-        agreed = common_prefix([p.nbest[0].token_ids for p in recent])
-        prefix = agreed[: max(0, len(agreed) - o.collapse_holdback)]
-        if not prefix or len(prefix) >= int(batch.lengths[0]) - 1:
-            return [], None
-        if not o.ctc_leap:
-            return prefix, None
-        logp = self._ctc.log_softmax(batch.enc)[0]
-        return prefix, {"ctc": self._leap.update(prefix, logp, leap=True)}
+    def _seed(self, batch: EncoderBatch) -> Seed | None:
+        """The agreed prefix of the pilots so far (beam collapse), with its CTC state (leap)."""
+        if not self.o.beam_collapse:
+            return None
+        return self._commit.seed(
+            [p.nbest for p in self.pilots],
+            int(batch.lengths[0]),
+            lambda: self._ctc.log_softmax(batch.enc)[0],
+            lambda prefix: self._decoder_logp(batch, prefix),
+        )
+
+    def _decoder_logp(self, batch: EncoderBatch, prefix: list[int]) -> torch.Tensor | None:
+        """The decoder's (U, V) log-probabilities of each token of ``prefix`` on the audio heard now."""
+        rows = torch.zeros(1, dtype=torch.long)
+        session = self.rec.scorers["decoder"].begin(batch, rows)
+        if not hasattr(session, "teacher_forced"):
+            return None
+        yseq = torch.tensor([[self.rec.model.sos, *prefix]], device=batch.enc.device)
+        return session.teacher_forced(yseq, rows)[0]
+
+    def _search(self, batch: EncoderBatch, seed: Seed | None, beam: int, nbest: int, stop) -> list[NBestEntry]:
+        return self.rec.decode(
+            batch,
+            prefixes=[seed.prefix] if seed else None,
+            beam_size=beam,
+            nbest=nbest,
+            stop=stop,
+            prime_hints={"ctc": seed.hint} if seed and seed.hint else None,
+        )[0]
 
     @torch.inference_mode()
     def _run_pilot(self) -> None:
@@ -200,18 +215,15 @@ class StreamingSession:
         batch = self._encode()
         if batch is None:
             return
-        prefix, hints = self._seed(batch)
+        seed = self._seed(batch)
         stop = BeamTermination(self.o.pilot_nbest, self.rec.options.penalty) if self.o.beam_termination else None
-        nbest = self.rec.decode(
-            batch,
-            prefixes=[prefix] if prefix else None,
-            beam_size=min(self.o.pilot_beam_size, self.rec.options.beam_size),
-            nbest=self.o.pilot_nbest,
-            stop=stop,
-            prime_hints=hints,
-        )[0]
+        beam = min(self.o.pilot_beam_size, self.rec.options.beam_size)
+        nbest = self._search(batch, seed, beam, self.o.pilot_nbest, stop)
+        self.fired["pilots"] += 1
+        self.fired["pilot_continuations"] += seed is not None
         self.pilots.append(
-            PilotRecord(self.samples / self.rate, int(batch.lengths[0]), nbest, len(prefix), time.perf_counter() - t0)
+            PilotRecord(self.samples / self.rate, int(batch.lengths[0]), nbest, len(seed.prefix) if seed else 0,
+                        time.perf_counter() - t0)
         )
 
     def pilot(self) -> list[NBestEntry]:
@@ -239,27 +251,34 @@ class StreamingSession:
         encode_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         o, d = self.o, self.rec.options
-        prefix, hints = self._seed(batch)
+        seed = self._seed(batch)
         stop = None
         greedy = self._ctc_greedy(batch)
         if o.beam_termination:
-            predicted = max([len(greedy)] + ([len(self.pilots[-1].nbest[0].token_ids)] if self.pilots and self.pilots[-1].nbest else []))
-            stop = BeamTermination(d.nbest, d.penalty, predicted_length=predicted, slack=o.termination_slack)
-        beam = o.collapse_beam_size if prefix else d.beam_size
-        nbest = self.rec.decode(
-            batch, prefixes=[prefix] if prefix else None, beam_size=beam, stop=stop, prime_hints=hints
-        )[0]
+            last = self.pilots[-1].nbest if self.pilots else []
+            predicted = max(len(greedy), len(last[0].token_ids) if last else 0)
+            stop = BeamTermination(d.nbest, d.penalty, predicted_length=predicted, slack=o.termination_slack,
+                                   normalize_length=d.normalize_length, max_len=int(batch.lengths[0]))
+        beam = o.collapse_beam_size if seed else d.beam_size
+        nbest = self._search(batch, seed, beam, d.nbest, stop)
         decode_s = time.perf_counter() - t1
+        self.fired["beam_collapse"] = int(seed is not None)
+        self.fired["ctc_leap"] = int(seed is not None and seed.leapt)
+        if stop is not None:
+            self.fired["termination_exact"] = stop.stops_exact
+            self.fired["termination_predicted"] = stop.stops_predicted
         features = self._features(nbest, greedy)
         result = FinalResult(
             nbest=nbest,
             features=features,
             pilots=self.pilots,
-            prefix_len=len(prefix),
+            prefix_len=len(seed.prefix) if seed else 0,
             beam_size=beam,
             encode_s=encode_s,
             decode_s=decode_s,
             stops={"exact": stop.stops_exact, "predicted": stop.stops_predicted} if stop else {},
+            fired=dict(self.fired),
+            refused=dict(self._commit.refused),
         )
         self._free()
         return result
@@ -300,4 +319,16 @@ class StreamingSession:
     def _free(self) -> None:
         self._encoder = None
         self._audio = []
-        self._leap = PrefixForwardCache()
+        self._commit = None
+
+
+#: the counters of StreamingSession.fired, in the order reports list them
+FIRED = ("late_context", "pilots", "pilot_continuations", "beam_collapse", "ctc_leap", "termination_exact",
+         "termination_predicted")
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)

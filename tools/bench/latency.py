@@ -1,5 +1,11 @@
 """Latency benchmark: end of speech -> final result, stock ESPnet vs a pasu streaming session.
 
+Every utterance runs through stock ESPnet, pasu with every technique on, pasu
+with every technique off (its own decoder, decoding after speech: the
+techniques' baseline), and in the ablation each technique alone (on top of
+all-off) and each left out (from all-on). The techniques' headline is all-on
+vs all-off; the decoder's own speedup is all-off vs ESPnet.
+
 Each utterance is fed as a live stream. By default on a *simulated clock* that
 still measures all compute for real: chunk i arrives at (i + 1) x chunk
 duration; work on it starts at the later of its arrival and the end of earlier
@@ -14,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +32,7 @@ from pasu.decoding.recognizer import Recognizer
 from pasu.models import LoadedModel
 from pasu.tools.reference import espnet_nbest, espnet_speech2text
 from pasu.streaming import TECHNIQUES, StreamingOptions, StreamingSession
+from pasu.streaming.session import FIRED
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,10 @@ class StreamRun:
     after_s: float  # compute after the end of speech
     text: str
     yseq: list[int]
+    decoder_s: float = 0.0  # the final search alone (decoder + CTC after the end of speech)
+    prefix_len: int = 0  # tokens the final search was seeded with
+    fired: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,8 +65,10 @@ class UttRow:
     utt: str
     audio_s: float
     espnet: StreamRun
-    pasu: StreamRun
-    ablation: dict[str, StreamRun] = field(default_factory=dict)
+    pasu: StreamRun  # every technique on (as configured)
+    off: StreamRun | None = None  # every technique off: pasu's decoder after speech
+    ablation: dict[str, StreamRun] = field(default_factory=dict)  # one technique alone
+    without: dict[str, StreamRun] = field(default_factory=dict)  # one technique left out
 
 
 def _p(values: list[float], q: float) -> float:
@@ -112,13 +125,21 @@ def run_stream(rec: Recognizer, options: StreamingOptions, audio: np.ndarray, be
     t0 = time.perf_counter()
     result = session.finalize()
     dt = time.perf_counter() - t0
+    return _run(result, latency_s=start + dt - end_of_speech, during_s=during, after_s=dt)
+
+
+def _run(result, latency_s: float, during_s: float, after_s: float) -> StreamRun:
     best = result.best
     return StreamRun(
-        latency_s=start + dt - end_of_speech,
-        during_s=during,
-        after_s=dt,
+        latency_s=latency_s,
+        during_s=during_s,
+        after_s=after_s,
         text=best.text if best else "",
         yseq=best.yseq if best else [],
+        decoder_s=result.decode_s,
+        prefix_len=result.prefix_len,
+        fired=dict(result.fired),
+        refused=dict(result.refused),
     )
 
 
@@ -133,9 +154,7 @@ def _run_realtime(rec: Recognizer, options: StreamingOptions, chunks: list[np.nd
     end = time.perf_counter()
     result = session.finalize()
     done = time.perf_counter()
-    best = result.best
-    return StreamRun(done - end, sum(p.seconds for p in result.pilots), done - end, best.text if best else "",
-                     best.yseq if best else [])
+    return _run(result, latency_s=done - end, during_s=sum(p.seconds for p in result.pilots), after_s=done - end)
 
 
 @dataclass
@@ -145,11 +164,13 @@ class LatencyBenchResult:
     refs: dict[str, str | None]
 
     def summary(self) -> dict:
-        es = [r.espnet.latency_s for r in self.rows]
-        pa = [r.pasu.latency_s for r in self.rows]
-        acc_e = accuracy([r.espnet.text for r in self.rows], [self.refs.get(r.utt) for r in self.rows])
-        acc_p = accuracy([r.pasu.text for r in self.rows], [self.refs.get(r.utt) for r in self.rows])
-        audio = sum(r.audio_s for r in self.rows)
+        rows = self.rows
+        refs = [self.refs.get(r.utt) for r in rows]
+        es = [r.espnet.latency_s for r in rows]
+        pa = [r.pasu.latency_s for r in rows]
+        acc_e = accuracy([r.espnet.text for r in rows], refs)
+        acc_p = accuracy([r.pasu.text for r in rows], refs)
+        audio = sum(r.audio_s for r in rows)
         out = {
             "espnet_p50_s": round(_p(es, 50), 4),
             "pasu_p50_s": round(_p(pa, 50), 4),
@@ -163,15 +184,60 @@ class LatencyBenchResult:
             "wer_pasu": acc_p["wer"],
             "intent_acc_espnet": acc_e["intent_acc"],
             "intent_acc_pasu": acc_p["intent_acc"],
-            "same_output": sum(r.espnet.yseq == r.pasu.yseq for r in self.rows) / max(1, len(self.rows)),
-            "rtf_during": round(sum(r.pasu.during_s for r in self.rows) / audio, 4) if audio else None,
-            "utterances": len(self.rows),
+            "same_output": _share(r.espnet.yseq == r.pasu.yseq for r in rows),
+            "rtf_during": round(sum(r.pasu.during_s for r in rows) / audio, 4) if audio else None,
+            "utterances": len(rows),
+            # how many utterances each technique fired in (all-on run)
+            "fired": {k: sum(bool(r.pasu.fired.get(k)) for r in rows) for k in FIRED},
+            "refused": _sum_dicts(r.pasu.refused for r in rows),
+            "after_speech_decoder_s": round(_p([r.pasu.decoder_s for r in rows], 50), 4),
         }
+        offs = [r.off for r in rows if r.off is not None]
+        if len(offs) == len(rows) and rows:
+            off = [r.latency_s for r in offs]
+            acc_o = accuracy([r.text for r in offs], refs)
+            out.update(
+                off_p50_s=round(_p(off, 50), 4),
+                ratio_p50_vs_off=round(_p(off, 50) / _p(pa, 50), 3),
+                decoder_ratio_p50=round(_p(es, 50) / _p(off, 50), 3),  # pasu's decoder vs ESPnet, no technique
+                acc_off=acc_o["intent_acc"] if acc_o["intent_acc"] is not None else _wacc(acc_o["wer"]),
+                wer_off=acc_o["wer"],
+                off_decoder_s=round(_p([r.decoder_s for r in offs], 50), 4),
+                # decoder + CTC after speech, all-on over all-off, per utterance (median)
+                after_speech_decoder_share=round(_p([r.pasu.decoder_s / max(o.decoder_s, 1e-9)
+                                                     for r, o in zip(rows, offs)], 50), 3),
+                same_output_vs_off=_share(r.pasu.yseq == o.yseq for r, o in zip(rows, offs)),
+                # the final answer does not start with the prefix the pilots committed to
+                revised_vs_off=_share(r.pasu.prefix_len > 0 and not _starts_with(o.yseq, r.pasu.yseq, r.pasu.prefix_len)
+                                      for r, o in zip(rows, offs)),
+            )
         for t in TECHNIQUES:
-            runs = [r.ablation[t].latency_s for r in self.rows if t in r.ablation]
+            runs = [r.ablation[t].latency_s for r in rows if t in r.ablation]
             if runs:
                 out[f"ablation_{t}_p50_s"] = round(_p(runs, 50), 4)
+            runs = [r.without[t].latency_s for r in rows if t in r.without]
+            if runs:
+                out[f"without_{t}_p50_s"] = round(_p(runs, 50), 4)
+                out[f"without_{t}_changed"] = sum(r.without[t].yseq != r.pasu.yseq for r in rows)
         return out
+
+
+def _share(flags) -> float:
+    flags = list(flags)
+    return round(sum(flags) / max(1, len(flags)), 4)
+
+
+def _sum_dicts(dicts) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _starts_with(ref: list[int], hyp: list[int], n: int) -> bool:
+    """``ref`` (<sos> ...) agrees with ``hyp``'s first ``n`` tokens after <sos>, an open intent label aside."""
+    return ref[2 : n + 1] == hyp[2 : n + 1]
 
 
 def _wacc(wer: float | None) -> float | None:
@@ -193,12 +259,15 @@ def run_latency_bench(
     for a in list(audio.values())[: bench.warmup]:
         run_espnet(s2t, a)
         run_stream(rec, streaming, a, bench)
+    off = replace(streaming, **dict.fromkeys(TECHNIQUES, False))
     rows = []
     for utt, a in tqdm(audio.items(), desc="latency bench", unit="utt"):
-        row = UttRow(utt, len(a) / model.sample_rate, run_espnet(s2t, a), run_stream(rec, streaming, a, bench))
+        row = UttRow(utt, len(a) / model.sample_rate, run_espnet(s2t, a), run_stream(rec, streaming, a, bench),
+                     off=run_stream(rec, off, a, bench))
         if bench.ablation:
             for t in TECHNIQUES:
                 row.ablation[t] = run_stream(rec, StreamingOptions.only(t, streaming), a, bench)
+                row.without[t] = run_stream(rec, replace(streaming, **{t: False}), a, bench)
         rows.append(row)
     return LatencyBenchResult(rows, streaming, {u: (refs or {}).get(u) for u in audio})
 
@@ -214,16 +283,27 @@ def format_table(result: LatencyBenchResult) -> str:
     s = result.summary()
     lines.append(f"median latency: espnet {s['espnet_p50_s']:.3f} s, pasu {s['pasu_p50_s']:.3f} s "
                  f"-> {s['ratio_p50']:.2f}x; p90 {s['espnet_p90_s']:.3f} vs {s['pasu_p90_s']:.3f} s")
-    lines.append(f"accuracy: espnet {s['acc_espnet']}, pasu {s['acc_pasu']}; same output as espnet on "
-                 f"{100 * s['same_output']:.0f}% of utterances; incremental RTF {s['rtf_during']}")
+    if "off_p50_s" in s:
+        lines.append(f"techniques: all on {s['pasu_p50_s']:.3f} s vs all off {s['off_p50_s']:.3f} s "
+                     f"-> {s['ratio_p50_vs_off']:.2f}x; pasu's decoder alone vs espnet {s['decoder_ratio_p50']:.2f}x")
+        lines.append(f"after speech, decoder + CTC: {s['after_speech_decoder_s']:.4f} s (all on) vs "
+                     f"{s['off_decoder_s']:.4f} s (all off), median share {s['after_speech_decoder_share']:.2f}; "
+                     f"same output as all-off {100 * s['same_output_vs_off']:.0f}%, committed prefix revised "
+                     f"{100 * s['revised_vs_off']:.0f}%")
+        lines.append(f"accuracy: espnet {s['acc_espnet']}, all off {s['acc_off']}, all on {s['acc_pasu']}; "
+                     f"RTF during speech {s['rtf_during']}")
+    n = s["utterances"]
+    lines.append("fired (utterances of " + str(n) + "): " + ", ".join(f"{k} {v}" for k, v in s["fired"].items())
+                 + "; collapse refused: " + (", ".join(f"{k} {v}" for k, v in s["refused"].items()) or "never"))
     if any(r.ablation for r in result.rows):
-        lines.append("ablation (one technique on, median end-of-speech latency):")
+        base = s.get("off_p50_s", s["espnet_p50_s"])
+        lines.append(f"{'technique':<18}{'alone s':>9}{'vs off':>8}{'left out s':>12}{'vs on':>7}{'changed':>9}")
         for t in TECHNIQUES:
-            key = f"ablation_{t}_p50_s"
-            if key in s:
-                runs = [r.ablation[t] for r in result.rows]
-                same = sum(x.yseq == r.espnet.yseq for x, r in zip(runs, result.rows)) / len(runs)
-                lines.append(f"  {t:<18}{s[key]:>8.3f} s  ({s['espnet_p50_s'] / s[key]:.2f}x; same output {100 * same:.0f}%)")
+            a, w = s.get(f"ablation_{t}_p50_s"), s.get(f"without_{t}_p50_s")
+            if a is None or w is None:
+                continue
+            lines.append(f"  {t:<16}{a:>9.3f}{base / a:>7.2f}x{w:>12.3f}{w / s['pasu_p50_s']:>6.2f}x"
+                         f"{s[f'without_{t}_changed']:>9}")
     return "\n".join(lines)
 
 

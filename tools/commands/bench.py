@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--collapse-margin", type=float, default=None,
                      help="beam collapse: the latest pilot's n-best score margin it needs "
                           "(default: StreamingOptions.collapse_margin)")
+    lat.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                     help="any StreamingOptions field, e.g. --set collapse_holdback=1 (repeat)")
     lat.add_argument("--limit", type=int, default=None, help="at most N utterances")
     lat.add_argument("--threads", type=int, default=None)
     lat.add_argument("--memory", action="store_true",
@@ -89,6 +91,7 @@ def run_latency(args: argparse.Namespace) -> int:
     from pasu.models import load_model
     from pasu.resources import AUDIO_DIR, example_audio
     from pasu.streaming import TECHNIQUES, StreamingOptions
+    from pasu.tools.commands.common import parse_settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,6 +119,8 @@ def run_latency(args: argparse.Namespace) -> int:
         streaming = streaming.with_(pilot_period_s=args.pilot_period_s)
     if args.collapse_margin is not None:
         streaming = streaming.with_(collapse_margin=args.collapse_margin)
+    if args.set:
+        streaming = streaming.with_(**parse_settings(StreamingOptions, args.set))
     result = run_latency_bench(
         model, files, refs, decoding_options(args), streaming,
         LatencyBenchOptions(chunk_s=args.chunk_s, realtime=args.realtime, ablation=not args.no_ablation),

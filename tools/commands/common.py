@@ -59,3 +59,26 @@ def expand_audio_args(items: list[str]) -> list[str]:
         else:
             out.append(item)
     return out
+
+
+def parse_settings(options_type: type, settings: list[str]) -> dict[str, object]:
+    """``["field=value", ...]`` -> keyword arguments for the dataclass ``options_type``, typed by its defaults."""
+    import dataclasses
+
+    defaults = {f.name: getattr(options_type(), f.name) for f in dataclasses.fields(options_type)}
+    out: dict[str, object] = {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in defaults:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(defaults)}")
+        kind = type(defaults[key])
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--set {item!r}: {key} takes true or false")
+            out[key] = raw.lower() in ("true", "1")
+        else:
+            try:
+                out[key] = kind(raw)
+            except ValueError:
+                raise SystemExit(f"--set {item!r}: {key} takes a {kind.__name__}") from None
+    return out
