@@ -1,7 +1,9 @@
 # pasu — `make demo` and `make test` do all the set-up on a fresh machine.
 #   make setup     venv (.venv, Python >= 3.12), install, generated gRPC code
 #   make demo      the main job: a device+cloud demo on the embedded default model
-#   make test      the test suite (what CI runs)
+#   make test      the test suite (what CI runs, after make lint)
+#   make test-fast the suite without the tests marked slow (apt, npm, TTS, docker, training, soaks)
+#   make lint      ruff check, ruff format --check, pyright
 #   make bench     the decoder benchmark
 # Use another interpreter with `make PYTHON=/path/to/python3.12 …`.
 
@@ -21,7 +23,7 @@ GEN_STAMP := shared/v1/.generated
 BUF := $(VENV)/npm/node_modules/.bin/buf
 BUF_PACKAGE := @bufbuild/buf@1.75.0
 
-.PHONY: setup demo test bench proto lint-proto engines data clean
+.PHONY: setup demo test test-fast lint bench proto lint-proto engines data clean
 setup: $(STAMP) $(GEN_STAMP) $(BUF)
 
 # A strict editable install links each module file into build/__editable__.*, which
@@ -72,6 +74,18 @@ data: setup engines
 
 test: setup engines
 	$(PY) -m pytest -q tests
+
+# Everyday work: no TTS engines, no npm, no root; the slow tests run in `make test`.
+test-fast: $(STAMP) $(GEN_STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# All three run, so one run reports every kind of finding; configured in pyproject.toml.
+lint: $(STAMP) $(GEN_STAMP)
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check --output-format concise . || status=1; \
+	$(VENV)/bin/pyright || status=1; \
+	exit $$status
 
 bench: setup
 	$(VENV)/bin/pasu bench decoder

@@ -66,11 +66,13 @@ class AudioAssembler:
         if self.encoding == audio_pb2.AUDIO_ENCODING_LINEAR16:
             seconds = self.n_bytes / 2 / self.rate
             if seconds > self.max_seconds:
-                raise InvalidRequest(f"audio is longer than max_audio_seconds={self.max_seconds:g} "
-                                     f"({seconds:.2f} s received so far)")
+                raise InvalidRequest(
+                    f"audio is longer than max_audio_seconds={self.max_seconds:g} ({seconds:.2f} s received so far)"
+                )
         elif self.n_bytes > self.max_bytes:
-            raise InvalidRequest(f"FLAC audio exceeds {self.max_bytes} bytes, more than "
-                                 f"max_audio_seconds={self.max_seconds:g} can need")
+            raise InvalidRequest(
+                f"FLAC audio exceeds {self.max_bytes} bytes, more than max_audio_seconds={self.max_seconds:g} can need"
+            )
         if chunk:
             self._chunks.append(chunk)
 

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 
+from pasu.audio import AudioError
 from pasu.cloud import reuse as reuse_mod
 from pasu.cloud.audio_input import InvalidRequest
 from pasu.cloud.config import WorkerConfig
@@ -35,6 +37,17 @@ from pasu.models import LoadedModel
 
 log = logging.getLogger(__name__)
 _NO_AUDIO = np.zeros(0, dtype=np.float32)
+#: What encoding raises for audio the model cannot take: the client's to fix (INVALID_ARGUMENT).
+#: Anything else (out of memory, a bug) is the server's: INTERNAL, logged with its traceback.
+INPUT_ERRORS: tuple[type[Exception], ...] = (InvalidRequest, AudioError, TooShortUttError)
+
+
+def check_encodable(samples: np.ndarray, model: LoadedModel) -> None:
+    """InvalidRequest for audio too short for the model's STFT (where torch fails with a RuntimeError)."""
+    stft = getattr(getattr(model.model, "frontend", None), "stft", None)
+    min_samples = stft.n_fft // 2 + 1 if stft is not None and stft.center else 1
+    if samples.ndim != 1 or samples.size < min_samples:
+        raise InvalidRequest(f"{samples.size} samples of shape {samples.shape}; the STFT needs {min_samples} or more")
 
 
 def pad(encoded: list[EncoderBatch]) -> EncoderBatch:
@@ -176,6 +189,25 @@ class Batcher:
                 self._drop(job, reason)
         return out
 
+    def _encode(self, rec: Recognizer, job: Job) -> EncoderBatch | None:
+        """One job's encoder output; on failure, fail this job only and return None."""
+        extra = {"request_id": job.request_id, "rpc": job.rpc}
+        try:
+            check_encodable(job.samples, rec.model)
+            return rec.encode([job.samples])
+        except INPUT_ERRORS as e:  # e.g. shorter than the encoder's subsampling
+            log.info("cannot encode", extra={**extra, "error": str(e)})
+            error: Exception = InvalidRequest(
+                f"audio too short or malformed for the model ({job.samples.size} samples at "
+                f"{rec.model.sample_rate} Hz): {e}"
+            )
+        except Exception as e:  # out of memory, a bug: the service answers INTERNAL
+            log.exception("encoding failed", extra=extra)
+            error = e
+        if not job.future.done():
+            job.future.set_exception(error)
+        return None
+
     @torch.inference_mode()
     def _process(self, batch: list[Job]) -> None:
         start = time.monotonic()
@@ -187,17 +219,13 @@ class Batcher:
         encoded: dict[int, EncoderBatch] = {}
         for job in jobs:
             t = time.monotonic()
-            try:
-                encoded[id(job)] = rec.encode([job.samples])
-            except Exception as e:  # e.g. shorter than the encoder's subsampling: this request only
-                log.info("cannot encode", extra={"request_id": job.request_id, "rpc": job.rpc, "error": str(e)})
-                if not job.future.done():
-                    job.future.set_exception(InvalidRequest(
-                        f"audio too short or malformed for the model ({job.samples.size} samples at "
-                        f"{rec.model.sample_rate} Hz): {e}"))
+            enc = self._encode(rec, job)
+            if enc is None:
                 continue
-            outcomes[id(job)] = Outcome(nbest=[], options=job.options, queue_s=start - job.enqueued,
-                                        encode_s=time.monotonic() - t)
+            encoded[id(job)] = enc
+            outcomes[id(job)] = Outcome(
+                nbest=[], options=job.options, queue_s=start - job.enqueued, encode_s=time.monotonic() - t
+            )
             job.samples = _NO_AUDIO  # the audio is no longer needed: do not keep it alive
         jobs = self._live([j for j in jobs if id(j) in encoded])
         search: list[Job] = []
@@ -213,12 +241,16 @@ class Batcher:
                 search.append(job)
         if reusable:
             t = time.monotonic()
-            decisions = reuse_mod.decide(rec, pad([encoded[id(j)] for j in reusable]),
-                                         [j.device_seqs or [] for j in reusable], self.config.reuse_margin,
-                                         rec.options.nbest)
+            decisions = reuse_mod.decide(
+                rec,
+                pad([encoded[id(j)] for j in reusable]),
+                [j.device_seqs or [] for j in reusable],
+                self.config.reuse_margin,
+                rec.options.nbest,
+            )
             rescore_s = time.monotonic() - t
             self.decode_busy_s += rescore_s
-            for job, d in zip(reusable, decisions):
+            for job, d in zip(reusable, decisions, strict=True):
                 out = outcomes[id(job)]
                 out.decode_s, out.reuse = rescore_s, d.outcome
                 self.metrics.reuse.labels(reuse_mod.OUTCOME_NAMES[d.outcome]).inc()
@@ -238,7 +270,7 @@ class Batcher:
         self.searched += len(search)
         self.metrics.batch_size.observe(len(search))
         self.metrics.decoded.inc(len(search))
-        for job, nbest in zip(search, results):
+        for job, nbest in zip(search, results, strict=True):
             out = outcomes[id(job)]
             out.nbest, out.batch_size = nbest, len(search)
             out.decode_s += decode_s

@@ -33,8 +33,11 @@ def add_worker_args(p: argparse.ArgumentParser, serve: bool = True) -> None:
     """Flags for every WorkerConfig field (the bench reuses the batching/reuse ones)."""
     d = WorkerConfig()
     if serve:
-        p.add_argument("--model", default=None,
-                       help="ESPnet model directory, or 'tiny[:branchformer]' (default: the shipped cloud model)")
+        p.add_argument(
+            "--model",
+            default=None,
+            help="ESPnet model directory, or 'tiny[:branchformer]' (default: the shipped cloud model)",
+        )
         p.add_argument("--device", default=d.device, help="torch device (default: cpu)")
         p.add_argument("--host", default=d.host, help=f"address to bind (default: {d.host})")
         p.add_argument("--port", type=int, default=d.port, help=f"gRPC port (default: {d.port}; 0: any)")
@@ -48,29 +51,51 @@ def add_worker_args(p: argparse.ArgumentParser, serve: bool = True) -> None:
     g.add_argument("--max-beam-size", type=int, default=d.max_beam_size)
     g.add_argument("--nbest", type=int, default=d.default_nbest, help="default n-best")
     g.add_argument("--ctc-weight", type=float, default=d.ctc_weight)
-    g.add_argument("--reuse", choices=REUSE_POLICIES, default=d.reuse,
-                   help="Offload decoder reuse: rescore the device n-best, or always decode")
+    g.add_argument(
+        "--reuse",
+        choices=REUSE_POLICIES,
+        default=d.reuse,
+        help="Offload decoder reuse: rescore the device n-best, or always decode",
+    )
     g.add_argument("--reuse-margin", type=float, default=d.reuse_margin)
+    g.add_argument(
+        "--rejection-threshold",
+        type=float,
+        default=None,
+        help="results whose answer score is below this say understood=false (default: the "
+        "threshold calibrated beside the model, rejection.json)",
+    )
     if not serve:
         return
     g = p.add_argument_group("limits")
     g.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     g.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds)
-    g.add_argument("--sample-rates", default=",".join(map(str, d.allowed_sample_rates)),
-                   help="allowed sample rates, comma-separated")
+    g.add_argument(
+        "--sample-rates",
+        default=",".join(map(str, d.allowed_sample_rates)),
+        help="allowed sample rates, comma-separated",
+    )
     g.add_argument("--idempotency-window", type=float, default=d.idempotency_window_s, help="seconds")
     g.add_argument("--idempotency-cache-size", type=int, default=d.idempotency_cache_size)
     g = p.add_argument_group("security")
     g.add_argument("--tls-cert", type=Path, default=None)
     g.add_argument("--tls-key", type=Path, default=None)
     g.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates (mTLS)")
-    g.add_argument("--bearer-token-file", type=Path, default=None,
-                   help=f"accepted bearer tokens, one a line (or ${TOKENS_ENV}, comma-separated)")
+    g.add_argument(
+        "--bearer-token-file",
+        type=Path,
+        default=None,
+        help=f"accepted bearer tokens, one a line (or ${TOKENS_ENV}, comma-separated)",
+    )
     g = p.add_argument_group("lifecycle")
     g.add_argument("--grace", type=float, default=d.grace_s, help="seconds in-flight calls get on shutdown")
     g.add_argument("--drain", type=float, default=d.drain_s, help="seconds NOT_SERVING before refusing calls")
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's, one per core; on a busy host 1 is far faster)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's, one per core; on a busy host 1 is far faster)",
+    )
 
 
 def read_tokens(path: Path | None) -> tuple[str, ...]:
@@ -100,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         ctc_weight=args.ctc_weight,
         reuse=args.reuse,
         reuse_margin=args.reuse_margin,
+        rejection_threshold=args.rejection_threshold,
         idempotency_window_s=args.idempotency_window,
         idempotency_cache_size=args.idempotency_cache_size,
         tls_cert=args.tls_cert,

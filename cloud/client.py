@@ -1,23 +1,28 @@
-"""Small client helpers: build SpeechService requests from samples (bench, tests, demos)."""
+"""Small client helpers: build SpeechService requests from samples (bench, tests, demos).
+
+A device's n-best goes in as :func:`pasu.wire.device_result` builds it, the agent's message.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
 
 from pasu.audio import encode_flac, float_to_pcm16
-from pasu.cloud.reuse import token_list_id
-from pasu.decoding.recognizer import NBestEntry
-from pasu.v1 import audio_pb2, hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
+from pasu.v1 import audio_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
 
 LINEAR16 = audio_pb2.AUDIO_ENCODING_LINEAR16
 FLAC = audio_pb2.AUDIO_ENCODING_FLAC
 
 
-def channel(target: str, root_cert: bytes | None = None, client_cert: tuple[bytes, bytes] | None = None,
-            server_name: str | None = None) -> grpc.Channel:
+def channel(
+    target: str,
+    root_cert: bytes | None = None,
+    client_cert: tuple[bytes, bytes] | None = None,
+    server_name: str | None = None,
+) -> grpc.Channel:
     """An insecure channel, or TLS when ``root_cert`` is given (mTLS with ``client_cert`` = (key, cert))."""
     if root_cert is None:
         return grpc.insecure_channel(target)
@@ -31,7 +36,7 @@ def stub(ch: grpc.Channel) -> speech_service_pb2_grpc.SpeechServiceStub:
     return speech_service_pb2_grpc.SpeechServiceStub(ch)
 
 
-def audio_bytes(samples: np.ndarray, rate: int = 16000, encoding: int = LINEAR16) -> bytes:
+def audio_bytes(samples: np.ndarray, rate: int = 16000, encoding: audio_pb2.AudioEncoding = LINEAR16) -> bytes:
     return float_to_pcm16(samples) if encoding == LINEAR16 else encode_flac(samples, rate)
 
 
@@ -44,8 +49,14 @@ def decoding_options(beam_size: int | None = None, nbest: int | None = None) -> 
     return o
 
 
-def recognize_request(request_id: str, samples: np.ndarray, rate: int = 16000, encoding: int = LINEAR16,
-                      beam_size: int | None = None, nbest: int | None = None) -> speech_service_pb2.RecognizeRequest:
+def recognize_request(
+    request_id: str,
+    samples: np.ndarray,
+    rate: int = 16000,
+    encoding: audio_pb2.AudioEncoding = LINEAR16,
+    beam_size: int | None = None,
+    nbest: int | None = None,
+) -> speech_service_pb2.RecognizeRequest:
     return speech_service_pb2.RecognizeRequest(
         request_id=request_id,
         audio_format=audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=rate),
@@ -59,20 +70,16 @@ def chunks(data: bytes, size: int = 3200) -> Iterator[bytes]:
         yield data[i : i + size]
 
 
-def device_result(nbest: Sequence[NBestEntry], token_list: Sequence[str] | None, name: str = "device",
-                  confidence: float = 0.5, complete: bool = True) -> speech_service_pb2.DeviceResult:
-    """A DeviceResult from a local n-best (token ids travel if ``token_list`` is given)."""
-    info = hypothesis_pb2.ModelInfo(name=name, version="0",
-                                    token_list_id=token_list_id(token_list) if token_list else "")
-    hyps = [hypothesis_pb2.Hypothesis(text=e.text, token_ids=e.token_ids,
-                                      scores=hypothesis_pb2.ScorerScores(total=e.score)) for e in nbest]
-    return speech_service_pb2.DeviceResult(model=info, hypotheses=hyps, confidence=confidence, complete=complete)
-
-
-def offload_requests(request_id: str, samples: np.ndarray, device: speech_service_pb2.DeviceResult | None = None,
-                     rate: int = 16000, encoding: int = LINEAR16, beam_size: int | None = None,
-                     nbest: int | None = None, chunk_bytes: int = 3200
-                     ) -> Iterator[speech_service_pb2.OffloadRequest]:
+def offload_requests(
+    request_id: str,
+    samples: np.ndarray,
+    device: speech_service_pb2.DeviceResult | None = None,
+    rate: int = 16000,
+    encoding: audio_pb2.AudioEncoding = LINEAR16,
+    beam_size: int | None = None,
+    nbest: int | None = None,
+    chunk_bytes: int = 3200,
+) -> Iterator[speech_service_pb2.OffloadRequest]:
     cfg = speech_service_pb2.OffloadConfig(
         request_id=request_id,
         audio_format=audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=rate),
@@ -86,9 +93,16 @@ def offload_requests(request_id: str, samples: np.ndarray, device: speech_servic
         yield speech_service_pb2.OffloadRequest(audio=c)
 
 
-def streaming_requests(request_id: str, samples: np.ndarray, rate: int = 16000, encoding: int = LINEAR16,
-                       interim: bool = True, beam_size: int | None = None, nbest: int | None = None,
-                       chunk_bytes: int = 3200) -> Iterator[speech_service_pb2.StreamingRecognizeRequest]:
+def streaming_requests(
+    request_id: str,
+    samples: np.ndarray,
+    rate: int = 16000,
+    encoding: audio_pb2.AudioEncoding = LINEAR16,
+    interim: bool = True,
+    beam_size: int | None = None,
+    nbest: int | None = None,
+    chunk_bytes: int = 3200,
+) -> Iterator[speech_service_pb2.StreamingRecognizeRequest]:
     cfg = speech_service_pb2.StreamingRecognizeConfig(
         request_id=request_id,
         audio_format=audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=rate),

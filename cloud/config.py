@@ -52,6 +52,11 @@ class WorkerConfig:
     # log-probability trails the CTC best path by at most this many nats
     reuse_margin: float = 5.0
 
+    # "not understood" (issue 28): below this answer score (pasu.slu.answer_score) a result says
+    # understood=false; None: the threshold calibrated beside the model (rejection.json), else 0
+    # (only answers without words are rejected)
+    rejection_threshold: float | None = None
+
     # idempotent retries
     idempotency_window_s: float = 600.0
     idempotency_cache_size: int = 10000
@@ -78,14 +83,24 @@ class WorkerConfig:
         need(self.max_queue >= 1, f"max_queue must be >= 1, got {self.max_queue}")
         need(self.max_message_bytes >= 1024, f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
         need(self.max_audio_seconds > 0, f"max_audio_seconds must be > 0, got {self.max_audio_seconds}")
-        need(bool(self.allowed_sample_rates) and all(r > 0 for r in self.allowed_sample_rates),
-             "allowed_sample_rates must be positive rates")
-        need(1 <= self.default_beam_size <= self.max_beam_size,
-             f"need 1 <= default_beam_size <= max_beam_size, got {self.default_beam_size}, {self.max_beam_size}")
-        need(1 <= self.default_nbest <= self.max_nbest,
-             f"need 1 <= default_nbest <= max_nbest, got {self.default_nbest}, {self.max_nbest}")
+        need(
+            bool(self.allowed_sample_rates) and all(r > 0 for r in self.allowed_sample_rates),
+            "allowed_sample_rates must be positive rates",
+        )
+        need(
+            1 <= self.default_beam_size <= self.max_beam_size,
+            f"need 1 <= default_beam_size <= max_beam_size, got {self.default_beam_size}, {self.max_beam_size}",
+        )
+        need(
+            1 <= self.default_nbest <= self.max_nbest,
+            f"need 1 <= default_nbest <= max_nbest, got {self.default_nbest}, {self.max_nbest}",
+        )
         need(self.interim_beam_size >= 1, "interim_beam_size must be >= 1")
         need(self.reuse in REUSE_POLICIES, f"reuse must be one of {REUSE_POLICIES}, got {self.reuse!r}")
+        need(
+            self.rejection_threshold is None or 0.0 <= self.rejection_threshold <= 1.0,
+            f"rejection_threshold must be in [0, 1], got {self.rejection_threshold}",
+        )
         need(self.idempotency_window_s >= 0, "idempotency_window_s must be >= 0")
         need(self.idempotency_cache_size >= 0, "idempotency_cache_size must be >= 0")
         need((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together")
@@ -104,5 +119,5 @@ class WorkerConfig:
         (which clients are told to retry)."""
         return 2 * self.max_message_bytes + 64 * 1024
 
-    def with_(self, **changes) -> "WorkerConfig":
+    def with_(self, **changes) -> WorkerConfig:
         return replace(self, **changes)

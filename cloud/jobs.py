@@ -11,11 +11,15 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import NBestEntry
+
+if TYPE_CHECKING:
+    from pasu.v1.speech_service_pb2 import DecoderReuse
 
 
 class JobDropped(Exception):
@@ -32,7 +36,7 @@ class Outcome:
 
     nbest: list[NBestEntry]
     options: DecodingOptions
-    reuse: int | None = None  # a DecoderReuse value for Offload, None otherwise
+    reuse: DecoderReuse | None = None  # for Offload, None otherwise
     queue_s: float = 0.0
     encode_s: float = 0.0
     decode_s: float = 0.0

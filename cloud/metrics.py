@@ -23,21 +23,23 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("pasu_cloud_requests", "Finished RPCs by method and status code",
-                                ("rpc", "code"), registry=r)
-        self.latency = Histogram("pasu_cloud_latency_seconds", "Per-request time by stage",
-                                 ("stage",), buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("pasu_cloud_batch_size", "Requests per batched search",
-                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.requests = Counter(
+            "pasu_cloud_requests", "Finished RPCs by method and status code", ("rpc", "code"), registry=r
+        )
+        self.latency = Histogram(
+            "pasu_cloud_latency_seconds", "Per-request time by stage", ("stage",), buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "pasu_cloud_batch_size", "Requests per batched search", buckets=_BATCH_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("pasu_cloud_queue_depth", "Requests waiting for the batcher", registry=r)
         self.decoded = Counter("pasu_cloud_decoded_utterances", "Utterances encoded and decoded", registry=r)
         self.dropped = Counter("pasu_cloud_dropped", "Jobs dropped before decoding", ("reason",), registry=r)
-        self.rejected = Counter("pasu_cloud_queue_rejected", "Requests refused because the queue was full",
-                                registry=r)
-        self.reuse = Counter("pasu_cloud_decoder_reuse", "Offload decoder-reuse outcomes", ("outcome",),
-                             registry=r)
-        self.idempotent = Counter("pasu_cloud_idempotent_hits", "Retries answered without a new decode",
-                                  ("kind",), registry=r)
+        self.rejected = Counter("pasu_cloud_queue_rejected", "Requests refused because the queue was full", registry=r)
+        self.reuse = Counter("pasu_cloud_decoder_reuse", "Offload decoder-reuse outcomes", ("outcome",), registry=r)
+        self.idempotent = Counter(
+            "pasu_cloud_idempotent_hits", "Retries answered without a new decode", ("kind",), registry=r
+        )
         self._http = None
         self._lock = threading.Lock()
 

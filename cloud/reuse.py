@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -122,8 +123,16 @@ def _rescore(
         scores = {k: float(totals[k][r]) for k in names}
         total = sum(search.weights[k] * scores[k] for k in names)
         ids = [t for t in seq if t != 0]
-        out.append(NBestEntry(text=model.text(ids), tokens=model.tokens(ids), token_ids=ids, score=total,
-                              scores=scores, yseq=[model.sos, *seq, model.eos]))
+        out.append(
+            NBestEntry(
+                text=model.text(ids),
+                tokens=model.tokens(ids),
+                token_ids=ids,
+                score=total,
+                scores=scores,
+                yseq=[model.sos, *seq, model.eos],
+            )
+        )
     return out
 
 
@@ -134,8 +143,9 @@ def ctc_best_path(recognizer: Recognizer, enc: EncoderBatch) -> list[tuple[list[
     transcript can explain the audio under the cloud's CTC head.
     """
     model = recognizer.model
+    ctc: Any = model.model.ctc  # ESPnet's CTC head (an untyped submodule)
     with torch.inference_mode():
-        top = model.model.ctc.log_softmax(enc.enc).max(-1)
+        top = ctc.log_softmax(enc.enc).max(-1)
     out = []
     for b, n in enumerate(enc.lengths.tolist()):
         path = torch.unique_consecutive(top.indices[b, :n]).tolist()
@@ -145,7 +155,7 @@ def ctc_best_path(recognizer: Recognizer, enc: EncoderBatch) -> list[tuple[list[
 
 @dataclass(frozen=True)
 class ReuseDecision:
-    outcome: int  # ACCEPTED / RESCORED / FULL_DECODE (a speech_service_pb2.DecoderReuse)
+    outcome: speech_service_pb2.DecoderReuse  # ACCEPTED / RESCORED / FULL_DECODE
     nbest: list[NBestEntry]  # the re-ranked device n-best; empty for FULL_DECODE
     gap: float  # CTC best-path log-prob minus the chosen hypothesis' CTC log-prob (nats)
 

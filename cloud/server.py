@@ -53,8 +53,9 @@ class CloudWorker:
         self._model_source = model
         self.metrics = WorkerMetrics()
         self.service = SpeechService(config, self.metrics)
-        self.health = health.HealthServicer(experimental_non_blocking=True,
-                                            experimental_thread_pool=ThreadPoolExecutor(max_workers=1))
+        self.health = health.HealthServicer(
+            experimental_non_blocking=True, experimental_thread_pool=ThreadPoolExecutor(max_workers=1)
+        )
         self.server: grpc.Server | None = None
         self.batcher: Batcher | None = None
         self.port: int | None = None
@@ -72,7 +73,9 @@ class CloudWorker:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
-        interceptors = [BearerTokenInterceptor(cfg.bearer_tokens)] if cfg.bearer_tokens else []
+        interceptors: list[grpc.ServerInterceptor] = []
+        if cfg.bearer_tokens:
+            interceptors.append(BearerTokenInterceptor(cfg.bearer_tokens))
         server = grpc.server(
             ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="pasu-grpc"),
             interceptors=interceptors,
@@ -97,8 +100,15 @@ class CloudWorker:
             raise OSError(f"cannot bind {address}")
         server.start()
         self.server, self.port = server, port
-        log.info("listening", extra={"address": f"{cfg.host}:{port}", "tls": cfg.tls,
-                                     "mtls": cfg.tls_client_ca is not None, "auth": bool(cfg.bearer_tokens)})
+        log.info(
+            "listening",
+            extra={
+                "address": f"{cfg.host}:{port}",
+                "tls": cfg.tls,
+                "mtls": cfg.tls_client_ca is not None,
+                "auth": bool(cfg.bearer_tokens),
+            },
+        )
         self._loader = threading.Thread(target=self._load, name="pasu-model-load", daemon=True)
         self._loader.start()
         if wait:
@@ -130,8 +140,10 @@ class CloudWorker:
                 self.batcher = batcher
                 self.service.state = WorkerState(model=model, batcher=batcher, model_info=info, token_list_id=tid)
                 self._set_health(health_pb2.HealthCheckResponse.SERVING)
-            log.info("model ready", extra={"model": model.name, "version": model.version,
-                                           "load_s": round(time.monotonic() - t, 3)})
+            log.info(
+                "model ready",
+                extra={"model": model.name, "version": model.version, "load_s": round(time.monotonic() - t, 3)},
+            )
         except BaseException as e:  # stays NOT_SERVING; wait_ready() re-raises
             self.load_error = e
             log.exception("model failed to load")

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import duration_pb2
 
 from pasu.cloud import reuse as reuse_mod
 from pasu.cloud.audio_input import AudioAssembler, InvalidRequest
@@ -27,8 +26,9 @@ from pasu.cloud.metrics import WorkerMetrics
 from pasu.cloud.wire import Undecodable
 from pasu.decoding.options import DecodingOptions
 from pasu.models import LoadedModel
-from pasu.slu import split_intent
+from pasu.slu import answer_score, model_rejection_threshold, rejection_reason, split_intent
 from pasu.v1 import hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
+from pasu.wire import duration as _duration
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,6 @@ class _Call:
     start: float = field(default_factory=time.monotonic)
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(round(seconds * 1e9)))
-    return d
-
-
 @dataclass
 class WorkerState:
     """What the servicer needs once the model is loaded (None until then)."""
@@ -100,6 +94,7 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
         self.metrics = metrics
         self.cache = IdempotencyCache(config.idempotency_window_s, config.idempotency_cache_size)
         self.state: WorkerState | None = None  # set by the server once the model is loaded
+        self._reject_below: float | None = None  # resolved once the model is known
 
     # -- plumbing --------------------------------------------------------
     def _ready(self) -> WorkerState:
@@ -129,8 +124,12 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
             o = call.outcome
             extra = {"request_id": call.request_id, "rpc": rpc, "status": call.code, "total_s": round(total, 4)}
             if o is not None:
-                extra.update(queue_s=round(o.queue_s, 4), encode_s=round(o.encode_s, 4),
-                             decode_s=round(o.decode_s, 4), batch_size=o.batch_size)
+                extra.update(
+                    queue_s=round(o.queue_s, 4),
+                    encode_s=round(o.encode_s, 4),
+                    decode_s=round(o.decode_s, 4),
+                    batch_size=o.batch_size,
+                )
                 if o.reuse is not None:
                     extra["reuse"] = reuse_mod.OUTCOME_NAMES.get(o.reuse, str(o.reuse))
             log.info("request", extra=extra)
@@ -179,14 +178,22 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
         finally:
             job.detach()
 
-    def _decode(self, state: WorkerState, call: _Call, samples, options: DecodingOptions,
-                context: grpc.ServicerContext, device_seqs: list[list[int]] | None = None) -> Outcome:
+    def _decode(
+        self,
+        state: WorkerState,
+        call: _Call,
+        samples,
+        options: DecodingOptions,
+        context: grpc.ServicerContext,
+        device_seqs: list[list[int]] | None = None,
+    ) -> Outcome:
         """Decode once per request_id: join an attempt in flight, or queue a new job."""
         key = (call.rpc, call.request_id)
 
         def submit() -> Job:
-            job = Job(samples=samples, options=options, request_id=call.request_id, rpc=call.rpc,
-                      device_seqs=device_seqs)
+            job = Job(
+                samples=samples, options=options, request_id=call.request_id, rpc=call.rpc, device_seqs=device_seqs
+            )
             state.batcher.submit(job)
             return job
 
@@ -204,9 +211,12 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
     def result(self, state: WorkerState, out: Outcome, call: _Call) -> recognition_pb2.RecognitionResult:
         call.outcome = out
         conf = reuse_mod.confidences([e.score for e in out.nbest])
-        hyps = [_hypothesis(e, c) for e, c in zip(out.nbest, conf)]
+        hyps = [_hypothesis(e, c) for e, c in zip(out.nbest, conf, strict=True)]
         return recognition_pb2.RecognitionResult(
             hypotheses=hyps,
+            understood=bool(out.nbest)
+            and rejection_reason(out.nbest[0].text, answer_score(out.nbest[0]), self.rejection_threshold(state))
+            is None,
             model=state.model_info,
             timing=recognition_pb2.Timing(
                 queue_duration=_duration(out.queue_s),
@@ -214,9 +224,19 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
                 decode_duration=_duration(out.decode_s),
                 total_duration=_duration(time.monotonic() - call.start),
             ),
-            decoding_options=recognition_pb2.DecodingOptions(beam_size=out.options.beam_size,
-                                                                nbest=out.options.nbest),
+            decoding_options=recognition_pb2.DecodingOptions(beam_size=out.options.beam_size, nbest=out.options.nbest),
         )
+
+    def rejection_threshold(self, state: WorkerState) -> float:
+        """The configured threshold, else the one calibrated beside the model, else 0 (the
+        same rule as the device's, on this model's own score: pasu.slu.rejection_reason)."""
+        if self.config.rejection_threshold is not None:
+            return self.config.rejection_threshold
+        if self._reject_below is None:
+            files = getattr(state.model, "files", None)
+            found = model_rejection_threshold(files.root if files is not None else None)
+            self._reject_below = 0.0 if found is None else found
+        return self._reject_below
 
     def _first_config(self, requests, what: str):
         """The config of a stream's first message, or INVALID_ARGUMENT."""
@@ -234,8 +254,9 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
             self._check_size(msg, f"message {n}")
             kind = msg.WhichOneof("request")
             if kind == "config":
-                raise InvalidRequest(f"second config in the {what} stream (message {n}); only the first "
-                                     "message may carry `config`")
+                raise InvalidRequest(
+                    f"second config in the {what} stream (message {n}); only the first message may carry `config`"
+                )
             if kind != "audio":
                 raise InvalidRequest(f"message {n} of the {what} stream carries neither config nor audio")
             asm.add(msg.audio)
@@ -254,8 +275,9 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
                 asm = AudioAssembler(request.audio_format, self.config, state.model.sample_rate)
                 asm.add(request.audio)
                 out = self._decode(state, call, asm.samples(), options, context)
-            return speech_service_pb2.RecognizeResponse(request_id=call.request_id,
-                                                        result=self.result(state, out, call))
+            return speech_service_pb2.RecognizeResponse(
+                request_id=call.request_id, result=self.result(state, out, call)
+            )
 
     def Offload(self, request_iterator, context):
         with self._call("Offload", context) as call:
@@ -278,8 +300,10 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
                     log.debug("device hypotheses via %s", how, extra={"request_id": call.request_id})
                 out = self._decode(state, call, samples, options, context, device_seqs=seqs)
             return speech_service_pb2.OffloadResponse(
-                request_id=call.request_id, result=self.result(state, out, call),
-                decoder_reuse=out.reuse or reuse_mod.FULL_DECODE)
+                request_id=call.request_id,
+                result=self.result(state, out, call),
+                decoder_reuse=out.reuse or reuse_mod.FULL_DECODE,
+            )
 
     def StreamingRecognize(self, request_iterator, context):
         with self._call("StreamingRecognize", context) as call:
@@ -298,22 +322,29 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
                         last = asm.seconds_received
                         interim = self._interim(state, asm, options, call, context)
                         if interim is not None:
-                            yield speech_service_pb2.StreamingRecognizeResponse(request_id=call.request_id,
-                                                                                interim_result=interim)
+                            yield speech_service_pb2.StreamingRecognizeResponse(
+                                request_id=call.request_id, interim_result=interim
+                            )
                 out = self._decode(state, call, asm.samples(), options, context)
-            yield speech_service_pb2.StreamingRecognizeResponse(request_id=call.request_id,
-                                                                final_result=self.result(state, out, call))
+            yield speech_service_pb2.StreamingRecognizeResponse(
+                request_id=call.request_id, final_result=self.result(state, out, call)
+            )
 
-    def _interim(self, state: WorkerState, asm: AudioAssembler, options: DecodingOptions, call: _Call,
-                 context) -> recognition_pb2.InterimResult | None:
+    def _interim(
+        self, state: WorkerState, asm: AudioAssembler, options: DecodingOptions, call: _Call, context
+    ) -> recognition_pb2.InterimResult | None:
         """Pilot inference on the audio so far with a small beam; skipped, not failed, under load."""
         try:
             samples = asm.samples(partial=True)
         except InvalidRequest:  # e.g. a FLAC stream cut mid-frame: wait for more audio
             return None
         beam = min(self.config.interim_beam_size, options.beam_size)
-        job = Job(samples=samples, options=options.with_(beam_size=beam, nbest=1), request_id=call.request_id,
-                  rpc="StreamingRecognize/interim")
+        job = Job(
+            samples=samples,
+            options=options.with_(beam_size=beam, nbest=1),
+            request_id=call.request_id,
+            rpc="StreamingRecognize/interim",
+        )
         try:
             state.batcher.submit(job)
         except QueueFull:
@@ -321,7 +352,7 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
         out = self._wait(job, context)
         conf = reuse_mod.confidences([e.score for e in out.nbest])
         return recognition_pb2.InterimResult(
-            hypotheses=[_hypothesis(e, c) for e, c in zip(out.nbest, conf)],
+            hypotheses=[_hypothesis(e, c) for e, c in zip(out.nbest, conf, strict=True)],
             audio_end_offset=_duration(samples.size / state.model.sample_rate),
         )
 
@@ -329,8 +360,13 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
 def _hypothesis(e, confidence: float) -> hypothesis_pb2.Hypothesis:
     """The wire form: the intent label apart from the transcript (as the proto documents)."""
     intent, transcript = split_intent(e.text)
-    return hypothesis_pb2.Hypothesis(text=transcript, intent=intent or "", token_ids=e.token_ids,
-                                     scores=reuse_mod.to_proto_scores(e), confidence=confidence)
+    return hypothesis_pb2.Hypothesis(
+        text=transcript,
+        intent=intent or "",
+        token_ids=e.token_ids,
+        scores=reuse_mod.to_proto_scores(e),
+        confidence=confidence,
+    )
 
 
 MAX_DEVICE_HYPOTHESES = 16
@@ -340,10 +376,13 @@ MAX_TOKENS_PER_SECOND = 50  # far above any speech rate: a longer "hypothesis" i
 def _check_device_result(device: speech_service_pb2.DeviceResult, seconds: float) -> None:
     """Bound what a device may ask the worker to rescore (one batching thread serves everyone)."""
     if len(device.hypotheses) > MAX_DEVICE_HYPOTHESES:
-        raise InvalidRequest(f"device_result has {len(device.hypotheses)} hypotheses; at most "
-                             f"{MAX_DEVICE_HYPOTHESES} are accepted")
+        raise InvalidRequest(
+            f"device_result has {len(device.hypotheses)} hypotheses; at most {MAX_DEVICE_HYPOTHESES} are accepted"
+        )
     limit = int(MAX_TOKENS_PER_SECOND * max(seconds, 1.0))
     for i, h in enumerate(device.hypotheses):
         if len(h.token_ids) > limit:
-            raise InvalidRequest(f"device_result.hypotheses[{i}] has {len(h.token_ids)} token ids, more than "
-                                 f"{limit} for {seconds:.2f} s of audio")
+            raise InvalidRequest(
+                f"device_result.hypotheses[{i}] has {len(h.token_ids)} token ids, more than "
+                f"{limit} for {seconds:.2f} s of audio"
+            )

@@ -45,13 +45,19 @@ def add_speech_service(servicer, server: grpc.Server) -> None:
     """``add_SpeechServiceServicer_to_server``, with the safe request parser."""
     handlers = {
         "Offload": grpc.stream_unary_rpc_method_handler(
-            servicer.Offload, request_deserializer=_parser(pb.OffloadRequest),
-            response_serializer=pb.OffloadResponse.SerializeToString),
+            servicer.Offload,
+            request_deserializer=_parser(pb.OffloadRequest),
+            response_serializer=pb.OffloadResponse.SerializeToString,
+        ),
         "Recognize": grpc.unary_unary_rpc_method_handler(
-            servicer.Recognize, request_deserializer=_parser(pb.RecognizeRequest),
-            response_serializer=pb.RecognizeResponse.SerializeToString),
+            servicer.Recognize,
+            request_deserializer=_parser(pb.RecognizeRequest),
+            response_serializer=pb.RecognizeResponse.SerializeToString,
+        ),
         "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamingRecognize, request_deserializer=_parser(pb.StreamingRecognizeRequest),
-            response_serializer=pb.StreamingRecognizeResponse.SerializeToString),
+            servicer.StreamingRecognize,
+            request_deserializer=_parser(pb.StreamingRecognizeRequest),
+            response_serializer=pb.StreamingRecognizeResponse.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

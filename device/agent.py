@@ -10,7 +10,11 @@ after the pilots); a segment not offloaded yet gets one last decision. One
 finisher thread answers segments in order, so ingestion never waits for it.
 
 Every segment that starts gets exactly one answer: a cloud that is slow, down
-or wrong leaves the device's own result, marked ``fallback``.
+or wrong leaves the device's own result, marked ``fallback``. An answer is
+*understood* only if it passes :func:`pasu.slu.rejection_reason` (an intent,
+words after it, confidence at the rejection threshold); otherwise the record
+says ``understood: false`` and keeps the best guess. A segment whose final
+device hypothesis has no words is judged non-speech and is not offloaded.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pasu.device.output import SegmentOutcome, interim_record, segment_record
 from pasu.device.policy import DecisionContext, OffloadPolicy
 from pasu.device.vad import VadSegmenter, to_int16
 from pasu.models import LoadedModel, load_model
+from pasu.slu import rejection_reason, split_intent
 from pasu.streaming.session import FinalResult, StreamingSession
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,7 @@ class DeviceAgent:
             raise ValueError(f"the model runs at {self.rate} Hz, the agent at {config.vad.sample_rate} Hz")
         self.recognizer = Recognizer(model, config.decoding)
         self.estimator = estimator or estimator_for(model.files.root, config.confidence)
+        self.reject_below = self._rejection_threshold()
         chunk_bytes = 2 * int(self.rate * config.cloud.chunk_ms / 1000)
         self.policy = OffloadPolicy(config.policy, tail_bytes=chunk_bytes)
         self._own_client = False
@@ -64,8 +70,22 @@ class DeviceAgent:
         self.client = client
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pasu-finish")
 
+    def _rejection_threshold(self) -> float:
+        """The configured threshold, else the one calibrated for the estimator, else 0:
+        a threshold belongs to one estimator's scale, so it travels in its metadata."""
+        if self.config.rejection_threshold is not None:
+            return self.config.rejection_threshold
+        t = self.estimator.rejection_threshold
+        if t is None:
+            log.warning(
+                "the confidence estimator has no calibrated rejection threshold; only answers "
+                "without words are rejected (set AgentConfig.rejection_threshold)"
+            )
+            return 0.0
+        return t
+
     @classmethod
-    def from_path(cls, config: AgentConfig, model_path, **kw) -> "DeviceAgent":
+    def from_path(cls, config: AgentConfig, model_path, **kw) -> DeviceAgent:
         return cls(config, load_model(model_path, config.device), **kw)
 
     def close(self) -> None:
@@ -73,7 +93,7 @@ class DeviceAgent:
         if self._own_client and self.client is not None:
             self.client.close()
 
-    def __enter__(self) -> "DeviceAgent":
+    def __enter__(self) -> DeviceAgent:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -186,17 +206,28 @@ class _SegmentRun:
         dev = None
         hyps = final.nbest if final is not None else nbest
         if hyps:
-            dev = device_result(hyps, m.name, m.version, m.token_list, ctx.confidence or 0.0, complete=final is not None)
-        cfg = offload_config(new_request_id(), d.reason, dev, self.start_s, self.end_s, self.a.rate,
-                             self.a.config.cloud.nbest)
+            dev = device_result(
+                hyps, m.name, m.version, m.token_list, ctx.confidence or 0.0, complete=final is not None
+            )
+        cfg = offload_config(
+            new_request_id(), d.reason or "", dev, self.start_s, self.end_s, self.a.rate, self.a.config.cloud.nbest
+        )
         t0 = time.perf_counter()
         self.call = self.a.client.open(cfg, self.a.rate)
         backlog = b"".join(self._pcm)
         self.call.push(backlog)
         if self.end_s is not None:
             self.call.finish()
-        log.debug("offloading", extra={"request_id": cfg.request_id, "stage": ctx.stage, "reason": d.reason,
-                                        "confidence": ctx.confidence, "heard_s": ctx.audio_s})
+        log.debug(
+            "offloading",
+            extra={
+                "request_id": cfg.request_id,
+                "stage": ctx.stage,
+                "reason": d.reason,
+                "confidence": ctx.confidence,
+                "heard_s": ctx.audio_s,
+            },
+        )
         self.breakdown["offload_open_ms"] = 1000 * (time.perf_counter() - t0)
 
     # -- finisher thread -----------------------------------------------------
@@ -206,7 +237,7 @@ class _SegmentRun:
             return segment_record(self._finish())
         except BaseException as e:  # the last line of defence: never lose a segment
             log.exception("segment %d of %s failed", self.index, self.name)
-            return segment_record(self._outcome("", 0.0, error=f"internal error: {e!r}"))
+            return segment_record(self._outcome("", 0.0, error=f"internal error: {e!r}", reject_reason="error"))
 
     def _finish(self) -> SegmentOutcome:
         t0 = time.perf_counter()
@@ -227,14 +258,16 @@ class _SegmentRun:
         else:
             self.confidence = 0.0
         self.breakdown["confidence_ms"] = 1000 * (time.perf_counter() - t0) - self.breakdown["local_final_ms"]
-        if self.call is None:
-            heard = self.samples / self.a.rate
-            self._decide(DecisionContext("final", self.confidence, heard, self._seen_pilots), final=final)
         best = final.best if final is not None else None
         text = best.text if best else ""
         if self.call is None:
+            heard = self.samples / self.a.rate
+            words = bool(split_intent(text)[1].strip())  # no words: non-speech, never the cloud's to answer
+            self._decide(DecisionContext("final", self.confidence, heard, self._seen_pilots, words=words), final=final)
+        local_reject = rejection_reason(text, self.confidence, self.a.reject_below)
+        if self.call is None:
             self.a.policy.segment_done(False)
-            return self._outcome(text, self.confidence, error=error)
+            return self._outcome(text, self.confidence, error=error, reject_reason=local_reject)
         t1 = time.perf_counter()
         try:
             ans = self.call.wait()
@@ -243,26 +276,68 @@ class _SegmentRun:
             log.warning("segment %d of %s: cloud failed (%s); answering locally", self.index, self.name, e)
             self.a.policy.segment_done(True)
             err = f"cloud: {e}" + (f"; {error}" if error else "")
-            return self._outcome(text, self.confidence, fallback=True, error=err,
-                                 cloud={"attempts": e.attempts, "code": e.code})
+            return self._outcome(
+                text,
+                self.confidence,
+                fallback=True,
+                error=err,
+                cloud={"attempts": e.attempts, "code": e.code},
+                reject_reason=local_reject,
+            )
         self.breakdown["cloud_wait_ms"] = 1000 * (time.perf_counter() - t1)
         self.breakdown["cloud_server_ms"] = 1000 * ans.server_s
         self.a.policy.link.observe_call(ans.wait_s, ans.server_s, self.call.tail_bytes)
         self.a.policy.segment_done(True)
         top = ans.nbest[0]
-        return self._outcome(top.text, top.confidence, source="cloud", error=None,
-                             cloud={"model": ans.model, "attempts": ans.attempts, "decoder_reuse": ans.decoder_reuse,
-                                    "timing": {k: round(v * 1000, 1) for k, v in ans.timing.items()}})
+        # The cloud applies the same rule with its own threshold and says so in the result's
+        # `understood`; the words part needs no threshold and is checked here too.
+        cloud_reject = rejection_reason(top.text, top.confidence, 0.0)
+        if cloud_reject is None and getattr(ans, "understood", None) is False:
+            cloud_reject = "low_confidence"
+        return self._outcome(
+            top.text,
+            top.confidence,
+            source="cloud",
+            error=None,
+            reject_reason=cloud_reject,
+            cloud={
+                "model": ans.model,
+                "attempts": ans.attempts,
+                "decoder_reuse": ans.decoder_reuse,
+                "timing": {k: round(v * 1000, 1) for k, v in ans.timing.items()},
+            },
+        )
 
-    def _outcome(self, text: str, confidence: float, source: str = "device", fallback: bool = False,
-                 error: str | None = None, cloud: dict | None = None) -> SegmentOutcome:
+    def _outcome(
+        self,
+        text: str,
+        confidence: float,
+        source: str = "device",
+        fallback: bool = False,
+        error: str | None = None,
+        cloud: dict | None = None,
+        reject_reason: str | None = None,
+    ) -> SegmentOutcome:
         now = time.perf_counter()
         latency = 1000 * (now - self.t_end) if self.t_end is not None else 0.0
         return SegmentOutcome(
-            file=self.name, index=self.index, start_s=self.start_s, end_s=self.end_s or self.start_s,
-            text=text, confidence=confidence, device_confidence=self.confidence, source=source,
-            offloaded=self.call is not None, offload_reason=self.reason, offload_stage=self.stage,
-            latency_ms=latency, breakdown=dict(self.breakdown), fallback=fallback, cut=self.cut, error=error,
-            request_id=self.call.request_id if self.call is not None else None, cloud=cloud,
+            file=self.name,
+            index=self.index,
+            start_s=self.start_s,
+            end_s=self.end_s or self.start_s,
+            text=text,
+            confidence=confidence,
+            device_confidence=self.confidence,
+            source=source,
+            offloaded=self.call is not None,
+            offload_reason=self.reason,
+            offload_stage=self.stage,
+            latency_ms=latency,
+            breakdown=dict(self.breakdown),
+            fallback=fallback,
+            cut=self.cut,
+            error=error,
+            request_id=self.call.request_id if self.call is not None else None,
+            cloud=cloud,
+            reject_reason=reject_reason,
         )
-

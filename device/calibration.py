@@ -59,12 +59,14 @@ def report(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
         "auroc": None if a is None else round(a, 4),
         "brier": round(brier(probs, labels), 4) if np.asarray(probs).size else None,
         "accuracy_at_0.5": round(float(np.mean((np.asarray(probs) >= 0.5) == np.asarray(labels).astype(bool))), 4)
-        if np.asarray(probs).size else None,
+        if np.asarray(probs).size
+        else None,
     }
 
 
-def reliability_diagram(probs: np.ndarray, labels: np.ndarray, path: str | Path, bins: int = 10,
-                        title: str = "confidence estimator") -> Path:
+def reliability_diagram(
+    probs: np.ndarray, labels: np.ndarray, path: str | Path, bins: int = 10, title: str = "confidence estimator"
+) -> Path:
     """Accuracy per confidence bin against the diagonal, with the bin counts below (PNG)."""
     import matplotlib
 

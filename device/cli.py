@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from pasu.tools.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
-from pasu.device.config import POLICY_KINDS, AgentConfig, CloudClientConfig, PolicyConfig, VadOptions
+from pasu.device.config import POLICY_KINDS, VAD_BACKENDS, AgentConfig, CloudClientConfig, PolicyConfig, VadOptions
 from pasu.streaming.options import StreamingOptions
+from pasu.tools.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = dsub.add_parser("transcribe", help="answer every speech segment of audio files (JSON lines)")
     t.add_argument("audio", nargs="+", help="WAV/FLAC files (any rate), or a list file / wav.scp")
-    t.add_argument("--realtime", action="store_true", help="feed files at real-time pace (default: as fast as possible)")
+    t.add_argument(
+        "--realtime", action="store_true", help="feed files at real-time pace (default: as fast as possible)"
+    )
     add_agent_args(t)
     t.set_defaults(func=run_transcribe)
 
@@ -43,32 +45,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("train-confidence", help="train the offramp's confidence estimator on an ESPnet data dir")
     add_model_args(c)
     add_decoding_args(c)
-    c.add_argument("--data", required=True, type=Path, action="append",
-                   help="ESPnet data dir: wav.scp and text (uttid intent words…); repeat to pool several")
+    c.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        action="append",
+        help="ESPnet data dir: wav.scp and text (uttid intent words…); repeat to pool several",
+    )
     c.add_argument("--out", required=True, type=Path, help="weights file (metadata goes to OUT.json)")
     c.add_argument("--kind", choices=("logistic", "mlp", "cnn"), default="mlp")
-    c.add_argument("--features", default="all", type=_feature_set,
-                   help="features the estimator uses: all, scores (the shift-robust per-token scores and "
-                        "margin: SCORE_FEATURES), or a comma-separated list (default: all)")
+    c.add_argument(
+        "--features",
+        default="all",
+        type=_feature_set,
+        help="features the estimator uses: all, scores (the shift-robust per-token scores and "
+        "margin: SCORE_FEATURES), or a comma-separated list (default: all)",
+    )
     c.add_argument("--hidden", type=int, default=16)
     c.add_argument("--epochs", type=int, default=400)
     c.add_argument("--lr", type=float, default=0.02)
     c.add_argument("--eval-fraction", type=float, default=0.25, help="utterances held out for the report")
-    c.add_argument("--label", choices=("intent", "intent+text", "cloud"), default="intent",
-                   help="what counts as right: the intent, or the intent and every word; cloud: the device "
-                        "answer is 'wrong' only where the cloud model gets the intent right and the device "
-                        "does not (what offloading would gain)")
-    c.add_argument("--cloud-model", default=None,
-                   help="the cloud model the cloud label compares with (default: the shipped one)")
+    c.add_argument(
+        "--label",
+        choices=("intent", "intent+text", "cloud"),
+        default="intent",
+        help="what counts as right: the intent, or the intent and every word; cloud: the device "
+        "answer is 'wrong' only where the cloud model gets the intent right and the device "
+        "does not (what offloading would gain)",
+    )
+    c.add_argument(
+        "--cloud-model", default=None, help="the cloud model the cloud label compares with (default: the shipped one)"
+    )
     c.add_argument("--limit", type=int, default=None, help="first N utterances only")
     c.add_argument("--plot", type=Path, default=None, help="reliability diagram PNG (default: OUT.reliability.png)")
-    c.add_argument("--test", type=Path, default=None,
-                   help="also score the estimator on this data dir (e.g. test_hard), with its own diagram")
+    c.add_argument(
+        "--test",
+        type=Path,
+        default=None,
+        help="also score the estimator on this data dir (e.g. test_hard), with its own diagram",
+    )
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--cache", type=Path, default=None,
-                   help="keep each data dir's decoded examples (and the cloud's answers) here and reuse them: "
-                        "decoding is nearly all of a run, so kinds, features, seeds and labels can then be "
-                        "swept in seconds")
+    c.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep each data dir's decoded examples (and the cloud's answers) here and reuse them: "
+        "decoding is nearly all of a run, so kinds, features, seeds and labels can then be "
+        "swept in seconds",
+    )
     add_streaming_args(c)
     c.set_defaults(func=run_train)
 
@@ -88,16 +112,35 @@ def add_agent_args(p: argparse.ArgumentParser) -> None:
     add_streaming_args(p)
     v = VadOptions()
     g = p.add_argument_group("voice activity detection")
-    g.add_argument("--vad-aggressiveness", type=int, choices=(0, 1, 2, 3), default=v.aggressiveness)
+    g.add_argument(
+        "--vad",
+        choices=VAD_BACKENDS,
+        default=v.backend,
+        help="frame classifier: silero (trained, default) or webrtc (default: %(default)s)",
+    )
+    g.add_argument(
+        "--vad-aggressiveness", type=int, choices=(0, 1, 2, 3), default=v.aggressiveness, help="webrtcvad's mode"
+    )
     g.add_argument("--vad-padding-ms", type=int, default=v.padding_ms, help="audio kept before and after speech")
     g.add_argument("--vad-min-silence-ms", type=int, default=v.min_silence_ms, help="silence that ends a segment")
     g.add_argument("--vad-max-segment-s", type=float, default=v.max_segment_s, help="longer segments are cut")
     pc = PolicyConfig()
     g = p.add_argument_group("offramp and offload policy")
-    g.add_argument("--policy", choices=POLICY_KINDS, default=None,
-                   help="when to offload (default: threshold with --cloud, never without)")
+    g.add_argument(
+        "--policy",
+        choices=POLICY_KINDS,
+        default=None,
+        help="when to offload (default: threshold with --cloud, never without)",
+    )
     g.add_argument("--confidence", type=Path, default=None, help="trained estimator (train-confidence); default: prior")
     g.add_argument("--threshold", type=float, default=pc.threshold, help="offload below this confidence")
+    g.add_argument(
+        "--rejection-threshold",
+        type=float,
+        default=None,
+        help='"not understood" below this final confidence (default: the threshold calibrated '
+        "for the estimator; 0 keeps only the no-words rule)",
+    )
     g.add_argument("--target-rate", type=float, default=pc.target_rate, help="budget policy: offload rate to keep")
     g.add_argument("--min-pilots", type=int, default=pc.min_pilots, help="earliest pilot that may offload")
     g.add_argument("--no-early", action="store_true", help="decide only at the end of each segment")
@@ -105,8 +148,12 @@ def add_agent_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cloud")
     g.add_argument("--cloud", default=None, help="HOST:PORT or dns:///host:port of the cloud (default: local only)")
     g.add_argument("--deadline", type=float, default=cc.deadline_s, help="seconds per attempt after the segment ends")
-    g.add_argument("--total-deadline", type=float, default=cc.total_deadline_s,
-                   help="seconds after the segment ends before answering locally")
+    g.add_argument(
+        "--total-deadline",
+        type=float,
+        default=cc.total_deadline_s,
+        help="seconds after the segment ends before answering locally",
+    )
     g.add_argument("--attempts", type=int, default=cc.max_attempts)
     g.add_argument("--tls-root-cert", type=Path, default=None, help="CA certificate: use TLS")
     g.add_argument("--tls-client-cert", type=Path, default=None)
@@ -115,7 +162,7 @@ def add_agent_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bearer-token-file", type=Path, default=None, help=f"token file (or ${TOKEN_ENV})")
     g.add_argument("--cloud-nbest", type=int, default=None)
     g = p.add_argument_group("output")
-    g.add_argument("--interim", action="store_true", help="also print pilot hypotheses (\"interim\": true)")
+    g.add_argument("--interim", action="store_true", help='also print pilot hypotheses ("interim": true)')
     g.add_argument("--human", action="store_true", help="a readable line per segment instead of JSON")
 
 
@@ -135,19 +182,36 @@ def read_token(path: Path | None) -> str | None:
 def agent_config(args: argparse.Namespace, realtime: bool, background: bool) -> AgentConfig:
     kind = args.policy or ("threshold" if args.cloud else "never")
     return AgentConfig(
-        vad=VadOptions(aggressiveness=args.vad_aggressiveness, padding_ms=args.vad_padding_ms,
-                       min_silence_ms=args.vad_min_silence_ms, max_segment_s=args.vad_max_segment_s),
+        vad=VadOptions(
+            backend=args.vad,
+            aggressiveness=args.vad_aggressiveness,
+            padding_ms=args.vad_padding_ms,
+            min_silence_ms=args.vad_min_silence_ms,
+            max_segment_s=args.vad_max_segment_s,
+        ),
         streaming=streaming_options(args).with_(max_segment_s=args.vad_max_segment_s + 1),
         decoding=decoding_options(args),
-        policy=PolicyConfig(kind=kind, threshold=args.threshold, target_rate=args.target_rate,
-                            min_pilots=args.min_pilots, early=not args.no_early),
+        policy=PolicyConfig(
+            kind=kind,
+            threshold=args.threshold,
+            target_rate=args.target_rate,
+            min_pilots=args.min_pilots,
+            early=not args.no_early,
+        ),
         cloud=CloudClientConfig(
-            target=args.cloud, deadline_s=args.deadline, total_deadline_s=max(args.total_deadline, args.deadline),
-            max_attempts=args.attempts, root_cert=args.tls_root_cert, client_cert=args.tls_client_cert,
-            client_key=args.tls_client_key, server_name=args.tls_server_name,
-            bearer_token=read_token(args.bearer_token_file), nbest=args.cloud_nbest,
+            target=args.cloud,
+            deadline_s=args.deadline,
+            total_deadline_s=max(args.total_deadline, args.deadline),
+            max_attempts=args.attempts,
+            root_cert=args.tls_root_cert,
+            client_cert=args.tls_client_cert,
+            client_key=args.tls_client_key,
+            server_name=args.tls_server_name,
+            bearer_token=read_token(args.bearer_token_file),
+            nbest=args.cloud_nbest,
         ),
         confidence=args.confidence,
+        rejection_threshold=args.rejection_threshold,
         chunk_ms=args.chunk_ms,
         realtime=realtime,
         background=background,
@@ -233,14 +297,24 @@ def _feature_set(text: str) -> tuple[str, ...]:
 def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pasu.tools.train.confidence import TrainOptions, train
     from pasu.model_store import resolve_model
     from pasu.models import load_model
+    from pasu.tools.train.confidence import TrainOptions, train
 
-    options = TrainOptions(kind=args.kind, features=args.features, hidden=args.hidden, epochs=args.epochs,
-                           lr=args.lr, eval_fraction=args.eval_fraction, seed=args.seed, label=args.label,
-                           chunk_ms=args.chunk_ms, limit=args.limit, decoding=decoding_options(args),
-                           streaming=streaming_options(args))
+    options = TrainOptions(
+        kind=args.kind,
+        features=args.features,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        lr=args.lr,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        label=args.label,
+        chunk_ms=args.chunk_ms,
+        limit=args.limit,
+        decoding=decoding_options(args),
+        streaming=streaming_options(args),
+    )
     if args.cloud_model and args.label != "cloud":
         print("error: --cloud-model is for --label cloud", file=sys.stderr)
         return 2
@@ -250,14 +324,22 @@ def run_train(args: argparse.Namespace) -> int:
     def progress(items):
         return tqdm(items, desc="decoding", unit="utt", file=sys.stderr, disable=not sys.stderr.isatty())
 
-    meta = train(model, args.data, args.out, options, plot=args.plot, progress=progress, test_dir=args.test,
-                 cloud=cloud, cache=args.cache)
+    meta = train(
+        model,
+        args.data,
+        args.out,
+        options,
+        plot=args.plot,
+        progress=progress,
+        test_dir=args.test,
+        cloud=cloud,
+        cache=args.cache,
+    )
     ev = meta["metrics"]["eval"]
 
     def fmt(r: dict) -> str:
         auroc = "n/a (one class)" if r.get("auroc") is None else f"{r['auroc']:.3f}"
-        return (f"ECE {r['ece']:.3f}  AUROC {auroc}  Brier {r['brier']:.3f}  "
-                f"(n={r['n']}, right={r['positives']})")
+        return f"ECE {r['ece']:.3f}  AUROC {auroc}  Brier {r['brier']:.3f}  (n={r['n']}, right={r['positives']})"
 
     print(f"confidence estimator ({options.kind} on {', '.join(options.features)}) → {args.out} (+ .json)")
     print(f"utterances: train {meta['utterances']['train']}, eval {meta['utterances']['eval']}")

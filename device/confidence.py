@@ -29,7 +29,8 @@ from rapidfuzz.distance import Levenshtein
 from torch import nn
 
 from pasu.decoding.recognizer import NBestEntry
-from pasu.streaming.session import FinalResult, PilotRecord, common_prefix
+from pasu.streaming.commit import common_prefix
+from pasu.streaming.session import FinalResult, PilotRecord
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ MARGIN_CAP = 10.0  # a single hypothesis has an "infinite" margin: capped
 FORMAT = "pasu-confidence/1"
 
 
-
 def nothing_lost(device_right: bool, cloud_right: bool) -> bool:
     """What an estimator trained with ``--label cloud`` predicts: keeping the device's
     answer loses nothing unless the cloud is right where the device is wrong."""
@@ -75,8 +75,9 @@ def feature_set(spec: str | Sequence[str]) -> tuple[str, ...]:
     uses = [f for f in spec if f]
     unknown = sorted(set(uses) - set(FEATURES))
     if unknown or not uses:
-        raise ValueError(f"features to use: unknown features {unknown}; use all, scores or some of "
-                         f"{', '.join(FEATURES)}")
+        raise ValueError(
+            f"features to use: unknown features {unknown}; use all, scores or some of {', '.join(FEATURES)}"
+        )
     return tuple(uses)
 
 
@@ -106,7 +107,7 @@ def step_features(
         "score_per_token": best.score / n if best else -10.0,
         "decoder_per_token": best.scores.get("decoder", 0.0) / n if best else -10.0,
         "ctc_per_token": best.scores.get("ctc", 0.0) / n if best else -10.0,
-        "nbest_margin": min(MARGIN_CAP, best.score - nbest[1].score) if len(nbest) > 1 else MARGIN_CAP,
+        "nbest_margin": min(MARGIN_CAP, best.score - nbest[1].score) if best and len(nbest) > 1 else MARGIN_CAP,
         "n_tokens": float(len(ids)),
         "audio_s": float(audio_s),
         "tokens_per_s": len(ids) / max(audio_s, 0.1),
@@ -168,8 +169,11 @@ def pad_sequence(steps: Sequence[np.ndarray]) -> np.ndarray:
 class ConfidenceNet(nn.Module):
     """Normalized features → logit. ``cnn`` adds a 1-D CNN over the recent steps."""
 
-    def __init__(self, kind: Kind = "mlp", hidden: int = 16, channels: int = 8,
-                 uses: Sequence[str] = FEATURES) -> None:
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+    mask: torch.Tensor
+
+    def __init__(self, kind: Kind = "mlp", hidden: int = 16, channels: int = 8, uses: Sequence[str] = FEATURES) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -222,6 +226,14 @@ class ConfidenceEstimator:
         s = torch.as_tensor(seqs, dtype=torch.float32) if seqs is not None else None
         return torch.sigmoid(self.net.eval()(x, s)).numpy()
 
+    @property
+    def rejection_threshold(self) -> float | None:
+        """The final confidence below which an answer is "not understood", as calibrated
+        for this estimator on held-out in-domain commands (``rejection`` in its metadata,
+        written by ``pasu eval --rejection --calibrate``); None if it was never calibrated."""
+        r = self.meta.get("rejection")
+        return float(r["threshold"]) if isinstance(r, dict) and "threshold" in r else None
+
     def score(self, tracker: FeatureTracker) -> float:
         """P(right) at the tracker's latest step."""
         if not tracker.steps:
@@ -230,21 +242,23 @@ class ConfidenceEstimator:
 
     # -- construction ------------------------------------------------------
     @classmethod
-    def from_weights(cls, weights: dict[str, float], bias: float, name: str = "fixed") -> "ConfidenceEstimator":
+    def from_weights(cls, weights: dict[str, float], bias: float, name: str = "fixed") -> ConfidenceEstimator:
         """Logistic regression on raw features with hand-set weights (unnamed features weigh 0)."""
         unknown = set(weights) - set(FEATURES)
         if unknown:
             raise ValueError(f"unknown features {sorted(unknown)}; known: {FEATURES}")
         net = ConfidenceNet("logistic")
+        head = net.head
+        assert isinstance(head, nn.Linear)  # a logistic net's head is one linear layer
         with torch.no_grad():
-            net.head.weight.zero_()
+            head.weight.zero_()
             for k, w in weights.items():
-                net.head.weight[0, FEATURES.index(k)] = float(w)
-            net.head.bias.fill_(float(bias))
+                head.weight[0, FEATURES.index(k)] = float(w)
+            head.bias.fill_(float(bias))
         return cls(net, {"format": FORMAT, "kind": "logistic", "name": name, "features": list(FEATURES)})
 
     @classmethod
-    def prior(cls) -> "ConfidenceEstimator":
+    def prior(cls) -> ConfidenceEstimator:
         """An untrained, uncalibrated default: high per-token scores, stable pilots and a
         clear n-best margin mean confident. Train one for real decisions."""
         return cls.from_weights(
@@ -259,14 +273,21 @@ class ConfidenceEstimator:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         torch.save(self.net.state_dict(), p)
-        meta = dict(self.meta, format=FORMAT, kind=self.net.kind, features=list(FEATURES),
-                    uses=list(self.net.uses), hidden=_hidden(self.net), channels=_channels(self.net))
+        meta = dict(
+            self.meta,
+            format=FORMAT,
+            kind=self.net.kind,
+            features=list(FEATURES),
+            uses=list(self.net.uses),
+            hidden=_hidden(self.net),
+            channels=_channels(self.net),
+        )
         j = meta_path(p)
         j.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return p, j
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "ConfidenceEstimator":
+    def load(cls, path: str | Path, device: str = "cpu") -> ConfidenceEstimator:
         p = Path(path)
         j = meta_path(p)
         if not p.is_file() or not j.is_file():
@@ -276,8 +297,12 @@ class ConfidenceEstimator:
             raise ValueError(f"{j}: not a {FORMAT} file (format={meta.get('format')!r})")
         if list(meta.get("features", [])) != list(FEATURES):
             raise ValueError(f"{j}: trained on features {meta.get('features')}, this pasu computes {list(FEATURES)}")
-        net = ConfidenceNet(meta["kind"], hidden=meta.get("hidden") or 16, channels=meta.get("channels") or 8,
-                            uses=meta.get("uses") or FEATURES)
+        net = ConfidenceNet(
+            meta["kind"],
+            hidden=meta.get("hidden") or 16,
+            channels=meta.get("channels") or 8,
+            uses=meta.get("uses") or FEATURES,
+        )
         state = torch.load(p, map_location=device, weights_only=True)
         state.setdefault("mask", net.mask)  # estimators saved before feature selection use them all
         net.load_state_dict(state)
@@ -289,11 +314,13 @@ def meta_path(path: Path) -> Path:
 
 
 def _hidden(net: ConfidenceNet) -> int | None:
-    return net.head[0].out_features if isinstance(net.head, nn.Sequential) else None
+    first = net.head[0] if isinstance(net.head, nn.Sequential) else None
+    return first.out_features if isinstance(first, nn.Linear) else None
 
 
 def _channels(net: ConfidenceNet) -> int | None:
-    return net.conv[0].out_channels if net.kind == "cnn" else None
+    conv = net.conv[0] if net.kind == "cnn" else None
+    return conv.out_channels if isinstance(conv, nn.Conv1d) else None
 
 
 #: The estimator trained for a model ships in the model's dir under this name.

@@ -16,6 +16,8 @@ from pasu.streaming.options import StreamingOptions
 
 PolicyKind = Literal["never", "always", "threshold", "budget", "latency"]
 POLICY_KINDS: tuple[str, ...] = ("never", "always", "threshold", "budget", "latency")
+VadBackend = Literal["silero", "webrtc"]
+VAD_BACKENDS: tuple[str, ...] = ("silero", "webrtc")
 
 
 def _need(ok: bool, msg: str) -> None:
@@ -25,44 +27,73 @@ def _need(ok: bool, msg: str) -> None:
 
 @dataclass(frozen=True)
 class VadOptions:
-    """How a continuous stream is cut into segments (webrtcvad frames, 16 kHz).
+    """How a continuous stream is cut into segments (16 kHz).
 
-    A segment opens when ``start_ms`` of the last ``start_window_ms`` are voiced,
-    (so clicks shorter than that never open one), closes after ``min_silence_ms`` of unvoiced frames, and is cut at
+    ``backend`` classifies each frame as speech or not: ``silero`` (default), the
+    trained Silero VAD that ships inside its PyPI package (32 ms frames, speech
+    when its probability is >= ``speech_threshold``), or ``webrtcvad`` (10/20/30 ms
+    frames, ``aggressiveness``). Why silero: webrtcvad calls the first frames of
+    any stream speech while it adapts and calls loud stationary noise speech
+    throughout, so noise alone opened segments the device then "understood";
+    on the recipe's noise-only set silero opens none (docs/device.md, VAD).
+
+    A segment opens when ``start_ms`` of the last ``start_window_ms`` are voiced
+    (the minimum speech: a click or a burst shorter than a word never opens
+    one), closes after ``min_silence_ms`` of unvoiced frames, and is cut at
     ``max_segment_s`` so one long stretch of speech never holds unbounded memory.
     ``padding_ms`` of audio is kept on both sides (onsets and fricatives that the
     VAD calls silence).
     """
 
+    backend: VadBackend = "silero"
     aggressiveness: int = 2  # webrtcvad mode 0 (permissive) .. 3 (aggressive)
-    frame_ms: int = 30  # 10, 20 or 30 (webrtcvad's choices)
+    frame_ms: int | None = None  # None: the backend's (silero 32, webrtcvad 30); webrtcvad: 10, 20 or 30
+    speech_threshold: float = 0.5  # silero: speech probability that makes a frame voiced
     padding_ms: int = 200
-    start_window_ms: int = 150
-    start_ms: int = 90
+    start_window_ms: int = 300
+    start_ms: int = 200
     min_silence_ms: int = 500
     max_segment_s: float = 15.0
-    # Frames quieter than this are silence whatever webrtcvad says: it calls the
-    # first frames of a stream speech while it adapts. None: no floor.
+    # Frames quieter than this are silence whatever the backend says (webrtcvad calls
+    # the first frames of a stream speech while it adapts). None: no floor.
     energy_floor_dbfs: float | None = -50.0
     sample_rate: int = 16000
 
     def __post_init__(self) -> None:
+        _need(self.backend in VAD_BACKENDS, f"backend must be one of {VAD_BACKENDS}, got {self.backend!r}")
         _need(self.aggressiveness in (0, 1, 2, 3), f"aggressiveness must be 0..3, got {self.aggressiveness}")
-        _need(self.frame_ms in (10, 20, 30), f"frame_ms must be 10, 20 or 30, got {self.frame_ms}")
-        _need(self.sample_rate in (8000, 16000, 32000, 48000), f"webrtcvad needs 8/16/32/48 kHz, got {self.sample_rate}")
+        if self.backend == "webrtc":
+            _need(self.frame_ms in (None, 10, 20, 30), f"webrtcvad: frame_ms must be 10, 20 or 30, got {self.frame_ms}")
+            _need(
+                self.sample_rate in (8000, 16000, 32000, 48000),
+                f"webrtcvad needs 8/16/32/48 kHz, got {self.sample_rate}",
+            )
+        else:
+            _need(self.frame_ms in (None, 32), f"silero: frame_ms must be 32 (512 samples), got {self.frame_ms}")
+            _need(self.sample_rate == 16000, f"silero runs at 16 kHz here, got {self.sample_rate}")
+        _need(0.0 < self.speech_threshold < 1.0, f"speech_threshold must be in (0, 1), got {self.speech_threshold}")
         _need(self.padding_ms >= 0, "padding_ms must be >= 0")
         _need(0 < self.start_ms <= self.start_window_ms, "need 0 < start_ms <= start_window_ms")
-        _need(self.min_silence_ms >= self.frame_ms, "min_silence_ms must be at least one frame")
-        _need(self.max_segment_s * 1000 > 2 * self.padding_ms + self.start_window_ms,
-              "max_segment_s is too short for the padding")
+        _need(self.min_silence_ms >= self.frame_length_ms, "min_silence_ms must be at least one frame")
+        _need(
+            self.max_segment_s * 1000 > 2 * self.padding_ms + self.start_window_ms,
+            "max_segment_s is too short for the padding",
+        )
+
+    @property
+    def frame_length_ms(self) -> int:
+        """The frame length in use: ``frame_ms``, or the backend's own."""
+        if self.frame_ms is not None:
+            return self.frame_ms
+        return 32 if self.backend == "silero" else 30
 
     @property
     def frame_samples(self) -> int:
-        return self.sample_rate * self.frame_ms // 1000
+        return self.sample_rate * self.frame_length_ms // 1000
 
     def frames(self, ms: float) -> int:
         """``ms`` as a whole number of frames (at least one)."""
-        return max(1, round(ms / self.frame_ms))
+        return max(1, round(ms / self.frame_length_ms))
 
 
 @dataclass(frozen=True)
@@ -100,8 +131,10 @@ class PolicyConfig:
         _need(0.0 <= self.target_rate <= 1.0, f"target_rate must be in [0, 1], got {self.target_rate}")
         _need(self.budget_gain > 0, "budget_gain must be > 0")
         _need(self.min_pilots >= 1, "min_pilots must be >= 1")
-        _need(self.prior_bandwidth_bps > 0 and self.prior_rtt_s >= 0 and self.prior_cloud_s >= 0,
-              "latency priors must be positive")
+        _need(
+            self.prior_bandwidth_bps > 0 and self.prior_rtt_s >= 0 and self.prior_cloud_s >= 0,
+            "latency priors must be positive",
+        )
 
 
 @dataclass(frozen=True)
@@ -133,12 +166,16 @@ class CloudClientConfig:
     def __post_init__(self) -> None:
         _need(self.deadline_s > 0 and self.total_deadline_s > 0, "deadlines must be > 0")
         _need(self.max_attempts >= 1, "max_attempts must be >= 1")
-        _need(self.backoff_initial_s >= 0 and self.backoff_multiplier >= 1 and self.backoff_max_s >= 0,
-              "backoff must be non-negative and growing")
+        _need(
+            self.backoff_initial_s >= 0 and self.backoff_multiplier >= 1 and self.backoff_max_s >= 0,
+            "backoff must be non-negative and growing",
+        )
         _need((self.client_cert is None) == (self.client_key is None), "client_cert and client_key go together")
         _need(self.client_cert is None or self.root_cert is not None, "a client certificate needs root_cert (TLS)")
-        _need(self.bearer_token is None or (self.bearer_token and self.bearer_token.strip() == self.bearer_token),
-              "bearer token must be non-empty, no spaces")
+        _need(
+            self.bearer_token is None or (self.bearer_token != "" and self.bearer_token.strip() == self.bearer_token),
+            "bearer token must be non-empty, no spaces",
+        )
         _need(self.chunk_ms > 0, "chunk_ms must be > 0")
 
     @property
@@ -156,6 +193,9 @@ class AgentConfig:
     policy: PolicyConfig = PolicyConfig()
     cloud: CloudClientConfig = CloudClientConfig()
     confidence: Path | None = None  # a trained estimator (train-confidence); None: the built-in prior
+    # below this final confidence a segment is "not understood" (issue 28); None: the threshold
+    # calibrated into the estimator's metadata (`rejection`), or 0 (only the no-words rule)
+    rejection_threshold: float | None = None
     chunk_ms: int = 100  # how input is fed (files, stdin)
     realtime: bool = False  # feed files at real-time pace
     background: bool = False  # pilots on a worker thread (live input); False: inline, reproducible
@@ -164,9 +204,15 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         _need(self.chunk_ms > 0, "chunk_ms must be > 0")
-        _need(self.device.split(":")[0] in ("cpu", "cuda", "mps"), f"device must be cpu, cuda or mps, got {self.device!r}")
+        _need(
+            self.rejection_threshold is None or 0.0 <= self.rejection_threshold <= 1.0,
+            f"rejection_threshold must be in [0, 1], got {self.rejection_threshold}",
+        )
+        _need(
+            self.device.split(":")[0] in ("cpu", "cuda", "mps"), f"device must be cpu, cuda or mps, got {self.device!r}"
+        )
         if self.vad.sample_rate != 16000:
             raise ValueError("the agent runs at 16 kHz (models and VAD)")
 
-    def with_(self, **changes) -> "AgentConfig":
+    def with_(self, **changes) -> AgentConfig:
         return replace(self, **changes)

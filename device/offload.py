@@ -18,29 +18,32 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
 
-from pasu.decoding.recognizer import NBestEntry
 from pasu.device.config import CloudClientConfig
-from pasu.models import token_list_id
-from pasu.slu import join_intent, split_intent
-from pasu.v1 import audio_pb2, hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
+from pasu.slu import join_intent
+from pasu.v1 import audio_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
+from pasu.wire import device_result as device_result  # the agent's message; re-exported for it
+from pasu.wire import duration as _duration
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                       grpc.StatusCode.RESOURCE_EXHAUSTED})
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
 REASONS = {
     "low_confidence": speech_service_pb2.OFFLOAD_REASON_LOW_CONFIDENCE,
     "policy_always": speech_service_pb2.OFFLOAD_REASON_POLICY_ALWAYS,
     "latency": speech_service_pb2.OFFLOAD_REASON_LATENCY,
     "budget": speech_service_pb2.OFFLOAD_REASON_BUDGET,
 }
-REUSE_NAMES = {v.number: v.name.removeprefix("DECODER_REUSE_").lower()
-               for v in speech_service_pb2.DESCRIPTOR.enum_types_by_name["DecoderReuse"].values}
+REUSE_NAMES = {
+    v.number: v.name.removeprefix("DECODER_REUSE_").lower()
+    for v in speech_service_pb2.DESCRIPTOR.enum_types_by_name["DecoderReuse"].values
+}
 _POLL_S = 0.02
 
 
@@ -75,43 +78,21 @@ class CloudAnswer:
     decoder_reuse: str
     attempts: int
     wait_s: float  # from finish() (end of segment) to the answer
+    understood: bool | None = None  # RecognitionResult.understood; None: an older server
 
 
 def _seconds(d) -> float:
     return d.ToNanoseconds() / 1e9
 
 
-def _duration(seconds: float):
-    from google.protobuf import duration_pb2
-
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(round(seconds * 1e9)))
-    return d
-
-
-def device_result(
-    nbest: Sequence[NBestEntry], model_name: str, model_version: str, token_list: Sequence[str],
-    confidence: float, complete: bool,
-) -> speech_service_pb2.DeviceResult:
-    """The device's n-best as the cloud reads it (intent split off the text, as the API says)."""
-    hyps = []
-    for e in nbest:
-        intent, text = split_intent(e.text)
-        intent = intent or ""  # proto3: no label is the empty string
-        scores = hypothesis_pb2.ScorerScores(total=e.score)
-        for k in ("decoder", "ctc", "length_bonus"):
-            if k in e.scores:
-                setattr(scores, k, e.scores[k])
-        hyps.append(hypothesis_pb2.Hypothesis(text=text, intent=intent, token_ids=e.token_ids, scores=scores))
-    if hyps:
-        hyps[0].confidence = confidence
-    info = hypothesis_pb2.ModelInfo(name=model_name, version=model_version, token_list_id=token_list_id(token_list))
-    return speech_service_pb2.DeviceResult(model=info, hypotheses=hyps, confidence=confidence, complete=complete)
-
-
 def offload_config(
-    request_id: str, reason: str, device: speech_service_pb2.DeviceResult | None, start_s: float,
-    end_s: float | None, sample_rate: int = 16000, nbest: int | None = None,
+    request_id: str,
+    reason: str,
+    device: speech_service_pb2.DeviceResult | None,
+    start_s: float,
+    end_s: float | None,
+    sample_rate: int = 16000,
+    nbest: int | None = None,
 ) -> speech_service_pb2.OffloadConfig:
     cfg = speech_service_pb2.OffloadConfig(
         request_id=request_id,
@@ -144,7 +125,7 @@ class CloudClient:
                 log.warning("sending a bearer token without TLS to %s", config.target)
             self.metadata = (("authorization", f"Bearer {config.bearer_token}"),)
 
-    def open(self, config: speech_service_pb2.OffloadConfig, sample_rate: int = 16000) -> "OffloadCall":
+    def open(self, config: speech_service_pb2.OffloadConfig, sample_rate: int = 16000) -> OffloadCall:
         """Start streaming one segment now; push audio into the returned call."""
         return OffloadCall(self, config, sample_rate)
 
@@ -160,7 +141,9 @@ def make_channel(config: CloudClientConfig) -> grpc.Channel:
         options.append(("grpc.lb_policy_name", config.load_balancing))
     if config.server_name:
         options.append(("grpc.ssl_target_name_override", config.server_name))
-    if not config.tls:
+    if not config.target:
+        raise ValueError("no cloud target (host:port)")
+    if config.root_cert is None:  # not config.tls
         return grpc.insecure_channel(config.target, options=options)
     root = config.root_cert.read_bytes()
     key = config.client_key.read_bytes() if config.client_key else None
@@ -290,7 +273,11 @@ class OffloadCall:
                     code, message = status.name, (e.details() if hasattr(e, "details") else str(e)) or status.name
                     retry = status in RETRYABLE
                 except _AttemptTimeout:
-                    code, message, retry = "DEADLINE_EXCEEDED", f"no answer within deadline_s={self.cfg.deadline_s}", True
+                    code, message, retry = (
+                        "DEADLINE_EXCEEDED",
+                        f"no answer within deadline_s={self.cfg.deadline_s}",
+                        True,
+                    )
                 except _Cancelled:
                     code, message, retry = "CANCELLED", "the agent stopped waiting", False
                 except ValueError as e:  # an answer we cannot use (e.g. empty n-best)
@@ -299,8 +286,10 @@ class OffloadCall:
                     attempt.stop.set()
                     with self._cond:
                         self._cond.notify_all()
-                log.info("offload attempt failed", extra={"request_id": self.request_id, "attempt": self.attempts,
-                                                          "code": code, "detail": message})
+                log.info(
+                    "offload attempt failed",
+                    extra={"request_id": self.request_id, "attempt": self.attempts, "code": code, "detail": message},
+                )
                 if not retry or self.attempts >= self.cfg.max_attempts:
                     break
                 pause = min(backoff, self.cfg.backoff_max_s) * (0.5 + random.random() / 2)
@@ -335,17 +324,34 @@ class OffloadCall:
         if not r.hypotheses:
             raise ValueError("the cloud answered with no hypotheses")
         nbest = [
-            CloudHypothesis(text=join_intent(h.intent, h.text),
-                            token_ids=list(h.token_ids), score=h.scores.total, confidence=h.confidence)
+            CloudHypothesis(
+                text=join_intent(h.intent, h.text),
+                token_ids=list(h.token_ids),
+                score=h.scores.total,
+                confidence=h.confidence,
+            )
             for h in r.hypotheses
         ]
         t = r.timing
-        timing = {"queue_s": _seconds(t.queue_duration), "encode_s": _seconds(t.encode_duration),
-                  "decode_s": _seconds(t.decode_duration), "total_s": _seconds(t.total_duration)}
+        timing = {
+            "queue_s": _seconds(t.queue_duration),
+            "encode_s": _seconds(t.encode_duration),
+            "decode_s": _seconds(t.decode_duration),
+            "total_s": _seconds(t.total_duration),
+        }
         now = time.monotonic()
         wait = now - (self.finished_at or now)
-        return CloudAnswer(self.request_id, nbest, r.model.name, timing["total_s"], timing,
-                           REUSE_NAMES.get(response.decoder_reuse, "unspecified"), self.attempts, wait)
+        return CloudAnswer(
+            self.request_id,
+            nbest,
+            r.model.name,
+            timing["total_s"],
+            timing,
+            REUSE_NAMES.get(response.decoder_reuse, "unspecified"),
+            self.attempts,
+            wait,
+            understood=r.understood if r.HasField("understood") else None,
+        )
 
 
 class _AttemptTimeout(Exception):

@@ -13,6 +13,7 @@ from typing import IO
 
 from pasu.slu import split_intent
 
+
 def intent_of(text: str) -> str | None:
     """The intent label ``text`` starts with, if any (the cloud reads it the same way)."""
     return split_intent(text)[0]
@@ -40,14 +41,26 @@ class SegmentOutcome:
     error: str | None = None
     request_id: str | None = None
     cloud: dict | None = None  # model, attempts, decoder_reuse, timing
+    # None: understood; else why not (pasu.slu.rejection_reason, or the cloud's own verdict)
+    reject_reason: str | None = None
+
+    @property
+    def understood(self) -> bool:
+        return self.reject_reason is None
 
 
 def segment_record(o: SegmentOutcome) -> dict:
+    """The JSON line. ``intent`` is what to act on: null unless ``understood``; the best
+    guess is always in ``best_intent`` and ``text`` (issue 28: noise and speech that is
+    no command get ``understood: false``, not a joke)."""
+    best = intent_of(o.text)
     rec = {
         "file": o.file,
         "segment": {"index": o.index, "start": round(o.start_s, 3), "end": round(o.end_s, 3)},
         "text": o.text,
-        "intent": intent_of(o.text),
+        "understood": o.understood,
+        "intent": best if o.understood else None,
+        "best_intent": best,
         "confidence": round(o.confidence, 4),
         "device_confidence": round(o.device_confidence, 4),
         "source": o.source,
@@ -58,6 +71,8 @@ def segment_record(o: SegmentOutcome) -> dict:
         "latency_breakdown": {k: round(v, 1) for k, v in o.breakdown.items()},
         "fallback": o.fallback,
     }
+    if o.reject_reason:
+        rec["reject_reason"] = o.reject_reason
     if o.cut:
         rec["segment"]["cut"] = True
     if o.request_id:
@@ -89,8 +104,13 @@ def human_line(rec: dict) -> str:
     if rec["offloaded"] and rec["source"] == "cloud":
         where += f", offloaded: {rec['offload_reason']}"
     err = f"  ! {rec['error']}" if rec.get("error") else ""
-    return (f"{rec['file']} [{seg['start']:7.2f}-{seg['end']:7.2f}s] {rec['text']!s}"
-            f"  ({where}, conf {rec['confidence']:.2f}, {rec['latency_ms']:.0f} ms){err}")
+    said = rec["text"]
+    if not rec.get("understood", True):
+        said = f"not understood ({rec.get('reject_reason')}; best guess: {rec['text'] or '-'})"
+    return (
+        f"{rec['file']} [{seg['start']:7.2f}-{seg['end']:7.2f}s] {said!s}"
+        f"  ({where}, conf {rec['confidence']:.2f}, {rec['latency_ms']:.0f} ms){err}"
+    )
 
 
 class Writer:

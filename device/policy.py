@@ -35,6 +35,7 @@ class DecisionContext:
     confidence: float | None  # None at "start" (nothing decoded yet)
     audio_s: float  # audio heard so far in the segment
     pilots: int  # pilots run so far
+    words: bool = True  # the hypothesis has words after its intent label (False: judged non-speech)
 
 
 class LinkEstimator:
@@ -109,6 +110,8 @@ class OffloadPolicy:
         if c.kind == "always":
             return Decision(True, "policy_always")
         if ctx.stage == "start" or ctx.confidence is None:
+            return STAY
+        if ctx.stage == "final" and not ctx.words:  # non-speech: nothing for the cloud to understand
             return STAY
         if ctx.stage == "pilot" and (not c.early or ctx.pilots < c.min_pilots):
             return STAY

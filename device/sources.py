@@ -66,7 +66,7 @@ def mic_chunks(chunk_ms: int = 100, rate: int = 16000, device: str | int | None 
     before any work starts); the returned iterator yields its chunks.
     """
     try:
-        import sounddevice as sd
+        import sounddevice as sd  # pyright: ignore[reportMissingImports]  (optional: the `mic` extra)
     except ImportError as e:
         raise MicrophoneError("--mic needs the sounddevice package: pip install sounddevice") from e
     except OSError as e:  # sounddevice is there, the PortAudio library is not
@@ -83,8 +83,9 @@ def mic_chunks(chunk_ms: int = 100, rate: int = 16000, device: str | int | None 
 
     blocksize = max(1, rate * chunk_ms // 1000)
     try:
-        stream = sd.RawInputStream(samplerate=rate, channels=1, dtype="int16", blocksize=blocksize,
-                                   device=device, callback=callback)
+        stream = sd.RawInputStream(
+            samplerate=rate, channels=1, dtype="int16", blocksize=blocksize, device=device, callback=callback
+        )
         stream.start()
     except Exception as e:  # PortAudioError, ValueError (no such device)
         raise MicrophoneError(f"cannot open the microphone: {e}") from e

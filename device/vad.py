@@ -1,20 +1,32 @@
-"""Voice-activity segmentation of a continuous stream (webrtcvad), as events.
+"""Voice-activity segmentation of a continuous stream (silero or webrtcvad), as events.
 
 The segmenter is incremental: ``push`` takes any chunk and returns the events
 it completed — a segment's start, its audio as it arrives, its end — so the
 agent can stream a segment into a pilot session (and the cloud) while the user
 is still talking, instead of waiting for the segment to close.
+
+Frames are classified by a :class:`FrameClassifier`: the trained Silero VAD
+(default; its ONNX model ships inside the ``silero-vad`` wheel, so nothing is
+downloaded; run with ONNX Runtime) or webrtcvad. Why not webrtcvad alone: it calls loud
+stationary noise speech and the first frames of every stream speech while it
+adapts, which opened segments on noise (issue 28; figures in docs/device.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 
 from pasu.device.config import VadOptions
+
+log = logging.getLogger(__name__)
 
 EventKind = Literal["start", "audio", "end"]
 
@@ -46,18 +58,101 @@ def _load_webrtcvad():
     return webrtcvad
 
 
+class FrameClassifier(Protocol):
+    """Says whether one frame (int16, ``VadOptions.frame_samples`` long) is speech."""
+
+    def is_speech(self, frame: np.ndarray) -> bool: ...
+
+
+class WebrtcFrames:
+    """webrtcvad's GMM decision per frame."""
+
+    def __init__(self, options: VadOptions) -> None:
+        self._vad = _load_webrtcvad().Vad(options.aggressiveness)
+        self._rate = options.sample_rate
+
+    def is_speech(self, frame: np.ndarray) -> bool:
+        return self._vad.is_speech(frame.tobytes(), self._rate)
+
+
+SILERO_CONTEXT = 64  # samples of the previous frame silero sees before each 512-sample frame
+
+
+def silero_model_path() -> Path:
+    """The ONNX model inside the installed ``silero-vad`` package (nothing is downloaded).
+
+    Found without importing the package: its import sets torch's global thread
+    count to 1, which would slow the device model down.
+    """
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the silero VAD needs the silero-vad package: pip install silero-vad onnxruntime (or use --vad webrtc)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+    if not path.is_file():
+        raise ImportError(f"silero-vad is installed but {path} is missing")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _silero_session():
+    """One ONNX Runtime session per process, shared (``run`` is thread-safe; the
+    recurrent state and the context travel in and out of each call).
+
+    ONNX Runtime rather than the package's TorchScript model: on one thread it is
+    ~0.3 ms a frame, while torch's intra-op pool, sized for the device model,
+    made a 32 ms frame cost tens of ms on a busy 2-core machine.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("the silero VAD needs onnxruntime: pip install onnxruntime (or use --vad webrtc)") from e
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    path = silero_model_path()
+    log.debug("silero VAD: %s", path)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class SileroFrames:
+    """Silero VAD's speech probability per 32 ms frame, thresholded; keeps its own state."""
+
+    def __init__(self, options: VadOptions) -> None:
+        self._session = _silero_session()
+        self._threshold = options.speech_threshold
+        self._state = np.zeros((2, 1, 128), np.float32)
+        self._context = np.zeros((1, SILERO_CONTEXT), np.float32)
+        self._rate = np.array(options.sample_rate, dtype=np.int64)
+        self.last_probability = 0.0
+
+    def is_speech(self, frame: np.ndarray) -> bool:
+        x = (frame.astype(np.float32) / 32768.0).reshape(1, -1)
+        out, self._state = self._session.run(
+            None, {"input": np.concatenate([self._context, x], axis=1), "state": self._state, "sr": self._rate}
+        )
+        self._context = x[:, -SILERO_CONTEXT:]
+        self.last_probability = float(np.asarray(out).reshape(-1)[0])
+        return self.last_probability >= self._threshold
+
+
+def frame_classifier(options: VadOptions) -> FrameClassifier:
+    return SileroFrames(options) if options.backend == "silero" else WebrtcFrames(options)
+
+
 class VadSegmenter:
     """Incremental segmentation: ``push(chunk) -> events``, ``flush() -> events`` at end of stream."""
 
     def __init__(self, options: VadOptions = VadOptions()) -> None:
         self.o = options
-        self._vad = _load_webrtcvad().Vad(options.aggressiveness)
+        self._vad = frame_classifier(options)
         self._n = options.frame_samples
         self._pad = options.frames(options.padding_ms) if options.padding_ms else 0
         self._window = options.frames(options.start_window_ms)
         self._start = options.frames(options.start_ms)
         self._silence = options.frames(options.min_silence_ms)
-        self._max = max(1, int(options.max_segment_s * 1000 / options.frame_ms))
+        self._max = max(1, int(options.max_segment_s * 1000 / options.frame_length_ms))
         self._rest = np.zeros(0, dtype=np.int16)
         self.pos = 0  # samples classified so far
         self._pre: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._pad + self._window)
@@ -85,7 +180,7 @@ class VadSegmenter:
         n_frames = a.size // self._n
         for i in range(n_frames):
             frame = a[i * self._n : (i + 1) * self._n]
-            voiced = self._loud(frame) and self._vad.is_speech(frame.tobytes(), self.o.sample_rate)
+            voiced = self._vad.is_speech(frame) and self._loud(frame)
             self._frame(frame, voiced, events)
             self.pos += self._n
         self._rest = a[n_frames * self._n :].copy()
@@ -192,7 +287,7 @@ def segment_audio(samples: np.ndarray, options: VadOptions = VadOptions(), chunk
     for e in events:
         if e.kind == "start":
             starts[e.segment], parts[e.segment] = e.at, []
-        elif e.kind == "audio":
+        elif e.kind == "audio" and e.audio is not None:
             parts[e.segment].append(e.audio)
         else:
             audio = np.concatenate(parts.pop(e.segment)) if parts.get(e.segment) else np.zeros(0, np.int16)

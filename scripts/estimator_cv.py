@@ -25,9 +25,9 @@ import numpy as np
 
 from pasu.device.calibration import auroc
 from pasu.device.confidence import FEATURES, SCORE_FEATURES
-from pasu.tools.train.confidence import Examples, TrainOptions, collect_cached, fit, label, read_data_dir
 from pasu.model_store import resolve_model
 from pasu.models import load_model
+from pasu.tools.train.confidence import Examples, TrainOptions, collect_cached, fit, label, read_data_dir
 
 
 def per_utterance(ex: Examples, p: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
@@ -58,22 +58,31 @@ def main() -> None:
     device = load_model(resolve_model(args.device, "device"))
     cloud = load_model(resolve_model(args.cloud, "cloud"))
     base = TrainOptions(label="cloud")
-    pooled = Examples.concat([collect_cached(device, read_data_dir(d), base, Path(args.cache), cloud=cloud)
-                              for d in args.data])
+    pooled = Examples.concat(
+        [collect_cached(device, read_data_dir(d), base, Path(args.cache), cloud=cloud) for d in args.data]
+    )
     test = collect_cached(device, read_data_dir(args.test), base, Path(args.cache), cloud=cloud)
     fold = np.random.default_rng(0).permutation(len(pooled.utt_ids)) % args.folds
-    print(f"cloud wins: {int((pooled.y[pooled.final] == 0).sum())} of {len(pooled.utt_ids)} pooled, "
-          f"{int((test.y[test.final] == 0).sum())} of {len(test.utt_ids)} in {args.test}")
+    print(
+        f"cloud wins: {int((pooled.y[pooled.final] == 0).sum())} of {len(pooled.utt_ids)} pooled, "
+        f"{int((test.y[test.final] == 0).sum())} of {len(test.utt_ids)} in {args.test}"
+    )
     for lab in ("intent", "cloud"):
         train_on = label(pooled, lab) if lab == "intent" else pooled
         for feats, uses in (("scores", SCORE_FEATURES), ("all", FEATURES)):
             for kind in ("logistic", "mlp"):
                 opts = replace(base, label=lab, kind=kind, features=uses)
-                cv = [aurocs(fit(train_on.take(fold[train_on.utt] != k), opts), pooled.take(fold[pooled.utt] == k))
-                      for k in range(args.folds)]
-                row = {"label": lab, "features": feats, "kind": kind,
-                       **{f"cv_{h}": round(float(np.mean([c[h] for c in cv])), 3) for h in ("final", "pilot")},
-                       **{f"test_{h}": v for h, v in aurocs(fit(train_on, opts), test).items()}}
+                cv = [
+                    aurocs(fit(train_on.take(fold[train_on.utt] != k), opts), pooled.take(fold[pooled.utt] == k))
+                    for k in range(args.folds)
+                ]
+                row = {
+                    "label": lab,
+                    "features": feats,
+                    "kind": kind,
+                    **{f"cv_{h}": round(float(np.mean([c[h] for c in cv])), 3) for h in ("final", "pilot")},
+                    **{f"test_{h}": v for h, v in aurocs(fit(train_on, opts), test).items()},
+                }
                 print(json.dumps(row), flush=True)
 
 

@@ -8,6 +8,7 @@ test_voices to here is the noise; from here to test_hard, the templates.
 
 Usage: .venv/bin/python scripts/noisy_test_voices.py OUT [N=300]   (writes OUT/tv_noisy)
 """
+
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,8 +25,10 @@ out, n = Path(sys.argv[1]).resolve(), int(sys.argv[2]) if len(sys.argv) > 2 else
 opts = S.SynthOptions(out_dir=out, seed=0, splits=("test_voices",))
 grammar, engines = Grammar.load(), detect_engines()
 rng = np.random.default_rng(1234)
-plans = [replace(p, aug=S._hard_aug(rng), path=out / "audio" / f"{p.utt_id}.flac")
-         for p in S.plan_corpus(opts, grammar, engines)["test_voices"][:n]]
+plans = [
+    replace(p, aug=S._hard_aug(rng), path=out / "audio" / f"{p.utt_id}.flac")
+    for p in S.plan_corpus(opts, grammar, engines)["test_voices"][:n]
+]
 bank = [S._babble_clip(item)[1] for item in enumerate(S._babble_plan(opts, grammar, engines))]
 seconds = {}
 for p in tqdm(plans, desc="rendering"):

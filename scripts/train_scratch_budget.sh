@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The from-scratch recipe cut to fit issue 4's budget: corpus and both models in
 # under two hours (1 h 55 min measured) of this project's 2-core CPU machine, to measure what that
-# budget buys (docs/models.md, "From scratch on the budget").
+# budget buys (RESULTS.md, "From scratch on the budget"; docs/models.md, "Budget").
 #
 # Same stages as `pasu train` (bootstrap -> device_ctc -> cloud -> device), each
 # with ESPnet epochs of ITERS updates (default 400): bootstrap 1, device_ctc 4,

@@ -34,8 +34,9 @@ def read_bounded(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
     try:
         info = sf.info(io.BytesIO(data))
         if info.samplerate <= 0 or info.frames > max_seconds * info.samplerate:
-            raise AudioTooLong(f"audio header claims {info.frames} samples at {info.samplerate} Hz, "
-                               f"more than {max_seconds:g} s")
+            raise AudioTooLong(
+                f"audio header claims {info.frames} samples at {info.samplerate} Hz, more than {max_seconds:g} s"
+            )
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as e:
         if isinstance(e, AudioError):

@@ -44,9 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hybrid edge-cloud speech understanding with pilot inference.",
     )
     parser.add_argument("--version", action="version", version=f"pasu {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
-    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         if _present(name):

@@ -15,13 +15,17 @@ import copy
 import hashlib
 import logging
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import yaml
+
+from pasu.locks import forward_lock as forward_lock  # re-exported: its home is pasu.locks
+
+if TYPE_CHECKING:
+    from espnet2.asr.espnet_model import ESPnetASRModel
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +85,7 @@ def find_model_files(path: str | Path, weights: str | Path | None = None) -> Mod
     elif p.is_file():
         config = p
     else:
-        candidates = [p / "config.yaml"] + sorted(p.glob("exp/*/config.yaml")) + sorted(
-            p.glob("exp/**/config.yaml")
-        )
+        candidates = [p / "config.yaml"] + sorted(p.glob("exp/*/config.yaml")) + sorted(p.glob("exp/**/config.yaml"))
         config = next((c for c in candidates if c.is_file()), p / "config.yaml")
     if not config.is_file():
         raise ModelLoadError(f"model config not found: {config}")
@@ -104,10 +106,7 @@ def _pick_weights(directory: Path) -> Path:
         return found[0]
     if not found:
         raise ModelLoadError(f"no *.pth weights in {directory}")
-    raise ModelLoadError(
-        f"several *.pth in {directory} ({', '.join(f.name for f in found)}); "
-        "name one explicitly"
-    )
+    raise ModelLoadError(f"several *.pth in {directory} ({', '.join(f.name for f in found)}); name one explicitly")
 
 
 def _resolve(value: str, root: Path) -> str:
@@ -163,30 +162,6 @@ def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str,
     return state
 
 
-_LOCKS_GUARD = threading.Lock()
-
-
-def forward_lock(module: torch.nn.Module) -> threading.RLock:
-    """The lock that serialises forward passes through one model's modules.
-
-    ESPnet's attention layers keep per-call state on the module (``self.attn``
-    is written, then read back), so two threads running the same model at once
-    can mix their tensors: a pilot in the streaming session's background thread
-    and the final pass on the caller's thread hit exactly that ("Expected size
-    ... [4, 44] but got [4, 16]"). Every pasu forward through an encoder's
-    attention or a decoder holds this lock; it is re-entrant, so a search that
-    encodes and then decodes just nests.
-    """
-    lock = getattr(module, "_pasu_forward_lock", None)
-    if lock is None:
-        with _LOCKS_GUARD:
-            lock = getattr(module, "_pasu_forward_lock", None)
-            if lock is None:
-                lock = threading.RLock()
-                object.__setattr__(module, "_pasu_forward_lock", lock)
-    return lock
-
-
 @dataclass
 class LoadedModel:
     """An ESPnet model ready for inference, with what it needs to turn ids into text."""
@@ -204,11 +179,11 @@ class LoadedModel:
 
     @property
     def sos(self) -> int:
-        return int(self.model.sos)
+        return int(cast("ESPnetASRModel", self.model).sos)
 
     @property
     def eos(self) -> int:
-        return int(self.model.eos)
+        return int(cast("ESPnetASRModel", self.model).eos)
 
     @property
     def vocab_size(self) -> int:

@@ -23,12 +23,15 @@ def test_help_lists_subcommands():
         assert cmd in out
 
 
+@pytest.mark.slow
 def test_decode_json_lines(tiny_model_dirs, audio_files, tmp_path):
     listing = tmp_path / "files.txt"
     listing.write_text("\n".join(str(f) for f in audio_files[:2]) + "\n")
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio")
-    r = pasu("decode", "--model", str(tiny_model_dirs["conformer"]), "--nbest", "2", str(listing), str(bad), check=False)
+    r = pasu(
+        "decode", "--model", str(tiny_model_dirs["conformer"]), "--nbest", "2", str(listing), str(bad), check=False
+    )
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [line["file"] for line in lines] == [str(audio_files[0]), str(audio_files[1]), str(bad)]
     assert all(len(line["nbest"]) == 2 and line["text"] == line["nbest"][0]["text"] for line in lines[:2])
@@ -36,6 +39,7 @@ def test_decode_json_lines(tiny_model_dirs, audio_files, tmp_path):
     assert r.returncode == 1  # a bad file is reported, the others still decoded
 
 
+@pytest.mark.slow
 def test_bench_decoder_last_line_contract(tiny_model_dirs, audio_files):
     r = pasu("bench", "decoder", "--model", str(tiny_model_dirs["branchformer"]), "--audio", *map(str, audio_files[:3]))
     last = json.loads(r.stdout.strip().splitlines()[-1])
@@ -44,6 +48,7 @@ def test_bench_decoder_last_line_contract(tiny_model_dirs, audio_files):
     assert last["espnet_s"] > 0 and last["pasu_s"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["decode", "--model", "/nonexistent", "x.wav"]])
 def test_clear_error_for_missing_model(args):
     r = pasu(*args, check=False)
@@ -51,16 +56,35 @@ def test_clear_error_for_missing_model(args):
     assert "model path does not exist: /nonexistent" in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_latency_last_line_contract(tiny_model_dirs, audio_files):
-    r = pasu("bench", "latency", "--model", str(tiny_model_dirs["late"]), "--no-ablation",
-             "--audio", *map(str, audio_files[:2]))
+    r = pasu(
+        "bench",
+        "latency",
+        "--model",
+        str(tiny_model_dirs["late"]),
+        "--no-ablation",
+        "--audio",
+        *map(str, audio_files[:2]),
+    )
     last = json.loads(r.stdout.strip().splitlines()[-1])
-    assert {"espnet_p50_s", "pasu_p50_s", "ratio_p50", "acc_espnet", "acc_pasu", "ratio_p50_vs_off", "fired",
-            "after_speech_decoder_s", "rtf_during", "off_p50_s"} <= set(last)
+    assert {
+        "espnet_p50_s",
+        "pasu_p50_s",
+        "ratio_p50",
+        "acc_espnet",
+        "acc_pasu",
+        "ratio_p50_vs_off",
+        "fired",
+        "after_speech_decoder_s",
+        "rtf_during",
+        "off_p50_s",
+    } <= set(last)
     assert set(last["fired"]) >= {"pilots", "beam_collapse", "ctc_leap", "late_context"}
     assert last["utterances"] == 2 and last["espnet_p50_s"] > 0 and last["pasu_p50_s"] > 0
 
 
+@pytest.mark.slow
 def test_demo_runs_device_and_cloud(tmp_path):
     r = pasu("demo", "--limit", "1", env_extra={"PASU_CACHE": str(tmp_path)})
     out = r.stdout

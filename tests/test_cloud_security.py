@@ -43,11 +43,14 @@ def auth_worker(model):
     w.stop(grace=1)
 
 
-@pytest.mark.parametrize("metadata,why", [
-    ((), "missing"),
-    ((("authorization", "Bearer wrong"),), "invalid bearer token"),
-    ((("authorization", TOKEN),), "must be 'Bearer <token>'"),
-])
+@pytest.mark.parametrize(
+    "metadata,why",
+    [
+        ((), "missing"),
+        ((("authorization", "Bearer wrong"),), "invalid bearer token"),
+        ((("authorization", TOKEN),), "must be 'Bearer <token>'"),
+    ],
+)
 def test_missing_or_wrong_token_is_unauthenticated(auth_worker, clip, metadata, why, caplog):
     caplog.set_level(logging.INFO)
     with grpc.insecure_channel(f"127.0.0.1:{auth_worker.port}") as ch:
@@ -61,8 +64,9 @@ def test_missing_or_wrong_token_is_unauthenticated(auth_worker, clip, metadata, 
 def test_right_token_is_served_and_health_needs_none(auth_worker, clip, caplog):
     caplog.set_level(logging.DEBUG)
     with grpc.insecure_channel(f"127.0.0.1:{auth_worker.port}") as ch:
-        r = C.stub(ch).Recognize(C.recognize_request("auth-ok", clip),
-                                 metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=30)
+        r = C.stub(ch).Recognize(
+            C.recognize_request("auth-ok", clip), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=30
+        )
         assert r.result.hypotheses
         status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
     assert status == health_pb2.HealthCheckResponse.SERVING
@@ -91,8 +95,9 @@ def test_tls(model, certs, clip):
 
 
 def test_mutual_tls(model, certs, clip):
-    w = _serve(CFG.with_(tls_cert=certs / "server.pem", tls_key=certs / "server.key",
-                         tls_client_ca=certs / "ca.pem"), model)
+    w = _serve(
+        CFG.with_(tls_cert=certs / "server.pem", tls_key=certs / "server.key", tls_client_ca=certs / "ca.pem"), model
+    )
     root = (certs / "ca.pem").read_bytes()
     try:
         client = ((certs / "client.key").read_bytes(), (certs / "client.pem").read_bytes())

@@ -18,14 +18,26 @@ from pasu.cloud.server import CloudWorker
 from pasu.cloud.service import SERVICE_NAME
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
+from pasu.slu import join_intent
 from pasu.v1 import audio_pb2, speech_service_pb2
+from pasu.wire import device_result
 
 pytestmark = pytest.mark.timeout(120)
 
 CFG = WorkerConfig(
-    port=0, metrics_port=0, default_beam_size=2, max_beam_size=4, max_batch_size=8, max_batch_wait_ms=20,
-    max_queue=8, max_message_bytes=64 * 1024, max_audio_seconds=5.0, interim_interval_s=0.25,
-    reuse="rescore", reuse_margin=1e9, grace_s=2.0,
+    port=0,
+    metrics_port=0,
+    default_beam_size=2,
+    max_beam_size=4,
+    max_batch_size=8,
+    max_batch_wait_ms=20,
+    max_queue=8,
+    max_message_bytes=64 * 1024,
+    max_audio_seconds=5.0,
+    interim_interval_s=0.25,
+    reuse="rescore",
+    reuse_margin=1e9,
+    grace_s=2.0,
 )
 
 
@@ -70,7 +82,7 @@ def local_nbest(model, clip, beam=2, nbest=2):
 def assert_same(result, nbest):
     assert [h.text for h in result.hypotheses] == [e.text for e in nbest]
     assert [list(h.token_ids) for h in result.hypotheses] == [e.token_ids for e in nbest]
-    for h, e in zip(result.hypotheses, nbest):
+    for h, e in zip(result.hypotheses, nbest, strict=True):
         assert h.scores.total == pytest.approx(e.score, abs=1e-3)
         assert h.scores.decoder == pytest.approx(e.scores["decoder"], abs=1e-3)
         assert h.scores.ctc == pytest.approx(e.scores["ctc"], abs=1e-3)
@@ -101,29 +113,40 @@ def test_beam_above_the_limit_is_clamped(stub, clips):
 
 def test_offload_accepts_the_device_hypothesis(stub, model, clips):
     device = local_nbest(model, clips[1])
-    r = stub.Offload(C.offload_requests("off-1", clips[1], C.device_result(device, model.token_list),
-                                        encoding=C.FLAC, nbest=2), timeout=30)
+    sent = device_result(device, model.name, model.version, model.token_list, 0.5)
+    r = stub.Offload(C.offload_requests("off-1", clips[1], sent, encoding=C.FLAC, nbest=2), timeout=30)
     assert r.request_id == "off-1"
-    assert r.decoder_reuse in (speech_service_pb2.DECODER_REUSE_ACCEPTED_DEVICE_HYPOTHESIS,
-                               speech_service_pb2.DECODER_REUSE_RESCORED)
-    assert r.result.hypotheses[0].text in [e.text for e in device]
+    assert r.decoder_reuse in (
+        speech_service_pb2.DECODER_REUSE_ACCEPTED_DEVICE_HYPOTHESIS,
+        speech_service_pb2.DECODER_REUSE_RESCORED,
+    )
+    top = r.result.hypotheses[0]
+    assert join_intent(top.intent, top.text) in [e.text for e in device]
 
 
 def test_offload_retokenizes_when_token_lists_differ(stub, model, clips):
     device = local_nbest(model, clips[2])
-    result = C.device_result(device, None)  # no token_list_id: the cloud must use the text
+    # no token_list_id: the cloud must use the text (intent label and transcript joined again)
+    result = device_result(device, model.name, model.version, None, 0.5)
     r = stub.Offload(C.offload_requests("off-2", clips[2], result), timeout=30)
     assert r.decoder_reuse != speech_service_pb2.DECODER_REUSE_FULL_DECODE
     # a hypothesis the cloud's tokenizer cannot spell (e.g. one cut at the length limit
     # with "<sos/eos>" in its text) is dropped; the rest are re-ranked
-    assert r.result.hypotheses[0].text in [e.text for e in device if "<" not in e.text]
+    top = r.result.hypotheses[0]
+    assert join_intent(top.intent, top.text) in [e.text for e in device if "<" not in e.text]
 
 
 @pytest.mark.parametrize("how", ["no_hypotheses", "incomplete"])
 def test_offload_full_decode(stub, model, clips, how):
     device = local_nbest(model, clips[3])
-    result = C.device_result([] if how == "no_hypotheses" else device, model.token_list,
-                             complete=how != "incomplete")
+    result = device_result(
+        [] if how == "no_hypotheses" else device,
+        model.name,
+        model.version,
+        model.token_list,
+        0.5,
+        complete=how != "incomplete",
+    )
     r = stub.Offload(C.offload_requests(f"off-{how}", clips[3], result), timeout=30)
     assert r.decoder_reuse == speech_service_pb2.DECODER_REUSE_FULL_DECODE
     assert_same(r.result, device[:1])
@@ -145,8 +168,9 @@ def test_concurrent_requests_share_one_batch_and_equal_alone(worker, stub, model
     n = 4
     batches = worker.batcher.batches
     with worker.batcher.held():
-        futures = [stub.Recognize.future(C.recognize_request(f"batch-{i}", clips[i], nbest=2), timeout=60)
-                   for i in range(n)]
+        futures = [
+            stub.Recognize.future(C.recognize_request(f"batch-{i}", clips[i], nbest=2), timeout=60) for i in range(n)
+        ]
         wait_for(lambda: worker.batcher.depth == n)
     results = [f.result() for f in futures]
     assert worker.batcher.batches == batches + 1
@@ -199,8 +223,9 @@ def test_expired_or_cancelled_calls_are_not_decoded(worker, stub, clips, how):
     dropped = sum(m.value("pasu_cloud_dropped_total", {"reason": r}) for r in ("deadline", "cancelled"))
     searched = worker.batcher.searched
     with worker.batcher.held():
-        f = stub.Recognize.future(C.recognize_request(f"gone-{how}", clips[2]),
-                                  timeout=0.5 if how == "deadline" else 30)
+        f = stub.Recognize.future(
+            C.recognize_request(f"gone-{how}", clips[2]), timeout=0.5 if how == "deadline" else 30
+        )
         wait_for(lambda: worker.batcher.depth == 1)
         if how == "cancel":
             f.cancel()
@@ -210,15 +235,21 @@ def test_expired_or_cancelled_calls_are_not_decoded(worker, stub, clips, how):
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # the handler notices within its poll interval and lets go of the job
         wait_for(lambda: worker.batcher._queue[0].drop_reason() is not None)
-    wait_for(lambda: sum(m.value("pasu_cloud_dropped_total", {"reason": r}) for r in ("deadline", "cancelled"))
-             == dropped + 1)
+    wait_for(
+        lambda: (
+            sum(m.value("pasu_cloud_dropped_total", {"reason": r}) for r in ("deadline", "cancelled")) == dropped + 1
+        )
+    )
     assert worker.batcher.searched == searched
 
 
 # -- limits ------------------------------------------------------------------
 def _rec(**kw):
-    base = dict(request_id="lim", audio_format=audio_pb2.AudioFormat(encoding=C.LINEAR16, sample_rate_hz=16000),
-                audio=b"\x00\x01" * 800)
+    base = dict(
+        request_id="lim",
+        audio_format=audio_pb2.AudioFormat(encoding=C.LINEAR16, sample_rate_hz=16000),
+        audio=b"\x00\x01" * 800,
+    )
     base.update(kw)
     return speech_service_pb2.RecognizeRequest(**base)
 
@@ -232,17 +263,23 @@ RECOGNIZE_LIMITS = {
     "empty request_id": (_rec(request_id=""), "request_id is empty"),
     "encoding unspecified": (_rec(audio_format=audio_pb2.AudioFormat(sample_rate_hz=16000)), "unspecified"),
     "encoding unknown": (_rec(audio_format=audio_pb2.AudioFormat(encoding=7, sample_rate_hz=16000)), "unknown"),
-    "rate not allowed": (_rec(audio_format=audio_pb2.AudioFormat(encoding=C.LINEAR16, sample_rate_hz=12345)),
-                         "12345 is not allowed"),
+    "rate not allowed": (
+        _rec(audio_format=audio_pb2.AudioFormat(encoding=C.LINEAR16, sample_rate_hz=12345)),
+        "12345 is not allowed",
+    ),
     "rate zero": (_rec(audio_format=audio_pb2.AudioFormat(encoding=C.LINEAR16, sample_rate_hz=0)), "must be > 0"),
     "empty audio": (_rec(audio=b""), "audio is empty"),
     "odd LINEAR16": (_rec(audio=b"\x00" * 1001), "whole 16-bit samples"),
     "not FLAC": (_rec(audio_format=_flac_fmt(), audio=b"RIFF1234"), "'fLaC' marker"),
     "corrupt FLAC": (_rec(audio_format=_flac_fmt(), audio=b"fLaC" + bytes(range(256)) * 4), "corrupt FLAC"),
-    "FLAC rate mismatch": (_rec(audio_format=_flac_fmt(8000), audio=encode_flac(np.zeros(1600, np.float32))),
-                           "FLAC header says 16000 Hz"),
-    "too long (FLAC)": (_rec(audio_format=_flac_fmt(), audio=encode_flac(np.zeros(16000 * 6, np.float32))),
-                        "longer than max_audio_seconds=5"),
+    "FLAC rate mismatch": (
+        _rec(audio_format=_flac_fmt(8000), audio=encode_flac(np.zeros(1600, np.float32))),
+        "FLAC header says 16000 Hz",
+    ),
+    "too long (FLAC)": (
+        _rec(audio_format=_flac_fmt(), audio=encode_flac(np.zeros(16000 * 6, np.float32))),
+        "longer than max_audio_seconds=5",
+    ),
     "beam_size 0": (_rec(decoding_options=C.decoding_options(beam_size=0)), "beam_size must be >= 1, got 0"),
     "nbest 0": (_rec(decoding_options=C.decoding_options(nbest=0)), "nbest must be >= 1, got 0"),
 }
@@ -259,7 +296,8 @@ def test_recognize_limits(stub, clips, case):
 
 def _offload_stream(case: str, clips):
     cfg = speech_service_pb2.OffloadConfig(
-        request_id="lim-off", audio_format=audio_pb2.AudioFormat(encoding=C.LINEAR16, sample_rate_hz=16000))
+        request_id="lim-off", audio_format=audio_pb2.AudioFormat(encoding=C.LINEAR16, sample_rate_hz=16000)
+    )
     audio = speech_service_pb2.OffloadRequest(audio=b"\x00\x00" * 400)
     if case == "audio before config":
         return [audio, speech_service_pb2.OffloadRequest(config=cfg)]
@@ -323,12 +361,17 @@ def test_health_and_reflection(worker):
 def test_metrics_endpoint(worker, stub, clips):
     stub.Recognize(C.recognize_request("metrics-1", clips[0]), timeout=30)
     body = urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).read().decode()
-    for needle in ('pasu_cloud_requests_total{code="OK",rpc="Recognize"}',
-                   'pasu_cloud_requests_total{code="INVALID_ARGUMENT"',
-                   'pasu_cloud_latency_seconds_bucket{le="0.005",stage="queue"}',
-                   'stage="encode"', 'stage="decode"', 'stage="total"',
-                   "pasu_cloud_batch_size_bucket", "pasu_cloud_queue_depth",
-                   'pasu_cloud_decoder_reuse_total{outcome="accepted"}'):
+    for needle in (
+        'pasu_cloud_requests_total{code="OK",rpc="Recognize"}',
+        'pasu_cloud_requests_total{code="INVALID_ARGUMENT"',
+        'pasu_cloud_latency_seconds_bucket{le="0.005",stage="queue"}',
+        'stage="encode"',
+        'stage="decode"',
+        'stage="total"',
+        "pasu_cloud_batch_size_bucket",
+        "pasu_cloud_queue_depth",
+        'pasu_cloud_decoder_reuse_total{outcome="accepted"}',
+    ):
         assert needle in body, needle
 
 

@@ -31,10 +31,19 @@ def model(tiny_models):
     return tiny_models["conformer"]
 
 
-@pytest.mark.parametrize("bad", [
-    dict(max_batch_size=0), dict(max_queue=0), dict(default_beam_size=30), dict(reuse="always"),
-    dict(tls_cert="c.pem"), dict(tls_client_ca="ca.pem"), dict(bearer_tokens=("",)), dict(allowed_sample_rates=()),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_batch_size=0),
+        dict(max_queue=0),
+        dict(default_beam_size=30),
+        dict(reuse="always"),
+        dict(tls_cert="c.pem"),
+        dict(tls_client_ca="ca.pem"),
+        dict(bearer_tokens=("",)),
+        dict(allowed_sample_rates=()),
+    ],
+)
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         WorkerConfig(**bad)
@@ -84,7 +93,7 @@ def test_token_list_id_is_stable(model):
 
 def test_rescore_equals_beam_search_scores(model, audio):
     rec = Recognizer(model, DecodingOptions(beam_size=3, nbest=3, penalty=0.5))
-    clips = [audio[k][:n] for k, n in zip(sorted(audio)[6:9], (6000, 9000, 12000))]
+    clips = [audio[k][:n] for k, n in zip(sorted(audio)[6:9], (6000, 9000, 12000), strict=True)]
     encs = [rec.encode([c]) for c in clips]
     nbests = [rec.decode(e)[0] for e in encs]
     maxlens = [int(e.lengths[0]) for e in encs]
@@ -94,7 +103,7 @@ def test_rescore_equals_beam_search_scores(model, audio):
     scored = reuse.rescore(rec, pad(encs), seqs, rows)
     hyps = [(h, maxlens[u]) for u, nb in enumerate(nbests) for h in nb]
     compared = 0
-    for (h, maxlen), s in zip(hyps, scored):
+    for (h, maxlen), s in zip(hyps, scored, strict=True):
         if len(h.yseq) - 2 >= maxlen:  # cut at the length limit: the search never scored its <eos>
             continue
         compared += 1
@@ -132,6 +141,47 @@ def test_reuse_off_always_decodes(model, audio):
         b.stop()
 
 
+def test_encode_failures_are_invalid_argument_only_for_bad_input(model, audio, monkeypatch, caplog):
+    """Audio the model cannot take is the client's to fix; anything else (out of memory, a bug) is
+    INTERNAL, logged with its traceback; either way only that request fails."""
+    import grpc
+
+    from pasu.cloud.service import status_for
+
+    real_encode = Recognizer.encode
+
+    def encode(self, speech):
+        if len(speech[0]) == 7777:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_encode(self, speech)
+
+    monkeypatch.setattr(Recognizer, "encode", encode)
+    clip = audio[sorted(audio)[10]]
+    opts = DecodingOptions(beam_size=2, nbest=1)
+    # 100 samples: shorter than the STFT window; 900: too short for the subsampling
+    jobs = {n: Job(samples=clip[:n], options=opts, request_id=f"r{n}") for n in (100, 900, 7777, 8000)}
+    b = Batcher(model, WorkerConfig(max_batch_wait_ms=0), WorkerMetrics())
+    with b.held():  # one batch: a failed encode must not fail its neighbours
+        for job in jobs.values():
+            job.attach(None)
+            b.submit(job)
+        b.start()
+    try:
+        codes = {n: status_for(e)[0] if (e := job.future.exception(timeout=60)) else None for n, job in jobs.items()}
+    finally:
+        b.stop()
+    assert codes == {
+        100: grpc.StatusCode.INVALID_ARGUMENT,
+        900: grpc.StatusCode.INVALID_ARGUMENT,
+        7777: grpc.StatusCode.INTERNAL,
+        8000: None,
+    }
+    assert "short" in str(jobs[100].future.exception()) and "short" in str(jobs[900].future.exception())
+    assert jobs[8000].future.result().nbest
+    failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failed) == 1 and failed[0].exc_info and "out of memory" in str(failed[0].exc_info[1])
+
+
 def test_json_log_lines_carry_request_fields():
     record = logging.LogRecord("pasu.cloud.service", logging.INFO, __file__, 1, "request", (), None)
     record.request_id, record.rpc, record.status, record.total_s = "r-1", "Recognize", "OK", 0.25
@@ -140,6 +190,7 @@ def test_json_log_lines_carry_request_fields():
     assert line["rpc"] == "Recognize" and line["total_s"] == 0.25 and line["level"] == "INFO"
 
 
+@pytest.mark.slow
 def test_bench_cloud_in_process(capsys, tmp_path, tiny_model_dirs):
     import argparse
 
@@ -147,11 +198,29 @@ def test_bench_cloud_in_process(capsys, tmp_path, tiny_model_dirs):
 
     p = argparse.ArgumentParser()
     register_bench(p.add_subparsers())
-    args = p.parse_args(["cloud", "--serve-model", str(tiny_model_dirs["conformer"]), "--concurrency", "2",
-                         "--requests", "3", "--beam-size", "1", "--rpc", "offload", "--reuse", "compare",
-                         "--device-beam", "1", "--audio", *[str(f) for f in sorted(
-                             __import__("pasu.resources", fromlist=["x"]).example_audio(2))],
-                         "--text", str(__import__("pasu.resources", fromlist=["x"]).AUDIO_DIR / "text")])
+    args = p.parse_args(
+        [
+            "cloud",
+            "--serve-model",
+            str(tiny_model_dirs["conformer"]),
+            "--concurrency",
+            "2",
+            "--requests",
+            "3",
+            "--beam-size",
+            "1",
+            "--rpc",
+            "offload",
+            "--reuse",
+            "compare",
+            "--device-beam",
+            "1",
+            "--audio",
+            *[str(f) for f in sorted(__import__("pasu.resources", fromlist=["x"]).example_audio(2))],
+            "--text",
+            str(__import__("pasu.resources", fromlist=["x"]).AUDIO_DIR / "text"),
+        ]
+    )
     assert args.func(args) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"requests", "errors", "throughput_rps", "p50_s", "p99_s"} <= set(last)
@@ -173,8 +242,19 @@ def test_bench_refuses_non_loopback_targets():
 
 
 def test_cli_serve_stops_gracefully_on_sigterm(tiny_model_dirs):
-    cmd = [sys.executable, "-m", "pasu.cli", "cloud", "serve", "--model", str(tiny_model_dirs["conformer"]),
-           "--port", "0", "--grace", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pasu.cli",
+        "cloud",
+        "serve",
+        "--model",
+        str(tiny_model_dirs["conformer"]),
+        "--port",
+        "0",
+        "--grace",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 
 from pasu.audio import read_audio, read_scp, read_wav_scp
+from pasu.resources import EVAL_DIR, eval_audio
 from pasu.tools.data.engines import Voice, is_test_voice
 from pasu.tools.data.subset import SubsetOptions, choose_utterances, make_subset
-from pasu.resources import EVAL_DIR, eval_audio
 
-INTENTS = [line.split("\t")[0] for line in
-           (Path(__file__).parents[1] / "shared/resources/slu/intents.tsv").read_text().splitlines()
-           if line and not line.startswith(("#", "intent\t"))]
+INTENTS = [
+    line.split("\t")[0]
+    for line in (Path(__file__).parents[1] / "shared/resources/slu/intents.tsv").read_text().splitlines()
+    if line and not line.startswith(("#", "intent\t"))
+]
 
 
 def test_shipped_eval_subset_is_complete_and_held_out():
@@ -64,11 +66,24 @@ def test_subset_of_the_subset(tmp_path):
 
 
 def test_cli_reports_errors(tmp_path):
-    cmd = [sys.executable, "-m", "pasu.cli", "data", "subset", "--data", str(tmp_path / "missing"),
-           "--out", str(tmp_path / "o")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pasu.cli",
+        "data",
+        "subset",
+        "--data",
+        str(tmp_path / "missing"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "pasu data subset:" in r.stderr
-    ok = subprocess.run(cmd[:6] + [str(EVAL_DIR), "--out", str(tmp_path / "o"), "--size", "3"],
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        cmd[:6] + [str(EVAL_DIR), "--out", str(tmp_path / "o"), "--size", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert len(read_scp(tmp_path / "o" / "wav.scp")) == 3

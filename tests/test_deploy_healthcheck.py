@@ -33,8 +33,9 @@ CFG = WorkerConfig(port=0, default_beam_size=1, max_batch_wait_ms=0, grace_s=1.0
 
 def probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PASU_HEALTH_")}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=30,
-                          env={**clean, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=30, env={**clean, **(env or {})}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def gate():
 @pytest.fixture(scope="module")
 def worker(tiny_model_dirs, gate):
     """Bearer tokens on, /metrics on; the model loads only when the test opens the gate."""
+
     def slow_load():
         if not gate.wait(60):
             raise TimeoutError("gate never opened")
@@ -90,8 +92,9 @@ def test_queue_time_series_for_the_autoscaler_are_on_metrics(worker, gate, audio
     worker.wait_ready(timeout=60)
     clip = pcm16_to_float(float_to_pcm16(audio[sorted(audio)[0]][:4000]))
     with C.channel(f"127.0.0.1:{worker.port}") as ch:
-        r = C.stub(ch).Recognize(C.recognize_request("hpa-1", clip), timeout=30,
-                                 metadata=(("authorization", f"Bearer {TOKEN}"),))
+        r = C.stub(ch).Recognize(
+            C.recognize_request("hpa-1", clip), timeout=30, metadata=(("authorization", f"Bearer {TOKEN}"),)
+        )
     assert r.result.hypotheses
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
@@ -128,26 +131,48 @@ def certs(tmp_path_factory):
         pytest.skip("openssl CLI not found")
     d = tmp_path_factory.mktemp("certs")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=pasu test CA",
-             cwd=d)
-    (d / "server.ext").write_text("subjectAltName=DNS:pasu-cloud-headless.pasu.svc.cluster.local\n"
-                                  "extendedKeyUsage=serverAuth,clientAuth\n")
+    _openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=pasu test CA", cwd=d
+    )
+    (d / "server.ext").write_text(
+        "subjectAltName=DNS:pasu-cloud-headless.pasu.svc.cluster.local\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
     _openssl("req", *ec, "-keyout", "tls.key", "-out", "server.csr", "-subj", "/CN=pasu-cloud", cwd=d)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "tls.crt", "-days", "1", "-extfile", "server.ext", cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        cwd=d,
+    )
     return d
 
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
 def test_tls_probe_as_the_tls_component_runs_it(tiny_models, certs, mutual):
-    cfg = CFG.with_(tls_cert=certs / "tls.crt", tls_key=certs / "tls.key",
-                    tls_client_ca=(certs / "ca.crt") if mutual else None)
+    cfg = CFG.with_(
+        tls_cert=certs / "tls.crt", tls_key=certs / "tls.key", tls_client_ca=(certs / "ca.crt") if mutual else None
+    )
     w = CloudWorker(cfg, tiny_models["conformer"])
     w.start(wait=True, timeout=60)
     try:
         # the environment deploy/k8s/components/tls/deployment-patch.yaml sets
-        env = {"PASU_HEALTH_ADDR": f"127.0.0.1:{w.port}", "PASU_HEALTH_TLS_CA": str(certs / "ca.crt"),
-               "PASU_HEALTH_TLS_SERVER_NAME": "pasu-cloud-headless.pasu.svc.cluster.local"}
+        env = {
+            "PASU_HEALTH_ADDR": f"127.0.0.1:{w.port}",
+            "PASU_HEALTH_TLS_CA": str(certs / "ca.crt"),
+            "PASU_HEALTH_TLS_SERVER_NAME": "pasu-cloud-headless.pasu.svc.cluster.local",
+        }
         if mutual:  # the server's own key pair doubles as the probe's client certificate
             env |= {"PASU_HEALTH_TLS_CERT": str(certs / "tls.crt"), "PASU_HEALTH_TLS_KEY": str(certs / "tls.key")}
         r = probe("--service", "pasu.v1.SpeechService", env=env)

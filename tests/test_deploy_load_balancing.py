@@ -26,8 +26,7 @@ from pasu.cloud.service import SERVICE_NAME
 
 pytestmark = pytest.mark.timeout(120)
 
-CFG = WorkerConfig(port=0, default_beam_size=1, max_beam_size=2, max_batch_size=4, max_batch_wait_ms=0,
-                   grace_s=5.0)
+CFG = WorkerConfig(port=0, default_beam_size=1, max_beam_size=2, max_batch_size=4, max_batch_wait_ms=0, grace_s=5.0)
 OK = {"rpc": "Recognize", "code": "OK"}
 
 # What deploy/README.md tells device clients to use: round_robin, plus client-side

@@ -39,8 +39,11 @@ def manifests(folder: Path) -> dict[str, list[dict]]:
     out = {}
     for f in sorted(folder.glob("*.yaml")):
         docs = load_all(f)
-        if docs and all(isinstance(d, dict) and "apiVersion" in d and "kind" in d for d in docs) \
-                and not any(d["kind"] in KUSTOMIZE_KINDS for d in docs):
+        if (
+            docs
+            and all(isinstance(d, dict) and "apiVersion" in d and "kind" in d for d in docs)
+            and not any(d["kind"] in KUSTOMIZE_KINDS for d in docs)
+        ):
             out[f.name] = docs
     return out
 
@@ -114,26 +117,38 @@ SERVICEMONITOR_SUBSET = {  # monitoring.coreos.com/v1 ServiceMonitor, only what 
             "required": ["selector", "endpoints"],
             "additionalProperties": False,
             "properties": {
-                "selector": {"type": "object", "additionalProperties": False,
-                             "properties": {"matchLabels": {"type": "object",
-                                                            "additionalProperties": {"type": "string"}}}},
-                "namespaceSelector": {"type": "object"},
-                "jobLabel": {"type": "string"},
-                "endpoints": {"type": "array", "minItems": 1, "items": {
+                "selector": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {
-                        "port": {"type": "string"},
-                        "targetPort": {"type": ["integer", "string"]},
-                        "path": {"type": "string", "pattern": "^/"},
-                        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-                        "interval": {"type": "string", "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
-                        "scrapeTimeout": {"type": "string", "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
-                        "honorLabels": {"type": "boolean"},
-                        "relabelings": {"type": "array"},
-                        "metricRelabelings": {"type": "array"},
+                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+                },
+                "namespaceSelector": {"type": "object"},
+                "jobLabel": {"type": "string"},
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "targetPort": {"type": ["integer", "string"]},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": {
+                                "type": "string",
+                                "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+                            },
+                            "scrapeTimeout": {
+                                "type": "string",
+                                "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+                            },
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array"},
+                            "metricRelabelings": {"type": "array"},
+                        },
                     },
-                }},
+                },
             },
         },
     },
@@ -141,8 +156,12 @@ SERVICEMONITOR_SUBSET = {  # monitoring.coreos.com/v1 ServiceMonitor, only what 
 
 
 def all_objects() -> list[tuple[str, dict]]:
-    return [(f"{folder.relative_to(REPO)}/{name}", d)
-            for folder in (K8S, TLS) for name, docs in manifests(folder).items() for d in docs]
+    return [
+        (f"{folder.relative_to(REPO)}/{name}", d)
+        for folder in (K8S, TLS)
+        for name, docs in manifests(folder).items()
+        for d in docs
+    ]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -150,13 +169,12 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(version, deploy
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     objects = all_objects() + [("components/tls patched deployment", tls_deployment(deployment))]
     kinds = set()
-    for where, obj in objects:
+    for _where, obj in objects:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # a CRD: test_servicemonitor_matches_its_schema
         kv.validate(obj, version, strict=True)  # raises with the path of the first problem
         kinds.add(obj["kind"])
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "HorizontalPodAutoscaler",
-            "PodDisruptionBudget"} <= kinds
+    assert {"Deployment", "Service", "ConfigMap", "Secret", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
 
 
 def test_the_validator_is_not_vacuous(deployment):
@@ -230,7 +248,9 @@ def test_args_after_var_expansion_are_a_valid_worker_config(container, config_en
     """Expand $(VAR) as the kubelet does, then parse with `pasu cloud serve`'s own parser."""
     args = [*container["command"][1:], *container["args"]]
     used = {m for a in args for m in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a)}
-    assert used <= set(config_env), f"$(VAR) without a ConfigMap key (would reach the CLI literally): {used - set(config_env)}"
+    assert used <= set(config_env), (
+        f"$(VAR) without a ConfigMap key (would reach the CLI literally): {used - set(config_env)}"
+    )
     assert container["envFrom"][0]["configMapRef"]["name"] == by_kind("ConfigMap")["metadata"]["name"]
     expanded = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: config_env[m.group(1)], a) for a in args]
 
@@ -330,8 +350,11 @@ def test_hpa_metric_comes_from_the_adapter_rule_over_real_worker_metrics():
     assert 'stage="queue"' in rule["seriesQuery"] and m.text().count('stage="queue"') >= 2
 
     # every pasu_cloud_* name the deploy docs and manifests mention is real (or the derived one)
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "gauge": ("",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "gauge": ("",),
+    }
     known = {metric}
     for family in m.registry.collect():
         known |= {family.name} | {family.name + s for s in suffixes.get(family.type, ("",))}

@@ -28,8 +28,19 @@ pytestmark = pytest.mark.timeout(120)
 
 FAST = DecodingOptions(beam_size=2, maxlenratio=0.3)  # tiny random models babble: bound the length
 KEYS = ("cmd00", "cmd03", "cmd05")
-SEGMENT_KEYS = ["text", "intent", "confidence", "source", "offloaded", "offload_reason", "latency_ms",
-                "latency_breakdown", "fallback", "file", "segment"]
+SEGMENT_KEYS = [
+    "text",
+    "intent",
+    "confidence",
+    "source",
+    "offloaded",
+    "offload_reason",
+    "latency_ms",
+    "latency_breakdown",
+    "fallback",
+    "file",
+    "segment",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +64,14 @@ def chunks(x: np.ndarray, n: int = 1600):
 
 @pytest.fixture(scope="module")
 def worker(model):
-    w = CloudWorker(WorkerConfig(port=0, default_beam_size=2, max_beam_size=4, max_batch_wait_ms=5, grace_s=1.0),
-                    model)
+    w = CloudWorker(WorkerConfig(port=0, default_beam_size=2, max_beam_size=4, max_batch_wait_ms=5, grace_s=1.0), model)
     w.start(wait=True, timeout=60)
     yield w
     w.stop(grace=0.5)
 
 
 def agent_config(policy: str, target: str | None, **cloud) -> AgentConfig:
-    return AgentConfig(decoding=FAST, policy=PolicyConfig(kind=policy),
-                       cloud=CloudClientConfig(target=target, **cloud))
+    return AgentConfig(decoding=FAST, policy=PolicyConfig(kind=policy), cloud=CloudClientConfig(target=target, **cloud))
 
 
 def run(agent: DeviceAgent, x: np.ndarray) -> list[dict]:
@@ -70,6 +79,7 @@ def run(agent: DeviceAgent, x: np.ndarray) -> list[dict]:
 
 
 # -- the CLI's JSON-lines contract ------------------------------------------------
+@pytest.mark.slow
 def test_transcribe_json_lines_contract(tiny_model_dirs, audio_files, capsys, tmp_path):
     import soundfile as sf
 
@@ -79,8 +89,21 @@ def test_transcribe_json_lines_contract(tiny_model_dirs, audio_files, capsys, tm
     a = read_audio(audio_files[1], 22050)
     other = tmp_path / "resampled.wav"
     sf.write(other, a, 22050)
-    rc = main(["device", "transcribe", str(audio_files[0]), str(other), "--model", str(tiny_model_dirs["late"]),
-               "--beam-size", "2", "--maxlenratio", "0.3", "--interim"])
+    rc = main(
+        [
+            "device",
+            "transcribe",
+            str(audio_files[0]),
+            str(other),
+            "--model",
+            str(tiny_model_dirs["late"]),
+            "--beam-size",
+            "2",
+            "--maxlenratio",
+            "0.3",
+            "--interim",
+        ]
+    )
     assert rc == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     finals = [r for r in lines if not r.get("interim")]
@@ -97,11 +120,27 @@ def test_transcribe_json_lines_contract(tiny_model_dirs, audio_files, capsys, tm
         assert r["latency_ms"] >= 0 and "local_final_ms" in r["latency_breakdown"]
 
 
+@pytest.mark.slow
 def test_transcribe_human_readable(tiny_model_dirs, audio_files, capsys):
     from pasu.cli import main
 
-    assert main(["device", "transcribe", str(audio_files[2]), "--model", str(tiny_model_dirs["late"]),
-                 "--beam-size", "2", "--maxlenratio", "0.3", "--human"]) == 0
+    assert (
+        main(
+            [
+                "device",
+                "transcribe",
+                str(audio_files[2]),
+                "--model",
+                str(tiny_model_dirs["late"]),
+                "--beam-size",
+                "2",
+                "--maxlenratio",
+                "0.3",
+                "--human",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and "device" in out[0] and not out[0].startswith("{")
 
@@ -134,11 +173,12 @@ def test_policy_threshold_offloads_only_uncertain_segments(model, worker, stream
     cut = float(np.median(lengths))
     est = ConfidenceEstimator.from_weights({"audio_s": 20.0}, bias=-20.0 * cut)
     cfg = agent_config("threshold", f"127.0.0.1:{worker.port}").with_(
-        policy=PolicyConfig(kind="threshold", threshold=0.5, early=False))
+        policy=PolicyConfig(kind="threshold", threshold=0.5, early=False)
+    )
     with DeviceAgent(cfg, model, estimator=est) as agent:
         recs = run(agent, stream)
     assert len(recs) == 3
-    for r, length in zip(recs, lengths):
+    for r, length in zip(recs, lengths, strict=True):
         if length > cut + 0.02:
             assert r["source"] == "device" and not r["offloaded"] and r["confidence"] > 0.5
         elif length < cut - 0.02:
@@ -150,7 +190,8 @@ def test_policy_threshold_offloads_only_uncertain_segments(model, worker, stream
 def test_early_offload_at_a_pilot(model, worker, stream):
     est = ConfidenceEstimator.from_weights({}, bias=-5.0)  # never confident
     cfg = agent_config("threshold", f"127.0.0.1:{worker.port}").with_(
-        policy=PolicyConfig(kind="threshold", min_pilots=1), interim=True)
+        policy=PolicyConfig(kind="threshold", min_pilots=1), interim=True
+    )
     with DeviceAgent(cfg, model, estimator=est) as agent:
         lines = list(agent.process(chunks(stream), "stream"))
     finals = [r for r in lines if not r.get("interim")]
@@ -163,7 +204,8 @@ def test_early_offload_at_a_pilot(model, worker, stream):
 def test_policy_latency_offloads_when_the_cloud_is_faster(model, worker, audio, local_rtf, offloaded):
     est = ConfidenceEstimator.from_weights({}, bias=-5.0)  # never confident
     cfg = agent_config("latency", f"127.0.0.1:{worker.port}").with_(
-        policy=PolicyConfig(kind="latency", prior_local_rtf=local_rtf, early=False))
+        policy=PolicyConfig(kind="latency", prior_local_rtf=local_rtf, early=False)
+    )
     x = np.concatenate([np.zeros(8000, np.float32), audio["cmd06"], np.zeros(8000, np.float32)])
     with DeviceAgent(cfg, model, estimator=est) as agent:
         recs = run(agent, x)
@@ -181,8 +223,9 @@ def free_port() -> int:
 
 
 def test_dead_worker_falls_back_locally(model, stream):
-    cfg = agent_config("always", f"127.0.0.1:{free_port()}", deadline_s=0.5, total_deadline_s=1.0,
-                       backoff_initial_s=0.02)
+    cfg = agent_config(
+        "always", f"127.0.0.1:{free_port()}", deadline_s=0.5, total_deadline_s=1.0, backoff_initial_s=0.02
+    )
     with DeviceAgent(cfg, model) as agent:
         recs = run(agent, stream)
     assert len(recs) == 3  # nothing lost
@@ -214,9 +257,12 @@ class _TestService(speech_service_pb2_grpc.SpeechServiceServicer):
             time.sleep(0.01)
         hyp = hypothesis_pb2.Hypothesis(text=f"what is the weather {n}", intent="weather_query", confidence=0.9)
         return speech_service_pb2.OffloadResponse(
-            request_id=cfg.request_id, decoder_reuse=speech_service_pb2.DECODER_REUSE_FULL_DECODE,
-            result=recognition_pb2.RecognitionResult(hypotheses=[hyp],
-                                                     model=hypothesis_pb2.ModelInfo(name="test-cloud")))
+            request_id=cfg.request_id,
+            decoder_reuse=speech_service_pb2.DECODER_REUSE_FULL_DECODE,
+            result=recognition_pb2.RecognitionResult(
+                hypotheses=[hyp], model=hypothesis_pb2.ModelInfo(name="test-cloud")
+            ),
+        )
 
 
 @pytest.fixture
@@ -278,6 +324,7 @@ def test_errors_that_are_not_transient_are_not_retried(model, audio, test_server
 
 
 # -- train-confidence ----------------------------------------------------------
+@pytest.mark.slow
 def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, tmp_path, capsys):
     from pasu.cli import main
 
@@ -311,9 +358,29 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
         halves += ["--data", str(half)]
     out = tmp_path / "conf" / "estimator.pt"
     cache = tmp_path / "cache"
-    common = ["device", "train-confidence", "--model", str(tiny_model_dirs["conformer"]), *halves,
-              "--beam-size", "2", "--maxlenratio", "0.3", "--epochs", "60", "--features", "scores",
-              "--eval-fraction", "0.25", "--test", str(data), "--limit", "8", "--cache", str(cache)]
+    common = [
+        "device",
+        "train-confidence",
+        "--model",
+        str(tiny_model_dirs["conformer"]),
+        *halves,
+        "--beam-size",
+        "2",
+        "--maxlenratio",
+        "0.3",
+        "--epochs",
+        "60",
+        "--features",
+        "scores",
+        "--eval-fraction",
+        "0.25",
+        "--test",
+        str(data),
+        "--limit",
+        "8",
+        "--cache",
+        str(cache),
+    ]
     rc = main([*common, "--out", str(out), "--kind", "cnn"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -341,8 +408,17 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
     assert meta_mlp["utterances"] == meta["utterances"] and meta_mlp["test"]["utterances"] == 8
     assert meta_mlp["metrics"]["eval"]["all_steps"]["n"] == meta["metrics"]["eval"]["all_steps"]["n"]
     # --label cloud reuses the device's decodes; only the cloud's answers are new, one file per dir
-    rc = main([*common, "--out", str(tmp_path / "conf" / "cloud.pt"), "--label", "cloud",
-               "--cloud-model", str(tiny_model_dirs["branchformer"])])
+    rc = main(
+        [
+            *common,
+            "--out",
+            str(tmp_path / "conf" / "cloud.pt"),
+            "--label",
+            "cloud",
+            "--cloud-model",
+            str(tiny_model_dirs["branchformer"]),
+        ]
+    )
     assert rc == 0
     capsys.readouterr()
     assert {p: p.stat().st_mtime_ns for p in cache.glob("examples-*.npz")} == cached
@@ -372,8 +448,8 @@ def test_cloud_label_marks_only_what_the_cloud_would_fix(tiny_models, audio_file
     device's is not. References are built so that both cases occur: the intent is the
     cloud's first word on odd clips where the two models disagree, else the device's."""
     from pasu.decoding.recognizer import Recognizer
-    from pasu.tools.train.confidence import TrainOptions, collect_cached, label
     from pasu.streaming import StreamingOptions, StreamingSession
+    from pasu.tools.train.confidence import TrainOptions, collect_cached, label
 
     device, cloud = tiny_models["conformer"], tiny_models["branchformer"]
     files = audio_files[:6]
@@ -385,8 +461,10 @@ def test_cloud_label_marks_only_what_the_cloud_would_fix(tiny_models, audio_file
         d = (session.finalize().best.text.split() or ["<none>"])[0]
         c_ = (Recognizer(cloud, FAST).recognize([read_audio(f)])[0][0].text.split() or ["<none>"])[0]
         first[f.stem] = (d, c_)
-    data = [(f.stem, f, f"{first[f.stem][1] if i % 2 and first[f.stem][0] != first[f.stem][1] else first[f.stem][0]} w")
-            for i, f in enumerate(files)]
+    data = [
+        (f.stem, f, f"{first[f.stem][1] if i % 2 and first[f.stem][0] != first[f.stem][1] else first[f.stem][0]} w")
+        for i, f in enumerate(files)
+    ]
     expected = [0.0 if i % 2 and first[f.stem][0] != first[f.stem][1] else 1.0 for i, f in enumerate(files)]
     assert 0.0 in expected and 1.0 in expected  # both cases, or the test proves nothing
     options = TrainOptions(label="cloud", decoding=FAST)
@@ -398,4 +476,5 @@ def test_cloud_label_marks_only_what_the_cloud_would_fix(tiny_models, audio_file
     # gives 1 exactly where its first word is the reference's
     own = label(ex, "intent")
     assert [float(own.y[own.final][own.utt[own.final] == k][0]) for k in range(len(files))] == [
-        1.0 if data[k][2].split()[0] == first[f.stem][0] else 0.0 for k, f in enumerate(files)]
+        1.0 if data[k][2].split()[0] == first[f.stem][0] else 0.0 for k, f in enumerate(files)
+    ]

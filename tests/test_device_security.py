@@ -3,7 +3,6 @@ token, through a ``dns:///`` target with round-robin load balancing."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -18,9 +17,17 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def secure_worker(tiny_models, certs):
-    cfg = WorkerConfig(port=0, default_beam_size=2, max_beam_size=4, max_batch_wait_ms=5, grace_s=1.0,
-                       tls_cert=certs / "server.pem", tls_key=certs / "server.key", tls_client_ca=certs / "ca.pem",
-                       bearer_tokens=("s3cret-token",))
+    cfg = WorkerConfig(
+        port=0,
+        default_beam_size=2,
+        max_beam_size=4,
+        max_batch_wait_ms=5,
+        grace_s=1.0,
+        tls_cert=certs / "server.pem",
+        tls_key=certs / "server.key",
+        tls_client_ca=certs / "ca.pem",
+        bearer_tokens=("s3cret-token",),
+    )
     w = CloudWorker(cfg, tiny_models["conformer"])
     w.start(wait=True, timeout=60)
     yield w
@@ -31,9 +38,15 @@ def _config(port, certs, **cloud) -> AgentConfig:
     cfg = AgentConfig(
         decoding=DecodingOptions(beam_size=2, maxlenratio=0.3),
         policy=PolicyConfig(kind="always"),
-        cloud=CloudClientConfig(target=f"dns:///127.0.0.1:{port}", root_cert=certs / "ca.pem",
-                                client_cert=certs / "client.pem", client_key=certs / "client.key",
-                                deadline_s=5.0, total_deadline_s=8.0, **cloud),
+        cloud=CloudClientConfig(
+            target=f"dns:///127.0.0.1:{port}",
+            root_cert=certs / "ca.pem",
+            client_cert=certs / "client.pem",
+            client_key=certs / "client.key",
+            deadline_s=5.0,
+            total_deadline_s=8.0,
+            **cloud,
+        ),
     )
     return cfg
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def test_vad_splits_three_clips_with_silences(audio):
     segs = segment_audio(stream)
     assert len(segs) == 3
     starts = np.cumsum([0] + [16000 + audio[k].size for k in keys])[:3] + 16000
-    for seg, start, k in zip(segs, starts, keys):
+    for seg, start, k in zip(segs, starts, keys, strict=True):
         # each segment lies within its clip (plus padding) and covers most of it
         assert start - 4000 <= seg.start and seg.end <= start + audio[k].size + 4000
         assert seg.end - seg.start >= 0.6 * audio[k].size
@@ -49,7 +50,7 @@ def test_vad_cuts_long_speech_and_loses_nothing(audio):
     segs = segment_audio(a, VadOptions(max_segment_s=1.0))
     assert len(segs) >= 3 and any(s.cut for s in segs)
     assert all(s.end - s.start <= 16000 + 480 for s in segs)
-    for prev, nxt in zip(segs, segs[1:]):
+    for prev, nxt in itertools.pairwise(segs):
         if prev.cut:
             assert nxt.start == prev.end  # speech goes on in the next segment
 
@@ -172,8 +173,9 @@ def test_policy_budget_tracks_target_rate():
 
 
 def test_policy_latency_weighs_link_against_local_work():
-    pol = OffloadPolicy(PolicyConfig("latency", threshold=0.5, prior_rtt_s=0.05, prior_cloud_s=0.1,
-                                     prior_local_rtf=0.5))
+    pol = OffloadPolicy(
+        PolicyConfig("latency", threshold=0.5, prior_rtt_s=0.05, prior_cloud_s=0.1, prior_local_rtf=0.5)
+    )
     assert pol.decide(ctx("final", 0.1, audio_s=2.0)).reason == "latency"  # cloud 0.15 s < local 1 s
     assert not pol.decide(ctx("final", 0.9, audio_s=2.0)).offload  # confident: stays
     assert not pol.decide(ctx("final", 0.1, audio_s=0.2)).offload  # local 0.1 s beats the cloud

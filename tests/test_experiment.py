@@ -25,16 +25,39 @@ def data_dir(tmp_path, audio_files):
     return d
 
 
+@pytest.mark.slow
 def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
     out = tmp_path / "exp"
-    cmd = [sys.executable, "-m", "pasu.cli", "experiment", "offload", "--data", str(data_dir), "--out", str(out),
-           "--device-model", str(tiny_model_dirs["late"]), "--cloud-model", str(tiny_model_dirs["conformer"]),
-           "--rtt-ms", "100", "--mbit", "10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pasu.cli",
+        "experiment",
+        "offload",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--device-model",
+        str(tiny_model_dirs["late"]),
+        "--cloud-model",
+        str(tiny_model_dirs["conformer"]),
+        "--rtt-ms",
+        "100",
+        "--mbit",
+        "10",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=os.environ.copy())
     assert r.returncode == 0, r.stderr[-2000:]
     last = json.loads(r.stdout.strip().splitlines()[-1])
-    for key in ("offload_rate_baseline", "offload_rate_pasu", "offload_ratio", "target_accuracy",
-                "latency_p50_baseline_s", "latency_p50_pasu_s"):
+    for key in (
+        "offload_rate_baseline",
+        "offload_rate_pasu",
+        "offload_ratio",
+        "target_accuracy",
+        "latency_p50_baseline_s",
+        "latency_p50_pasu_s",
+    ):
         assert key in last
     rows = list(csv.DictReader(open(out / "points.csv")))
     by_policy = {}
@@ -71,6 +94,7 @@ def test_offload_experiment_end_to_end(tiny_model_dirs, data_dir, tmp_path):
         assert 0.0 <= lo <= hi <= 1.0
     assert summary["bootstrap_resamples"] == 1000
     assert "Where the cloud's gain lies" in (out / "summary.md").read_text()
+
     # resumable: a second run reuses the cache (no new device/cloud work) and gives the same summary
     def stamps(side: str) -> dict:
         return {p: p.stat().st_mtime_ns for p in (out / "cache" / side).glob("*.json") if p.name != "key.json"}
@@ -112,11 +136,17 @@ def test_gain_report_scores_signals_on_the_clouds_wins_apart_from_device_failure
     device = {"a": "x_on", "b": "x_on", "c": "x_on", "d": "x_on"}  # right on a only
     cloud = {"a": "x_on", "b": "x_off", "c": "x_on", "d": "x_on"}  # fixes b; c and d hopeless
     conf = {"a": 0.8, "b": 0.1, "c": 0.3, "d": 0.9}
-    records = {u: {"device": {"final": {"nbest": [{"text": device[u]}]}},
-                   "stock": {"text": device[u], "score_per_token": conf[u]}, "cloud": {"text": cloud[u]}}
-               for u in truth}
-    g = gain_report(records, lambda u, text: text == truth[u], {u: [(0.0, c, 0)] for u, c in conf.items()},
-                    target=0.5, min_pilots=1)
+    records = {
+        u: {
+            "device": {"final": {"nbest": [{"text": device[u]}]}},
+            "stock": {"text": device[u], "score_per_token": conf[u]},
+            "cloud": {"text": cloud[u]},
+        }
+        for u in truth
+    }
+    g = gain_report(
+        records, lambda u, text: text == truth[u], {u: [(0.0, c, 0)] for u, c in conf.items()}, target=0.5, min_pilots=1
+    )
     assert g["cloud_wins"] == 1 and g["cloud_losses"] == 0
     for name in g["gain_by_bin"]:
         assert g["auroc_cloud_wins"][name] == 1.0
@@ -131,8 +161,22 @@ def _points(policy: str, offload_sets: list[set[int]], device_ok: list[bool], cl
     out = []
     for k, chosen in enumerate(offload_sets):
         correct = [cloud_ok[i] if i in chosen else device_ok[i] for i in range(n)]
-        out.append(Point(policy, "net", float(k), len(chosen) / n, sum(correct) / n, 0.0, 0.0, 0.0, 0,
-                         [0.0] * n, correct, [i in chosen for i in range(n)]))
+        out.append(
+            Point(
+                policy,
+                "net",
+                float(k),
+                len(chosen) / n,
+                sum(correct) / n,
+                0.0,
+                0.0,
+                0.0,
+                0,
+                [0.0] * n,
+                correct,
+                [i in chosen for i in range(n)],
+            )
+        )
     return out
 
 
@@ -147,10 +191,12 @@ def test_headline_interval_resamples_the_headline_itself():
     device_ok = [True] * 5 + [False] * 5
     cloud_ok = [True] * 10
     growing = lambda order: [set(order[:k]) for k in range(11)]  # noqa: E731
-    points = (_points("cloud", [set(range(10))], device_ok, cloud_ok)
-              + _points("local", [set()], device_ok, cloud_ok)
-              + _points("baseline_eou", growing(list(range(10))), device_ok, cloud_ok)  # the right ones first
-              + _points("pasu_offramp", growing(list(range(5, 10)) + list(range(5))), device_ok, cloud_ok))
+    points = (
+        _points("cloud", [set(range(10))], device_ok, cloud_ok)
+        + _points("local", [set()], device_ok, cloud_ok)
+        + _points("baseline_eou", growing(list(range(10))), device_ok, cloud_ok)  # the right ones first
+        + _points("pasu_offramp", growing(list(range(5, 10)) + list(range(5))), device_ok, cloud_ok)
+    )
     h = headline(points, "net")
     assert (h["offload_rate_baseline"], h["offload_rate_pasu"]) == (1.0, 0.5)
     base, pasu = rates_needed(points, "net", np.ones(10))

@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import (
+    TooShortUttError,
+)
+from espnet2.tasks.asr import ASRTask, encoder_choices
 
 import pasu.encoders
 from pasu.encoders import (
@@ -22,10 +26,6 @@ from pasu.encoders import (
     LateContextEncoder,
     NotIncrementalError,
 )
-from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import (
-    TooShortUttError,
-)
-from espnet2.tasks.asr import ASRTask, encoder_choices
 
 TOL = 1e-4
 SR = 16000
@@ -56,9 +56,7 @@ def model(config) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def audio(tmp_path_factory) -> torch.Tensor:
     """~2 s of speech from espeak-ng if installed, else tones + noise."""
-    espeak = shutil.which("espeak-ng") or (
-        "/usr/bin/espeak-ng" if Path("/usr/bin/espeak-ng").exists() else None
-    )
+    espeak = shutil.which("espeak-ng") or ("/usr/bin/espeak-ng" if Path("/usr/bin/espeak-ng").exists() else None)
     if espeak:
         import soundfile as sf
         import soxr
@@ -263,12 +261,12 @@ def test_feed_work_is_linear_and_encode_only_runs_the_tail(config, audio):
         if start % 3200 == 0:
             before = [c.frames for c in local]
             inc.encode()
-            assert all(c.frames - b <= max_tail for c, b in zip(local, before))
+            assert all(c.frames - b <= max_tail for c, b in zip(local, before, strict=True))
     out, _ = inc.finish()
     frames = out.size(1)
     # each frame went through each local block's feed path exactly once
     for i, (pushed, peeked) in enumerate(
-        zip(inc.stats.local_frames_pushed, inc.stats.local_frames_peeked)
+        zip(inc.stats.local_frames_pushed, inc.stats.local_frames_peeked, strict=True)
     ):
         assert pushed + peeked == frames
         assert peeked <= sum(b.right_context for b in blocks[: i + 1]) + 4

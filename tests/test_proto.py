@@ -103,11 +103,13 @@ def _enums(v1: dict[str, ModuleType]) -> Iterator[EnumDescriptor]:
 # --- buf ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_buf_lint(buf: str) -> None:
     proc = _run([buf, "lint"], cwd=PROTO_ROOT)
     assert proc.returncode == 0, f"buf lint failed:\n{proc.stdout}{proc.stderr}"
 
 
+@pytest.mark.slow
 def test_buf_format(buf: str) -> None:
     """One canonical layout, so diffs of the API show only real changes."""
     proc = _run([buf, "format", "--diff", "--exit-code"], cwd=PROTO_ROOT)
@@ -207,8 +209,7 @@ def test_decoding_options_are_optional(v1: dict[str, ModuleType]) -> None:
 def test_service_shape(v1: dict[str, ModuleType]) -> None:
     service = v1["speech_service_pb2"].DESCRIPTOR.services_by_name["SpeechService"]
     shapes = {
-        m.name: (m.client_streaming, m.server_streaming, m.input_type.name, m.output_type.name)
-        for m in service.methods
+        m.name: (m.client_streaming, m.server_streaming, m.input_type.name, m.output_type.name) for m in service.methods
     }
     assert shapes == {
         "Offload": (True, False, "OffloadRequest", "OffloadResponse"),

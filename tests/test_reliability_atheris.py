@@ -94,9 +94,12 @@ def service(model=None) -> SpeechService:
             model = load_model(resolve_model("tiny", "cloud"))
         s = SpeechService(CFG.with_(idempotency_cache_size=0), WorkerMetrics())
         tid = token_list_id(model.token_list)
-        s.state = WorkerState(model=model, batcher=FullBatcher(),
-                              model_info=hypothesis_pb2.ModelInfo(name=model.name, token_list_id=tid),
-                              token_list_id=tid)
+        s.state = WorkerState(
+            model=model,
+            batcher=FullBatcher(),
+            model_info=hypothesis_pb2.ModelInfo(name=model.name, token_list_id=tid),
+            token_list_id=tid,
+        )
         _service = s
     return _service
 
@@ -107,8 +110,8 @@ def split(data: bytes) -> tuple[int, list[bytes]]:
         return 0, []
     rpc, i, parts = data[0] % 3, 1, []
     while i < len(data) and len(parts) < 6:
-        n = int.from_bytes(data[i:i + 2].ljust(2, b"\0"), "little") % 8192
-        parts.append(data[i + 2:i + 2 + n])
+        n = int.from_bytes(data[i : i + 2].ljust(2, b"\0"), "little") % 8192
+        parts.append(data[i + 2 : i + 2 + n])
         i += 2 + n
     return rpc, parts
 
@@ -168,7 +171,11 @@ def seeds() -> list[bytes]:
         return bytes([rpc]) + b"".join(len(m).to_bytes(2, "little") + m for m in (m.SerializeToString() for m in msgs))
 
     return [
-        flac, flac[: len(flac) // 2], pcm, b"RIFF" + pcm[:100], b"",
+        flac,
+        flac[: len(flac) // 2],
+        pcm,
+        b"RIFF" + pcm[:100],
+        b"",
         framed(0, [C.recognize_request("seed", x)]),
         framed(0, [C.recognize_request("seed", x, encoding=C.FLAC)]),
         framed(1, list(C.offload_requests("seed", x, chunk_bytes=4000))),
@@ -207,8 +214,11 @@ def instrument(atheris) -> int:
     for name in INSTRUMENTED:
         mod = importlib.import_module(name)
         for obj in list(vars(mod).values()):
-            fns = [obj] if inspect.isfunction(obj) else (
-                [f for f in vars(obj).values() if inspect.isfunction(f)] if inspect.isclass(obj) else [])
+            fns = (
+                [obj]
+                if inspect.isfunction(obj)
+                else ([f for f in vars(obj).values() if inspect.isfunction(f)] if inspect.isclass(obj) else [])
+            )
             for f in fns:
                 if getattr(f, "__module__", None) == name:
                     atheris.instrument_func(f)

@@ -28,7 +28,7 @@ from pasu.decoding.options import DecodingOptions
 from pasu.device.agent import DeviceAgent
 from pasu.device.config import AgentConfig, CloudClientConfig, PolicyConfig
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 FAST = DecodingOptions(beam_size=2, maxlenratio=0.3)
 KEYS = ("cmd00", "cmd03", "cmd05")
@@ -42,8 +42,23 @@ def free_port() -> int:
 
 def start_worker(model_dir, port: int) -> subprocess.Popen:
     """`pasu cloud serve` as a real process; returns once it reports SERVING."""
-    cmd = [sys.executable, "-m", "pasu.cli", "cloud", "serve", "--model", str(model_dir), "--port", str(port),
-           "--threads", "1", "--beam-size", "2", "--grace", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pasu.cli",
+        "cloud",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--beam-size",
+        "2",
+        "--grace",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.monotonic() + 120
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -52,7 +67,10 @@ def start_worker(model_dir, port: int) -> subprocess.Popen:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {proc.returncode}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return proc
             except grpc.RpcError:
                 pass
@@ -73,8 +91,9 @@ def chunked(x: np.ndarray, n: int = 1600):
 
 def config(target: str, **cloud) -> AgentConfig:
     base = dict(deadline_s=1.5, total_deadline_s=2.5, backoff_initial_s=0.05)
-    return AgentConfig(decoding=FAST, policy=PolicyConfig(kind="always"),
-                       cloud=CloudClientConfig(target=target, **{**base, **cloud}))
+    return AgentConfig(
+        decoding=FAST, policy=PolicyConfig(kind="always"), cloud=CloudClientConfig(target=target, **{**base, **cloud})
+    )
 
 
 def check_answered(recs: list[dict], n: int) -> None:
@@ -129,8 +148,7 @@ def test_worker_killed_mid_stream_then_restarted(tiny_model_dirs, tiny_models, a
         # restarted on the same port: a device connecting now is answered by the cloud again
         state["proc"] = start_worker(model_dir, port)
         with DeviceAgent(config(f"127.0.0.1:{port}"), tiny_models["conformer"]) as agent:
-            again = [r for r in agent.process(chunked(np.concatenate(parts[2:])), "restarted")
-                     if not r.get("interim")]
+            again = [r for r in agent.process(chunked(np.concatenate(parts[2:])), "restarted") if not r.get("interim")]
         check_answered(again, 1)
         assert again[0]["source"] == "cloud"
     finally:
@@ -209,10 +227,14 @@ def worker_port(tiny_model_dirs):
 def test_delay_and_jitter_still_answered_by_the_cloud(worker_port, tiny_models, audio, delay_s, jitter_s):
     proxy = DelayProxy(worker_port, delay_s, jitter_s)
     try:
-        with DeviceAgent(config(f"127.0.0.1:{proxy.port}", deadline_s=8.0, total_deadline_s=10.0),
-                         tiny_models["conformer"]) as agent:
-            recs = [r for r in agent.process(chunked(np.concatenate(segments_stream(audio))), "jitter")
-                    if not r.get("interim")]
+        with DeviceAgent(
+            config(f"127.0.0.1:{proxy.port}", deadline_s=8.0, total_deadline_s=10.0), tiny_models["conformer"]
+        ) as agent:
+            recs = [
+                r
+                for r in agent.process(chunked(np.concatenate(segments_stream(audio))), "jitter")
+                if not r.get("interim")
+            ]
     finally:
         proxy.close()
     check_answered(recs, 3)
@@ -224,10 +246,13 @@ def test_slow_or_silent_network_falls_back_within_the_deadline(worker_port, tiny
     proxy = DelayProxy(worker_port, delay_s=3.0) if mode == "slow" else DelayProxy(worker_port, blackhole=True)
     try:
         t0 = time.monotonic()
-        with DeviceAgent(config(f"127.0.0.1:{proxy.port}", deadline_s=0.6, total_deadline_s=1.0, max_attempts=2),
-                         tiny_models["conformer"]) as agent:
-            recs = [r for r in agent.process(chunked(np.concatenate(segments_stream(audio))), mode)
-                    if not r.get("interim")]
+        with DeviceAgent(
+            config(f"127.0.0.1:{proxy.port}", deadline_s=0.6, total_deadline_s=1.0, max_attempts=2),
+            tiny_models["conformer"],
+        ) as agent:
+            recs = [
+                r for r in agent.process(chunked(np.concatenate(segments_stream(audio))), mode) if not r.get("interim")
+            ]
         elapsed = time.monotonic() - t0
     finally:
         proxy.close()
@@ -249,8 +274,12 @@ def _netem_unavailable() -> str | None:
     ns = f"pasu-probe-{os.getpid()}"
     try:
         subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=10)
-        r = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
-                            "delay", "1ms"], capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if r.returncode != 0:
             return f"this kernel has no sch_netem (tc: {r.stderr.strip()})"
         return None
@@ -272,18 +301,65 @@ def test_netem_delay_and_loss_in_a_namespace(tiny_model_dirs, audio_files, tmp_p
     worker = None
     try:
         run("ip", "link", "set", "lo", "up", check=True, timeout=10)
-        run("tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "100ms", "20ms", "loss", "5%",
-            check=True, timeout=10)
+        run(
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "lo",
+            "root",
+            "netem",
+            "delay",
+            "100ms",
+            "20ms",
+            "loss",
+            "5%",
+            check=True,
+            timeout=10,
+        )
         port = 50555
-        worker = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "pasu.cli", "cloud", "serve",
-                                   "--model", str(tiny_model_dirs["conformer"]), "--port", str(port), "--threads", "1"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        worker = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "pasu.cli",
+                "cloud",
+                "serve",
+                "--model",
+                str(tiny_model_dirs["conformer"]),
+                "--port",
+                str(port),
+                "--threads",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert "listening" in worker.stdout.readline()
         time.sleep(5)  # the model loads in the background; a call before that falls back, which is also fine
         files = [str(f) for f in audio_files[:3]]
-        r = run(sys.executable, "-m", "pasu.cli", "device", "transcribe", "--model", str(tiny_model_dirs["conformer"]),
-                "--cloud", f"127.0.0.1:{port}", "--policy", "always", *files,
-                capture_output=True, text=True, timeout=300)
+        r = run(
+            sys.executable,
+            "-m",
+            "pasu.cli",
+            "device",
+            "transcribe",
+            "--model",
+            str(tiny_model_dirs["conformer"]),
+            "--cloud",
+            f"127.0.0.1:{port}",
+            "--policy",
+            "always",
+            *files,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         import json
 

@@ -39,18 +39,29 @@ from pasu.cloud import client as C  # noqa: E402
 from pasu.cloud.audio_input import AudioAssembler, InvalidRequest  # noqa: E402
 from pasu.cloud.config import WorkerConfig  # noqa: E402
 from pasu.cloud.server import CloudWorker  # noqa: E402
+from pasu.decoding.recognizer import NBestEntry  # noqa: E402
 from pasu.v1 import audio_pb2, hypothesis_pb2, recognition_pb2, speech_service_pb2  # noqa: E402
+from pasu.wire import device_result  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
 SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
 MAX_AUDIO_S = 1.0
 # Audio shorter than this (at the model rate) is not sent by the property tests: the worker
-# answered INTERNAL and failed its whole batch before the batcher encoded jobs one by one (fixed; regression tests below).
+# answered INTERNAL and failed its whole batch before the batcher encoded jobs one by one
+# (fixed; regression tests below).
 MIN_AUDIO_S = 0.1
 CFG = WorkerConfig(
-    port=0, default_beam_size=1, max_beam_size=2, max_nbest=2, max_batch_wait_ms=0, max_queue=32,
-    max_message_bytes=32 * 1024, max_audio_seconds=MAX_AUDIO_S, interim_interval_s=0.25, grace_s=1.0,
+    port=0,
+    default_beam_size=1,
+    max_beam_size=2,
+    max_nbest=2,
+    max_batch_wait_ms=0,
+    max_queue=32,
+    max_message_bytes=32 * 1024,
+    max_audio_seconds=MAX_AUDIO_S,
+    interim_interval_s=0.25,
+    grace_s=1.0,
 )
 ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED}
 RATES = CFG.allowed_sample_rates
@@ -61,9 +72,19 @@ TRIED: dict[str, int] = {}
 
 def fuzz(n: int):
     """Fixed, derandomized hypothesis settings: ``n`` examples (× FUZZ_SCALE)."""
-    return settings(max_examples=n * SCALE, derandomize=True, database=None, deadline=None, print_blob=False,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
+    return settings(
+        max_examples=n * SCALE,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        print_blob=False,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.filter_too_much,
+        ],
+    )
 
 
 def tried(name: str) -> None:
@@ -158,8 +179,14 @@ def expect(got: tuple[str, object], valid: bool, *hints: str) -> None:
 # -- strategies ----------------------------------------------------------------------
 rates = st.one_of(st.sampled_from(RATES), st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, -1, 1, 7999, 96000]))
 encodings = st.one_of(st.sampled_from([0, LINEAR16, FLAC]), st.integers(-(2**31), 2**31 - 1))
-options = st.one_of(st.none(), st.builds(lambda b, n: (b, n), st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
-                                         st.one_of(st.none(), st.integers(-3, 50))))
+options = st.one_of(
+    st.none(),
+    st.builds(
+        lambda b, n: (b, n),
+        st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+        st.one_of(st.none(), st.integers(-3, 50)),
+    ),
+)
 
 
 def fmt(encoding: int, rate: int) -> audio_pb2.AudioFormat:
@@ -192,8 +219,14 @@ def too_short(n_bytes: int, rate: int) -> bool:
 
 # -- Recognize -------------------------------------------------------------------------
 @fuzz(120)
-@given(encoding=encodings, rate=rates, data=st.binary(max_size=9000), prefix=st.sampled_from([b"", b"fLaC", b"RIFF"]),
-       empty_id=st.booleans(), opts=options)
+@given(
+    encoding=encodings,
+    rate=rates,
+    data=st.binary(max_size=9000),
+    prefix=st.sampled_from([b"", b"fLaC", b"RIFF"]),
+    empty_id=st.booleans(),
+    opts=options,
+)
 def test_recognize_random_audio_bytes(stub, encoding, rate, data, prefix, empty_id, opts):
     tried("recognize random bytes")
     data = prefix + data
@@ -217,8 +250,12 @@ def test_recognize_random_audio_bytes(stub, encoding, rate, data, prefix, empty_
 
 
 @fuzz(60)
-@given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4),
-       declared=st.sampled_from([16000, 8000, 48000]), seconds=st.sampled_from([0.1, 0.5, 0.9, 1.5]))
+@given(
+    cut=st.floats(0.0, 1.0),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4),
+    declared=st.sampled_from([16000, 8000, 48000]),
+    seconds=st.sampled_from([0.1, 0.5, 0.9, 1.5]),
+)
 def test_recognize_truncated_or_corrupted_flac(stub, clip, cut, flips, declared, seconds):
     tried("truncated/corrupted FLAC")
     samples = np.tile(clip, 4)[: int(16000 * seconds)]
@@ -227,8 +264,14 @@ def test_recognize_truncated_or_corrupted_flac(stub, clip, cut, flips, declared,
     for pos, x in flips:
         if data:
             data[pos % len(data)] ^= x
-    got = answer(lambda: stub.Recognize(speech_service_pb2.RecognizeRequest(
-        request_id=uid("flac"), audio_format=fmt(FLAC, declared), audio=bytes(data)), timeout=30))
+    got = answer(
+        lambda: stub.Recognize(
+            speech_service_pb2.RecognizeRequest(
+                request_id=uid("flac"), audio_format=fmt(FLAC, declared), audio=bytes(data)
+            ),
+            timeout=30,
+        )
+    )
     if not data:
         expect(got, False, "audio is empty")
     elif not flips and cut == 1.0:  # an intact file: only the declared rate and the length decide
@@ -236,8 +279,12 @@ def test_recognize_truncated_or_corrupted_flac(stub, clip, cut, flips, declared,
 
 
 @fuzz(30)
-@given(seconds=st.one_of(st.just(0.0), st.floats(MIN_AUDIO_S, 2.5)), chunk=st.sampled_from([64, 3200, 16000]),
-       rate=st.sampled_from([8000, 16000, 48000]), rpc=st.sampled_from(["Offload", "StreamingRecognize"]))
+@given(
+    seconds=st.one_of(st.just(0.0), st.floats(MIN_AUDIO_S, 2.5)),
+    chunk=st.sampled_from([64, 3200, 16000]),
+    rate=st.sampled_from([8000, 16000, 48000]),
+    rpc=st.sampled_from(["Offload", "StreamingRecognize"]),
+)
 def test_streamed_audio_length(stub, seconds, chunk, rate, rpc):
     assume(seconds == 0.0 or seconds >= MIN_AUDIO_S)
     """Zero-length and over-length audio, in chunks of any (even) size."""
@@ -246,52 +293,74 @@ def test_streamed_audio_length(stub, seconds, chunk, rate, rpc):
     if rpc == "Offload":
         call = lambda: stub.Offload(C.offload_requests(uid("len"), samples, rate=rate, chunk_bytes=chunk), timeout=30)  # noqa: E731
     else:
-        call = lambda: list(stub.StreamingRecognize(  # noqa: E731
-            C.streaming_requests(uid("len"), samples, rate=rate, chunk_bytes=chunk, interim=True), timeout=30))
+        call = lambda: list(  # noqa: E731
+            stub.StreamingRecognize(
+                C.streaming_requests(uid("len"), samples, rate=rate, chunk_bytes=chunk, interim=True), timeout=30
+            )
+        )
     expect(answer(call), 0 < samples.size <= rate * MAX_AUDIO_S, "audio is empty", "max_audio_seconds")
 
 
 def test_oversized_messages(stub, clip):
     """Over max_message_bytes → INVALID_ARGUMENT naming it; over gRPC's cap → its RESOURCE_EXHAUSTED."""
     tried("oversized")
-    big = speech_service_pb2.RecognizeRequest(request_id=uid("big"), audio_format=fmt(LINEAR16, 16000),
-                                              audio=b"\x00\x00" * (CFG.max_message_bytes // 2))
+    big = speech_service_pb2.RecognizeRequest(
+        request_id=uid("big"), audio_format=fmt(LINEAR16, 16000), audio=b"\x00\x00" * (CFG.max_message_bytes // 2)
+    )
     expect(answer(lambda: stub.Recognize(big, timeout=30)), False, "max_message_bytes")
-    huge = speech_service_pb2.RecognizeRequest(request_id=uid("huge"), audio_format=fmt(LINEAR16, 16000),
-                                               audio=b"\x00" * (CFG.grpc_receive_limit + 2))
+    huge = speech_service_pb2.RecognizeRequest(
+        request_id=uid("huge"), audio_format=fmt(LINEAR16, 16000), audio=b"\x00" * (CFG.grpc_receive_limit + 2)
+    )
     code, _ = answer(lambda: stub.Recognize(huge, timeout=30))
     assert code == "RESOURCE_EXHAUSTED"
-    msgs = [speech_service_pb2.OffloadRequest(config=speech_service_pb2.OffloadConfig(
-        request_id=uid("bigcfg"), audio_format=fmt(LINEAR16, 16000),
-        device_result=speech_service_pb2.DeviceResult(hypotheses=[hypothesis_pb2.Hypothesis(text="x" * 40000)])))]
+    msgs = [
+        speech_service_pb2.OffloadRequest(
+            config=speech_service_pb2.OffloadConfig(
+                request_id=uid("bigcfg"),
+                audio_format=fmt(LINEAR16, 16000),
+                device_result=speech_service_pb2.DeviceResult(hypotheses=[hypothesis_pb2.Hypothesis(text="x" * 40000)]),
+            )
+        )
+    ]
     expect(answer(lambda: stub.Offload(iter(msgs), timeout=30)), False, "max_message_bytes")
 
 
 # -- streams: order, configs, device n-bests -------------------------------------------
 def device_results(token_list_id: str):
+    """Device n-bests as the agent builds them (pasu.wire), from any text, ids and scores;
+    the token list the cloud's own or another."""
+
+    def message(hyps, same, complete, conf):
+        msg = device_result(hyps, "fuzz", "0", None, conf, complete)
+        msg.model.token_list_id = token_list_id if same else "x" * 64
+        return msg
+
     hyp = st.builds(
-        lambda text, ids, total: hypothesis_pb2.Hypothesis(text=text, token_ids=ids,
-                                                           scores=hypothesis_pb2.ScorerScores(total=total)),
+        lambda text, ids, total: NBestEntry(text=text, tokens=[], token_ids=ids, score=total, scores={}, yseq=[]),
         st.text(st.characters(blacklist_categories=("Cs",)), max_size=30),
         st.lists(st.one_of(st.integers(0, 60), st.integers(-(2**31), 2**31 - 1)), max_size=12),
-        st.floats(allow_nan=True, allow_infinity=True, width=32))
-    return st.builds(
-        lambda hyps, same, complete, conf: speech_service_pb2.DeviceResult(
-            model=hypothesis_pb2.ModelInfo(token_list_id=token_list_id if same else "x" * 64), hypotheses=hyps,
-            complete=complete, confidence=conf),
-        st.lists(hyp, max_size=4), st.booleans(), st.booleans(), st.floats(width=32))
+        st.floats(allow_nan=True, allow_infinity=True, width=32),
+    )
+    return st.builds(message, st.lists(hyp, max_size=4), st.booleans(), st.booleans(), st.floats(width=32))
 
 
 @st.composite
 def stream_messages(draw, token_list_id: str):
     """A plan of stream messages: ("config", cfg fields) / ("audio", bytes) / ("none",), in any order."""
+
     def config():
-        return ("config", dict(
-            empty_id=draw(st.integers(0, 9)) == 0,
-            encoding=draw(st.one_of(st.just(LINEAR16), encodings)), rate=draw(st.one_of(st.just(16000), rates)),
-            reason=draw(st.integers(-(2**31), 2**31 - 1)), opts=draw(options),
-            device=draw(st.one_of(st.none(), device_results(token_list_id))),
-            interim=draw(st.booleans())))
+        return (
+            "config",
+            dict(
+                empty_id=draw(st.integers(0, 9)) == 0,
+                encoding=draw(st.one_of(st.just(LINEAR16), encodings)),
+                rate=draw(st.one_of(st.just(16000), rates)),
+                reason=draw(st.integers(-(2**31), 2**31 - 1)),
+                opts=draw(options),
+                device=draw(st.one_of(st.none(), device_results(token_list_id))),
+                interim=draw(st.booleans()),
+            ),
+        )
 
     first = config() if draw(st.integers(0, 4)) else draw(st.sampled_from([("audio", b"\x00\x00"), ("none",)]))
     rest = []
@@ -398,23 +467,35 @@ def _field(num: int, wt: int, value) -> bytes:
 
 
 @fuzz(120)
-@given(encoding=st.integers(-(2**63), 2**64 - 1), rate=st.integers(-(2**63), 2**64 - 1),
-       beam=st.integers(-(2**63), 2**64 - 1),
-       unknown=st.lists(st.tuples(st.integers(5, 500), st.sampled_from([0, 2]), st.integers(0, 2**64 - 1),
-                                  st.binary(max_size=20)), max_size=3),
-       audio=st.binary(max_size=2000))
+@given(
+    encoding=st.integers(-(2**63), 2**64 - 1),
+    rate=st.integers(-(2**63), 2**64 - 1),
+    beam=st.integers(-(2**63), 2**64 - 1),
+    unknown=st.lists(
+        st.tuples(st.integers(5, 500), st.sampled_from([0, 2]), st.integers(0, 2**64 - 1), st.binary(max_size=20)),
+        max_size=3,
+    ),
+    audio=st.binary(max_size=2000),
+)
 def test_raw_wire_ints_and_unknown_fields(channel, encoding, rate, beam, unknown, audio):
     """RecognizeRequest built byte by byte: any varint in the enum/int fields, unknown fields."""
     tried("raw wire ints")
     fmt_bytes = _field(1, 0, encoding) + _field(2, 0, rate)
-    msg = (_field(1, 2, uid("raw").encode()) + _field(2, 2, fmt_bytes) + _field(3, 2, _field(1, 0, beam))
-           + _field(4, 2, audio))
+    msg = (
+        _field(1, 2, uid("raw").encode())
+        + _field(2, 2, fmt_bytes)
+        + _field(3, 2, _field(1, 0, beam))
+        + _field(4, 2, audio)
+    )
     for num, wt, v, b in unknown:
         msg += _field(num, wt, v if wt == 0 else b)
     parsed = speech_service_pb2.RecognizeRequest.FromString(msg)  # what the server will see
     f = parsed.audio_format
-    valid = (format_ok(f.encoding, f.sample_rate_hz) and parsed.decoding_options.beam_size >= 1
-             and (f.encoding != LINEAR16 or linear16_ok(audio, f.sample_rate_hz)))
+    valid = (
+        format_ok(f.encoding, f.sample_rate_hz)
+        and parsed.decoding_options.beam_size >= 1
+        and (f.encoding != LINEAR16 or linear16_ok(audio, f.sample_rate_hz))
+    )
     if format_ok(f.encoding, f.sample_rate_hz) and f.encoding == LINEAR16 and parsed.decoding_options.beam_size >= 1:
         assume(not too_short(len(audio), f.sample_rate_hz))
     got = answer(lambda: speech_service_pb2.RecognizeResponse.FromString(_raw(channel, "Recognize")(msg, timeout=30)))
@@ -434,8 +515,7 @@ def test_undecodable_protobuf_is_invalid_argument(channel, rpc):
 
 # -- off the wire: AudioAssembler and decode_bytes ------------------------------------------
 @fuzz(400)
-@given(encoding=encodings, rate=rates, chunks=st.lists(st.binary(max_size=3000), max_size=6),
-       flac_prefix=st.booleans())
+@given(encoding=encodings, rate=rates, chunks=st.lists(st.binary(max_size=3000), max_size=6), flac_prefix=st.booleans())
 def test_audio_assembler_only_raises_invalid_request(encoding, rate, chunks, flac_prefix):
     tried("AudioAssembler")
     if flac_prefix and chunks:
@@ -469,11 +549,15 @@ def test_decode_bytes_random(data, prefix):
 
 
 @fuzz(150)
-@given(samples=st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=0, max_size=400),
-       fmt_sub=st.sampled_from([("WAV", "FLOAT"), ("WAV", "DOUBLE"), ("WAV", "PCM_16"), ("FLAC", "PCM_16"),
-                                ("FLAC", "PCM_24")]),
-       rate=st.sampled_from([8000, 16000, 44100, 48000, 8, 1000]), channels=st.sampled_from([1, 2]),
-       cut=st.one_of(st.none(), st.floats(0.0, 1.0)))
+@given(
+    samples=st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=0, max_size=400),
+    fmt_sub=st.sampled_from(
+        [("WAV", "FLOAT"), ("WAV", "DOUBLE"), ("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("FLAC", "PCM_24")]
+    ),
+    rate=st.sampled_from([8000, 16000, 44100, 48000, 8, 1000]),
+    channels=st.sampled_from([1, 2]),
+    cut=st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
 def test_decode_bytes_encoded(samples, fmt_sub, rate, channels, cut):
     """Real WAV/FLAC files: float samples with NaN/Inf, odd rates, stereo, truncated anywhere."""
     tried("decode_bytes encoded")
@@ -562,8 +646,9 @@ def forged_flac(total_samples: int) -> bytes:
 
 def test_flac_with_forged_length_is_invalid_argument(batching_worker):
     tried("forged FLAC length")
-    req = speech_service_pb2.RecognizeRequest(request_id=uid("forged"), audio_format=fmt(FLAC, 16000),
-                                              audio=forged_flac(2**36 - 1))
+    req = speech_service_pb2.RecognizeRequest(
+        request_id=uid("forged"), audio_format=fmt(FLAC, 16000), audio=forged_flac(2**36 - 1)
+    )
     code, msg = answer(lambda: batching_worker.Recognize(req, timeout=30))
     assert code == "INVALID_ARGUMENT"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+
 from pasu.encoders.late import LateContextEncoder
 from pasu.tools.train.grow import conformer_init_state, deepen_conformer_state, write_conformer_init
 
@@ -24,9 +24,15 @@ D, HEADS, UNITS, KERNEL, RIGHT = 32, 4, 64, 7, 2  # local kernel: 4 past, 2 futu
 def late(num_local: int, num_attention: int) -> LateContextEncoder:
     torch.manual_seed(0)
     enc = LateContextEncoder(
-        input_size=20, output_size=D, attention_heads=HEADS, linear_units=UNITS,
-        num_local_blocks=num_local, num_attention_blocks=num_attention,
-        cnn_module_kernel=KERNEL, local_right_context=RIGHT, attention_cnn_module_kernel=5,
+        input_size=20,
+        output_size=D,
+        attention_heads=HEADS,
+        linear_units=UNITS,
+        num_local_blocks=num_local,
+        num_attention_blocks=num_attention,
+        cnn_module_kernel=KERNEL,
+        local_right_context=RIGHT,
+        attention_cnn_module_kernel=5,
     )
     for p in enc.parameters():  # trained-looking weights: no zero biases, no unit norms
         p.data.add_(0.05 * torch.randn_like(p))
@@ -35,17 +41,28 @@ def late(num_local: int, num_attention: int) -> LateContextEncoder:
 
 def conformer(blocks: int, kernel: int, units: int = UNITS) -> ConformerEncoder:
     return ConformerEncoder(
-        input_size=20, output_size=D, attention_heads=HEADS, linear_units=units, num_blocks=blocks,
-        input_layer="conv2d", normalize_before=True, macaron_style=True, rel_pos_type="latest",
-        pos_enc_layer_type="rel_pos", selfattention_layer_type="rel_selfattn",
-        activation_type="swish", use_cnn_module=True, cnn_module_kernel=kernel,
+        input_size=20,
+        output_size=D,
+        attention_heads=HEADS,
+        linear_units=units,
+        num_blocks=blocks,
+        input_layer="conv2d",
+        normalize_before=True,
+        macaron_style=True,
+        rel_pos_type="latest",
+        pos_enc_layer_type="rel_pos",
+        selfattention_layer_type="rel_selfattn",
+        activation_type="swish",
+        use_cnn_module=True,
+        cnn_module_kernel=kernel,
     ).eval()
 
 
 def grow(device: LateContextEncoder, kernel: int, units: int = UNITS) -> ConformerEncoder:
     state = {f"encoder.{k}": v for k, v in device.state_dict().items()}
-    grown = conformer_init_state(state, kernel=kernel, local_left_context=KERNEL - 1 - RIGHT,
-                                 attention_heads=HEADS, linear_units=units)
+    grown = conformer_init_state(
+        state, kernel=kernel, local_left_context=KERNEL - 1 - RIGHT, attention_heads=HEADS, linear_units=units
+    )
     cloud = conformer(len(device.local_blocks) + len(device.attention_blocks), kernel, units)
     target = cloud.state_dict()
     enc = {k.removeprefix("encoder."): v for k, v in grown.items() if k.startswith("encoder.")}
@@ -83,8 +100,13 @@ def test_a_kernel_too_narrow_for_the_local_taps_is_refused(tmp_path: Path) -> No
     device = late(num_local=1, num_attention=1)
     torch.save({f"encoder.{k}": v for k, v in device.state_dict().items()}, tmp_path / "d.pth")
     with pytest.raises(ValueError, match="does not fit"):
-        write_conformer_init(tmp_path / "d.pth", tmp_path / "g.pth", kernel=7,
-                             local_left_context=KERNEL - 1 - RIGHT, attention_heads=HEADS)
+        write_conformer_init(
+            tmp_path / "d.pth",
+            tmp_path / "g.pth",
+            kernel=7,
+            local_left_context=KERNEL - 1 - RIGHT,
+            attention_heads=HEADS,
+        )
 
 
 @pytest.mark.parametrize("after", [[0], [1, 3], [0, 1, 2, 3]])
@@ -95,8 +117,7 @@ def test_deepened_conformer_computes_the_same_function(after: list[int]) -> None
         p.data.add_(0.05 * torch.randn_like(p))
     state = {f"encoder.{k}": v for k, v in cloud.state_dict().items()}
     deeper = conformer(4 + len(after), 5)
-    deeper.load_state_dict({k.removeprefix("encoder."): v
-                            for k, v in deepen_conformer_state(state, after).items()})
+    deeper.load_state_dict({k.removeprefix("encoder."): v for k, v in deepen_conformer_state(state, after).items()})
     x = torch.randn(2, 64, 20)
     torch.testing.assert_close(encode(deeper, x), encode(cloud, x), atol=1e-4, rtol=1e-4)
     # the new layers really are new: their residual outputs start at zero
@@ -124,7 +145,8 @@ def test_write_deeper_model_makes_a_package_with_the_new_depth(tmp_path: Path) -
     out = tmp_path / "deeper"
     assert yaml.safe_load((out / "config.yaml").read_text())["encoder_conf"]["num_blocks"] == 4
     assert (out / "tokens.txt").read_text() == "<blank>\n"
-    assert "deepened from 2 to 4 Conformer layers" in yaml.safe_load((out / "config.yaml").read_text())["pasu"]["history"][-1]
+    history = yaml.safe_load((out / "config.yaml").read_text())["pasu"]["history"]
+    assert "deepened from 2 to 4 Conformer layers" in history[-1]
     state = torch.load(out / "model.pth")
     conformer(4, 5).load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})
     (src / "config.yaml").write_text(yaml.safe_dump({"encoder": "transformer", "encoder_conf": {}}))

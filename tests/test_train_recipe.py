@@ -22,18 +22,17 @@ from pasu.tools.data.synth import SynthOptions, synthesize_corpus
 
 ENGINES = detect_engines()
 needs_engines = pytest.mark.skipif(
-    not (ENGINES.espeak_ng and set(FLITE_TRAIN) <= set(ENGINES.flite)
-         and set(FLITE_TEST) & set(ENGINES.flite)),
+    not (ENGINES.espeak_ng and set(FLITE_TRAIN) <= set(ENGINES.flite) and set(FLITE_TEST) & set(ENGINES.flite)),
     reason="espeak-ng and flite are not installed; run tools/data/install_engines.sh",
 )
 PER_SPLIT = 12
+pytestmark = pytest.mark.slow  # TTS engines and training runs
 
 
 def pasu_train(argv: list[str]) -> None:
     """``pasu train ...`` in a fresh interpreter, as a user runs it: native code (sentencepiece,
     ESPnet's trainer) must not inherit the threads and state hundreds of earlier tests left here."""
-    r = subprocess.run([sys.executable, "-m", "pasu.cli", "train", *argv], capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run([sys.executable, "-m", "pasu.cli", "train", *argv], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -42,8 +41,21 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("recipe")
     opts = SynthOptions(out_dir=root / "data", seed=5, jobs=2, progress=False).with_per_split(PER_SPLIT)
     assert synthesize_corpus(opts, engines=ENGINES).failed == []
-    pasu_train(["--tiny", "--data", str(root / "data"), "--exp", str(root / "exp"),
-                "--eval-limit", "3", "--eval-beam", "2", "--num-workers", "0"])
+    pasu_train(
+        [
+            "--tiny",
+            "--data",
+            str(root / "data"),
+            "--exp",
+            str(root / "exp"),
+            "--eval-limit",
+            "3",
+            "--eval-beam",
+            "2",
+            "--num-workers",
+            "0",
+        ]
+    )
     return root
 
 
@@ -61,8 +73,14 @@ def test_every_stage_leaves_its_outputs(recipe: Path) -> None:
     for role in ("cloud", "device"):
         d = exp / "models" / role
         assert {p.name for p in d.iterdir()} >= {
-            "config.yaml", "model.pth", "feats_stats.npz", "tokens.txt", "bpe.model", "model_card.md",
-            "eval_test_voices.json", "eval_test_hard.json",
+            "config.yaml",
+            "model.pth",
+            "feats_stats.npz",
+            "tokens.txt",
+            "bpe.model",
+            "model_card.md",
+            "eval_test_voices.json",
+            "eval_test_hard.json",
         }
         assert "| test_voices |" in (d / "model_card.md").read_text()
 
@@ -127,27 +145,41 @@ def test_espnet_kept_the_frozen_decoder(recipe: Path) -> None:
 
 @needs_engines
 def test_models_load_with_espnet_speech2text(recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pasu.encoders  # noqa: F401  (late_context for the device model)
     from espnet2.bin.asr_inference import Speech2Text
 
+    import pasu.encoders  # noqa: F401  (late_context for the device model)
     from pasu.audio import read_audio, read_scp
 
     wav = next(iter(read_scp(recipe / "data" / "test_voices" / "wav.scp").values()))
     audio = read_audio(wav)
     for role in ("cloud", "device"):
         monkeypatch.chdir(recipe / "exp" / "models" / role)  # ESPnet resolves paths from the cwd
-        s2t = Speech2Text(asr_train_config="config.yaml", asr_model_file="model.pth",
-                          beam_size=2, ctc_weight=0.3, maxlenratio=0.3, device="cpu")
+        s2t = Speech2Text(
+            asr_train_config="config.yaml",
+            asr_model_file="model.pth",
+            beam_size=2,
+            ctc_weight=0.3,
+            maxlenratio=0.3,
+            device="cpu",
+        )
         results = s2t(torch.as_tensor(audio))
         assert results and isinstance(results[0][0], str)
 
 
 @needs_engines
-def test_eval_prints_a_table_and_a_json_line(recipe: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["eval", "--model", str(recipe / "exp" / "models" / "device"),
-            "--data", str(recipe / "data" / "test_voices"), "--limit", "2", "--beam-size", "2",
-            "--no-progress"]
+def test_eval_prints_a_table_and_a_json_line(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "eval",
+        "--model",
+        str(recipe / "exp" / "models" / "device"),
+        "--data",
+        str(recipe / "data" / "test_voices"),
+        "--limit",
+        "2",
+        "--beam-size",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("intent accuracy") for line in lines)
@@ -171,8 +203,25 @@ def test_init_from_continues_the_pair_with_its_decoder(recipe: Path) -> None:
     from pasu.models import load_state_dict
 
     pair, exp = recipe / "exp" / "models", recipe / "exp_ft"
-    pasu_train(["--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
-                "--finetune-epochs", "1", "--model-version", "9", "--num-workers", "0", "--stages", "tokens,stats,bootstrap,cloud,device,package"])
+    pasu_train(
+        [
+            "--tiny",
+            "--data",
+            str(recipe / "data"),
+            "--exp",
+            str(exp),
+            "--init-from",
+            str(pair),
+            "--finetune-epochs",
+            "1",
+            "--model-version",
+            "9",
+            "--num-workers",
+            "0",
+            "--stages",
+            "tokens,stats,bootstrap,cloud,device,package",
+        ]
+    )
     assert not (exp / "bootstrap").exists()  # not needed when fine-tuning
     assert set(json.loads((exp / "timings.json").read_text())) >= {"cloud", "device", "cloud_cpu", "device_cpu"}
     for role in ("cloud", "device"):
@@ -198,12 +247,30 @@ def test_init_from_one_role_carries_the_other_over(recipe: Path, tmp_path: Path)
     from pasu.tools.train.recipe import carry_over
 
     pair, exp = recipe / "exp" / "models", recipe / "exp_cloud_only"
-    pasu_train(["--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
-                "--finetune-epochs", "1", "--model-version", "9", "--num-workers", "0", "--stages", "tokens,stats,cloud,package"])
+    pasu_train(
+        [
+            "--tiny",
+            "--data",
+            str(recipe / "data"),
+            "--exp",
+            str(exp),
+            "--init-from",
+            str(pair),
+            "--finetune-epochs",
+            "1",
+            "--model-version",
+            "9",
+            "--num-workers",
+            "0",
+            "--stages",
+            "tokens,stats,cloud,package",
+        ]
+    )
     assert not (exp / "device").exists()
     new = exp / "models"
-    assert {p.name: p.read_bytes() for p in (new / "device").iterdir()} == \
-        {p.name: p.read_bytes() for p in (pair / "device").iterdir()}
+    assert {p.name: p.read_bytes() for p in (new / "device").iterdir()} == {
+        p.name: p.read_bytes() for p in (pair / "device").iterdir()
+    }
     before, after = load_state_dict(pair / "cloud" / "model.pth"), load_state_dict(new / "cloud" / "model.pth")
     assert not torch.equal(before["ctc.ctc_lo.weight"], after["ctc.ctc_lo.weight"])
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
@@ -228,9 +295,24 @@ def test_init_from_retrain_decoder_moves_the_decoder_and_the_device_follows(reci
     from pasu.models import load_state_dict
 
     pair, exp = recipe / "exp" / "models", recipe / "exp_new_decoder"
-    pasu_train(["--tiny", "--data", str(recipe / "data"), "--exp", str(exp), "--init-from", str(pair),
-                "--retrain-decoder", "--finetune-epochs", "1", "--num-workers", "0",
-                "--stages", "tokens,stats,cloud,device,package"])
+    pasu_train(
+        [
+            "--tiny",
+            "--data",
+            str(recipe / "data"),
+            "--exp",
+            str(exp),
+            "--init-from",
+            str(pair),
+            "--retrain-decoder",
+            "--finetune-epochs",
+            "1",
+            "--num-workers",
+            "0",
+            "--stages",
+            "tokens,stats,cloud,device,package",
+        ]
+    )
     old = load_state_dict(pair / "cloud" / "model.pth")
     cloud = load_state_dict(exp / "models" / "cloud" / "model.pth")
     device = load_state_dict(exp / "models" / "device" / "model.pth")
@@ -240,18 +322,21 @@ def test_init_from_retrain_decoder_moves_the_decoder_and_the_device_follows(reci
     before = load_state_dict(pair / "device" / "model.pth")
     assert not torch.equal(before["ctc.ctc_lo.weight"], device["ctc.ctc_lo.weight"])
     assert yaml.safe_load((exp / "models" / "device" / "config.yaml").read_text())["freeze_param"] == ["decoder"]
-    assert "decoder retrained" in yaml.safe_load(
-        (exp / "models" / "cloud" / "config.yaml").read_text())["pasu"]["history"][-1]
+    assert (
+        "decoder retrained"
+        in yaml.safe_load((exp / "models" / "cloud" / "config.yaml").read_text())["pasu"]["history"][-1]
+    )
 
 
 @needs_engines
 def test_float16_packages_are_half_the_size_and_load_as_float32(
-        recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`--weights-dtype float16`: what lets a deeper cloud fit 30 MB. Both loaders cast
     the weights into a float32 model, and the pair still shares one decoder."""
-    import pasu.encoders  # noqa: F401  (late_context for the device model)
     from espnet2.bin.asr_inference import Speech2Text
 
+    import pasu.encoders  # noqa: F401  (late_context for the device model)
     from pasu.audio import read_audio, read_scp
     from pasu.models import load_model, load_state_dict
     from pasu.tools.train.package import PackageInfo, package_model
@@ -259,16 +344,27 @@ def test_float16_packages_are_half_the_size_and_load_as_float32(
 
     exp = recipe / "exp"
     for role in ("cloud", "device"):
-        package_model(exp / role, best_checkpoint(exp / role), exp / "tokens", exp / "stats" / "train" / "feats_stats.npz",
-                      tmp_path / role, PackageInfo(f"pasu-{role}", role, "9", recipe / "data"),
-                      shared_decoder_from=tmp_path / "cloud" / "model.pth" if role == "device" else None,
-                      weights_dtype=torch.float16)
-        full, half = load_state_dict(exp / "models" / role / "model.pth"), load_state_dict(tmp_path / role / "model.pth")
+        package_model(
+            exp / role,
+            best_checkpoint(exp / role),
+            exp / "tokens",
+            exp / "stats" / "train" / "feats_stats.npz",
+            tmp_path / role,
+            PackageInfo(f"pasu-{role}", role, "9", recipe / "data"),
+            shared_decoder_from=tmp_path / "cloud" / "model.pth" if role == "device" else None,
+            weights_dtype=torch.float16,
+        )
+        full, half = (
+            load_state_dict(exp / "models" / role / "model.pth"),
+            load_state_dict(tmp_path / role / "model.pth"),
+        )
         assert {v.dtype for v in half.values() if v.is_floating_point()} == {torch.float16}
         for k, v in full.items():
             if v.is_floating_point():
                 torch.testing.assert_close(half[k].float(), v, rtol=2**-10, atol=1e-7)
-        assert (tmp_path / role / "model.pth").stat().st_size < 0.6 * (exp / "models" / role / "model.pth").stat().st_size
+        assert (tmp_path / role / "model.pth").stat().st_size < 0.6 * (
+            exp / "models" / role / "model.pth"
+        ).stat().st_size
         model = load_model(tmp_path / role)
         assert {p.dtype for p in model.model.parameters()} == {torch.float32}
     cloud, device = (load_model(tmp_path / r).model.decoder.state_dict() for r in ("cloud", "device"))
@@ -276,6 +372,12 @@ def test_float16_packages_are_half_the_size_and_load_as_float32(
 
     audio = read_audio(next(iter(read_scp(recipe / "data" / "test_voices" / "wav.scp").values())))
     monkeypatch.chdir(tmp_path / "device")
-    s2t = Speech2Text(asr_train_config="config.yaml", asr_model_file="model.pth",
-                      beam_size=2, ctc_weight=0.3, maxlenratio=0.3, device="cpu")
+    s2t = Speech2Text(
+        asr_train_config="config.yaml",
+        asr_model_file="model.pth",
+        beam_size=2,
+        ctc_weight=0.3,
+        maxlenratio=0.3,
+        device="cpu",
+    )
     assert isinstance(s2t(torch.as_tensor(audio))[0][0], str)

@@ -71,8 +71,9 @@ def test_cloud_config_must_match_the_decoder_width(tmp_path: Path) -> None:
         write_cloud_config(opts, tmp_path / "cloud.yaml")
 
 
-@pytest.mark.parametrize("name", [f"train_{role}{size}" for role in ("bootstrap", "cloud", "device")
-                                  for size in ("", "_tiny")])
+@pytest.mark.parametrize(
+    "name", [f"train_{role}{size}" for role in ("bootstrap", "cloud", "device") for size in ("", "_tiny")]
+)
 def test_training_configs_use_specaug_and_global_mvn(name: str) -> None:
     cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
     assert cfg["specaug"] == "specaug" and cfg["normalize"] == "global_mvn"
@@ -95,8 +96,7 @@ def test_device_warm_start_takes_front_end_and_ctc_only_when_shapes_match(tmp_pa
     device_cfg = tmp_path / "device.yaml"
     write_device_config(opts, device_cfg)
     ckpt = tmp_path / "cloud.pth"
-    assert warm_start_params(opts, device_cfg, ckpt) == [
-        f"{ckpt}:encoder.embed:encoder.embed", f"{ckpt}:ctc:ctc"]
+    assert warm_start_params(opts, device_cfg, ckpt) == [f"{ckpt}:encoder.embed:encoder.embed", f"{ckpt}:ctc:ctc"]
     other = yaml.safe_load(device_cfg.read_text())
     other["frontend_conf"]["n_mels"] = 80  # different features: the conv shapes differ
     device_cfg.write_text(yaml.safe_dump(other))
@@ -104,8 +104,7 @@ def test_device_warm_start_takes_front_end_and_ctc_only_when_shapes_match(tmp_pa
 
 
 def test_epochs_per_role_override_the_fine_tune_and_max_epoch_defaults(tmp_path: Path) -> None:
-    opts = RecipeOptions(exp_dir=tmp_path, init_models=tmp_path, finetune_epochs=4,
-                         role_epochs={"cloud": 10})
+    opts = RecipeOptions(exp_dir=tmp_path, init_models=tmp_path, finetune_epochs=4, role_epochs={"cloud": 10})
     assert (opts.epochs("cloud"), opts.epochs("device")) == (10, 4)
     assert opts.with_(max_epoch=2).epochs("cloud") == 10
     assert opts.with_(max_epoch=2).epochs("device") == 2
@@ -130,8 +129,14 @@ def test_retrain_decoder_is_refused_where_it_would_break_the_pair(tmp_path: Path
     with pytest.raises(ValueError, match="init_models"):
         run_recipe(RecipeOptions(exp_dir=tmp_path / "a", retrain_decoder=True))
     with pytest.raises(ValueError, match="add device"):
-        run_recipe(RecipeOptions(exp_dir=tmp_path / "b", init_models=tmp_path, retrain_decoder=True,
-                                 stages=("tokens", "stats", "cloud", "package")))
+        run_recipe(
+            RecipeOptions(
+                exp_dir=tmp_path / "b",
+                init_models=tmp_path,
+                retrain_decoder=True,
+                stages=("tokens", "stats", "cloud", "package"),
+            )
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -152,8 +157,12 @@ def test_compare_counts_the_utterances_one_side_gets_right(tmp_path: Path, capsy
     b = {u: wrong(refs[u]) if 3 <= i < 13 else refs[u] for i, u in enumerate(utts)}  # B misses 10 others
     for name, hyps in (("a", a), ("b", b)):
         (tmp_path / name).write_text("".join(f"{u} {h}\n" for u, h in hyps.items()))
-    assert main(["compare", "--data", str(data), "--hyps", f"cloud={tmp_path / 'a'}",
-                 "--hyps", f"device={tmp_path / 'b'}"]) == 0
+    assert (
+        main(
+            ["compare", "--data", str(data), "--hyps", f"cloud={tmp_path / 'a'}", "--hyps", f"device={tmp_path / 'b'}"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert summary["utterances"] == len(utts) == 200

@@ -31,16 +31,26 @@ def _env(name: str, default: str | None = None) -> str | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pasu-healthcheck", description=__doc__.split("\n\n")[0])
     p.add_argument("--addr", default=_env("ADDR", "127.0.0.1:50051"), help="HOST:PORT (env PASU_HEALTH_ADDR)")
-    p.add_argument("--service", default=_env("SERVICE", DEFAULT_SERVICE),
-                   help=f"health service name (default {DEFAULT_SERVICE!r}; '' = the server)")
+    p.add_argument(
+        "--service",
+        default=_env("SERVICE", DEFAULT_SERVICE),
+        help=f"health service name (default {DEFAULT_SERVICE!r}; '' = the server)",
+    )
     p.add_argument("--timeout", type=float, default=float(_env("TIMEOUT", "3")), help="seconds (default 3)")
-    p.add_argument("--tls", action="store_true", default=_env("TLS", "") not in ("", "0", "false"),
-                   help="use TLS (implied by --tls-ca)")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        default=_env("TLS", "") not in ("", "0", "false"),
+        help="use TLS (implied by --tls-ca)",
+    )
     p.add_argument("--tls-ca", default=_env("TLS_CA"), help="CA certificate (PEM) that signed the server's")
     p.add_argument("--tls-cert", default=_env("TLS_CERT"), help="client certificate (PEM), for mutual TLS")
     p.add_argument("--tls-key", default=_env("TLS_KEY"), help="client key (PEM), for mutual TLS")
-    p.add_argument("--tls-server-name", default=_env("TLS_SERVER_NAME"),
-                   help="name to verify in the server certificate (default: the host of --addr)")
+    p.add_argument(
+        "--tls-server-name",
+        default=_env("TLS_SERVER_NAME"),
+        help="name to verify in the server certificate (default: the host of --addr)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     return p.parse_args(argv)
 
@@ -62,9 +72,11 @@ def check(args: argparse.Namespace) -> tuple[int, str]:
         if bool(args.tls_cert) != bool(args.tls_key):
             return 2, "--tls-cert and --tls-key go together"
         try:
-            creds = grpc.ssl_channel_credentials(root_certificates=_read(args.tls_ca),
-                                                 private_key=_read(args.tls_key),
-                                                 certificate_chain=_read(args.tls_cert))
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(args.tls_ca),
+                private_key=_read(args.tls_key),
+                certificate_chain=_read(args.tls_cert),
+            )
         except OSError as e:
             return 2, f"cannot read a TLS file: {e}"
         if args.tls_server_name:
@@ -74,7 +86,8 @@ def check(args: argparse.Namespace) -> tuple[int, str]:
         channel = grpc.insecure_channel(args.addr, options=options)
     try:
         reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+        )
     except grpc.RpcError as e:
         return 1, f"{args.addr} service={args.service!r}: {e.code().name}: {e.details()}"
     finally:

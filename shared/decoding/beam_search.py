@@ -114,7 +114,7 @@ class BeamSearch:
         batch: EncoderBatch,
         prefixes: list[list[int]] | None = None,
         beam_size: int | None = None,
-        stop: "StopRule | None" = None,
+        stop: StopRule | None = None,
         prime_hints: dict[str, object] | None = None,
     ) -> list[list[Hypothesis]]:
         """N-best lists (all ended hypotheses, best first) for each utterance.
@@ -133,7 +133,7 @@ class BeamSearch:
             log.warning("no hypothesis ended for utterances %s; retrying with minlenratio %.1f", retry, minlen)
             sub = EncoderBatch(batch.enc[retry], batch.lengths[retry])
             sub_prefixes = [prefixes[b] for b in retry] if prefixes else None
-            for b, r in zip(retry, self._search(sub, minlen, sub_prefixes, beam_size, stop)):
+            for b, r in zip(retry, self._search(sub, minlen, sub_prefixes, beam_size, stop), strict=True):
                 results[b] = r
             retry = [b for b, r in enumerate(results) if not r]
         return results
@@ -180,7 +180,7 @@ class BeamSearch:
         minlenratio: float,
         prefixes: list[list[int]] | None = None,
         beam_size: int | None = None,
-        stop: "StopRule | None" = None,
+        stop: StopRule | None = None,
         prime_hints: dict[str, object] | None = None,
     ) -> list[list[Hypothesis]]:
         maxlens, minlens = self._length_bounds(batch.lengths.tolist(), minlenratio)
@@ -253,7 +253,7 @@ class BeamSearch:
         maxlens: list[int],
         minlens: list[int],
         beam_size: int | None = None,
-        stop: "StopRule | None" = None,
+        stop: StopRule | None = None,
     ) -> _Running:
         """One output position for every live utterance; updates ``ended``/``done`` in place."""
         weighted, scores = self.expand(running, sessions)
@@ -269,7 +269,7 @@ class BeamSearch:
 
         is_eos = (tokens == self.eos).tolist()
         keep: list[int] = []
-        best_running = new_score.tolist() if stop is not None else None
+        best_running: list[float] = new_score.tolist() if stop is not None else []
         for u_pos, b in enumerate(live_utts):
             lo, hi = u_pos * width, (u_pos + 1) * width
             at_maxlen = i == maxlens[b] - 1

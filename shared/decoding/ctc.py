@@ -21,9 +21,19 @@ The scorer keeps its state in its session (one per search), never on itself.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 
 from pasu.decoding.scorers import LOG_ZERO, EncoderBatch, Scorer, ScorerSession
+
+
+@runtime_checkable
+class PrefixHint(Protocol):
+    """A prefix's CTC forward variables ``r`` (T, 2) and its log prefix probability ``psi``."""
+
+    r: torch.Tensor
+    psi: float
 
 
 class CTCPrefixScorer(Scorer):
@@ -46,7 +56,7 @@ class CTCPrefixScorer(Scorer):
                 logp[b, n:, self.blank] = 0.0
         return logp
 
-    def begin(self, batch: EncoderBatch, row_utt: torch.Tensor) -> "CTCPrefixSession":
+    def begin(self, batch: EncoderBatch, row_utt: torch.Tensor) -> CTCPrefixSession:
         return CTCPrefixSession(self, self.log_probs(batch), batch.lengths, row_utt)
 
 
@@ -105,6 +115,7 @@ class CTCPrefixSession(ScorerSession):
         return log_psi - (self.s_prev.unsqueeze(1) if torch.is_tensor(self.s_prev) else self.s_prev)
 
     def advance(self, parents, tokens):
+        assert self.last is not None and self._r_sum is not None and self._log_psi is not None, "advance before score"
         dev = self.logp_vt.device
         parents, tokens = parents.to(dev), tokens.to(dev)
         utt = self.row_utt.index_select(0, parents)
@@ -131,6 +142,8 @@ class CTCPrefixSession(ScorerSession):
         if hint is None:
             return super().prime(yseq, row_utt, hint)
         n = yseq.size(0)
+        if not isinstance(hint, PrefixHint):
+            raise TypeError(f"a CTC hint needs .r and .psi, got {type(hint).__name__}")
         r = hint.r.to(self.logp_vt.dtype)
         if r.size(0) != self.n_frames:
             raise ValueError(f"prefix forward variables cover {r.size(0)} frames, encoder has {self.n_frames}")

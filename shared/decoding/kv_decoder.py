@@ -13,10 +13,11 @@ Transformer layout falls back to ``forward_one_step``.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 
-from pasu.decoding.scorers import EncoderBatch, ScorerSession
+from pasu.decoding.interface import EncoderBatch, ScorerSession
 
 
 def supports(decoder: torch.nn.Module) -> bool:
@@ -63,7 +64,7 @@ class KVCacheDecoderSession(ScorerSession):
 
     def __init__(self, decoder: torch.nn.Module, batch: EncoderBatch) -> None:
         self.dec = decoder
-        self.layers = list(decoder.decoders)
+        self.layers: list[Any] = list(decoder.decoders)  # type: ignore[arg-type]  # an ESPnet ModuleList
         enc = batch.enc
         self.single = enc.size(0) == 1
         self.src: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -119,7 +120,7 @@ class KVCacheDecoderSession(ScorerSession):
         return torch.log_softmax(dec.output_layer(y), dim=-1)
 
     def score(self, yseq, row_utt, candidates):
-        emb, pos_enc = self.dec.embed[0], self.dec.embed[1]
+        emb, pos_enc = self.dec.embed[0], cast(Any, self.dec.embed[1])
         pos = yseq.size(1) - 1
         x = emb(yseq[:, -1:]) * pos_enc.xscale + pos_enc.pe[:, pos : pos + 1]
         pending = []
@@ -154,6 +155,7 @@ class KVCacheDecoderSession(ScorerSession):
         return self._logp(x[:, :-1])
 
     def advance(self, parents, tokens):
+        assert self._pending is not None, "advance before score"
         idx = parents.to(self._pending[0][0].device)
         self.cache = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._pending]
         self._pending = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,17 +44,15 @@ class Recognizer:
     def __init__(self, model: LoadedModel, options: DecodingOptions = DecodingOptions()) -> None:
         self.model = model
         self.options = options
-        asr = model.model
+        asr: Any = model.model  # an ESPnet ASR model: its parts are untyped submodules
         self.scorers = {
             "decoder": AttentionDecoderScorer(asr.decoder, kv_cache=options.decoder_kv_cache),
             "ctc": CTCPrefixScorer(asr.ctc, eos=model.eos, recursion=options.ctc_recursion),
             "length_bonus": LengthBonus(model.vocab_size),
         }
-        self.search = BeamSearch(
-            self.scorers, scorer_weights(options), model.vocab_size, model.sos, model.eos, options
-        )
+        self.search = BeamSearch(self.scorers, scorer_weights(options), model.vocab_size, model.sos, model.eos, options)
 
-    def with_options(self, options: DecodingOptions) -> "Recognizer":
+    def with_options(self, options: DecodingOptions) -> Recognizer:
         return Recognizer(self.model, options)
 
     @torch.inference_mode()

@@ -16,22 +16,25 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import cast
 
 import numpy as np
 import torch
-
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.asr.frontend.default import DefaultFrontend
+from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.layers.global_mvn import GlobalMVN
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 
 from pasu.encoders.late import LateContextEncoder, subsampling_convs
+from pasu.encoders.local_block import LocalBlock
 from pasu.encoders.stages import LocalBlockStage, StftFeatureStage, SubsamplingStage
-from pasu.models import forward_lock
+from pasu.locks import forward_lock
 
 logger = logging.getLogger(__name__)
 
-Audio = Union[np.ndarray, torch.Tensor]
+Audio = np.ndarray | torch.Tensor
 
 
 class NotIncrementalError(ValueError):
@@ -66,7 +69,7 @@ class IncrementalStats:
     local_frames_peeked: list[int] = field(default_factory=list)
 
 
-def why_not_incremental(model: torch.nn.Module) -> Optional[str]:
+def why_not_incremental(model: torch.nn.Module) -> str | None:
     """Reason ``model`` cannot run incrementally, or None if it can."""
     if not isinstance(model.encoder, LateContextEncoder):
         return f"encoder {type(model.encoder).__name__} has no local blocks"
@@ -95,9 +98,7 @@ class IncrementalEncoder:
     Not thread-safe: one instance per utterance stream (``reset()`` to reuse).
     """
 
-    def __init__(
-        self, model: torch.nn.Module, options: Optional[IncrementalOptions] = None
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, options: IncrementalOptions | None = None) -> None:
         if model.training:
             raise ValueError("IncrementalEncoder needs the model in eval mode")
         self.model = model
@@ -115,16 +116,15 @@ class IncrementalEncoder:
         """Start a new utterance."""
         self._samples: list[torch.Tensor] = []  # full mode only
         self._local: list[torch.Tensor] = []  # final local-block output
-        self._cached: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self._finished = False
         self.stats = IncrementalStats()
-        if self.mode == "incremental":
-            encoder: LateContextEncoder = self.model.encoder
-            self._stft = StftFeatureStage(self.model.frontend, self.model.normalize)
-            self._embed = SubsamplingStage(
-                encoder.embed, subsampling_convs(encoder.embed)
-            )
-            self._blocks = [LocalBlockStage(b) for b in encoder.local_blocks]
+        if self.mode == "incremental":  # why_not_incremental() checked these types
+            encoder = cast(LateContextEncoder, self.model.encoder)
+            frontend = cast(DefaultFrontend, self.model.frontend)
+            self._stft = StftFeatureStage(frontend, cast(AbsNormalize | None, self.model.normalize))
+            self._embed = SubsamplingStage(encoder.embed, subsampling_convs(encoder.embed))
+            self._blocks = [LocalBlockStage(cast(LocalBlock, b)) for b in encoder.local_blocks]
 
     @property
     def num_samples(self) -> int:
@@ -167,7 +167,7 @@ class IncrementalEncoder:
         start = time.perf_counter()
         out = self._encode_full() if self.mode == "full" else self._encode_late()
         if out is None:
-            dim = self.model.encoder.output_size()
+            dim = cast(AbsEncoder, self.model.encoder).output_size()
             out = (
                 torch.zeros(1, 0, dim, device=self.device),
                 torch.zeros(1, dtype=torch.long, device=self.device),
@@ -181,7 +181,7 @@ class IncrementalEncoder:
         """End of utterance: the final encoder output; no more ``feed``."""
         return self.encode(final=True)
 
-    def _encode_full(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def _encode_full(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self._samples:
             return None
         speech = torch.cat(self._samples)
@@ -191,14 +191,14 @@ class IncrementalEncoder:
             return None  # torch.stft's reflect padding needs more samples
         try:
             with forward_lock(self.model):
-                return self.model.encode(
+                return cast(ESPnetASRModel, self.model).encode(
                     speech[None], torch.tensor([speech.numel()], device=self.device)
                 )
         except TooShortUttError as exc:
             logger.debug("too little audio to encode yet: %s", exc)
             return None
 
-    def _encode_late(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def _encode_late(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         # Tail: frames not final yet, computed as if the audio ended now.
         tail = self._embed.peek(self._stft.peek(torch.zeros(0, device=self.device)))
         for stage in self._blocks:
@@ -215,8 +215,9 @@ class IncrementalEncoder:
             return None
         masks = torch.ones(1, 1, frames, dtype=torch.bool, device=self.device)
         with forward_lock(self.model):
-            out = self.model.encoder.forward_attention(local, masks)
+            out = cast(LateContextEncoder, self.model.encoder).forward_attention(local, masks)
         lens = torch.tensor([frames], device=self.device)
-        if getattr(self.model, "postencoder", None) is not None:
-            out, lens = self.model.postencoder(out, lens)
+        postencoder = getattr(self.model, "postencoder", None)
+        if postencoder is not None:
+            out, lens = postencoder(out, lens)
         return out, lens

@@ -16,11 +16,8 @@ cached local output does not depend on where the current end of input is.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
 
 import torch
-from typeguard import typechecked
-
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.legacy.nets.pytorch_backend.conformer.convolution import ConvolutionModule
 from espnet2.legacy.nets.pytorch_backend.conformer.encoder_layer import EncoderLayer
@@ -45,6 +42,7 @@ from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import (
     TooShortUttError,
     check_short_utt,
 )
+from typeguard import typechecked
 
 from pasu.encoders.local_block import LocalBlock
 
@@ -117,14 +115,10 @@ class LateContextEncoder(AbsEncoder):
         self._output_size = output_size
         activation = get_activation(activation_type)
         if input_layer not in SUBSAMPLING:
-            raise ValueError(
-                f"input_layer must be one of {sorted(SUBSAMPLING)}, got {input_layer!r}"
-            )
+            raise ValueError(f"input_layer must be one of {sorted(SUBSAMPLING)}, got {input_layer!r}")
         # No positional encoding in the subsampling: it is added before the
         # attention blocks, so the streamed local output is position-free.
-        self.embed = SUBSAMPLING[input_layer][0](
-            input_size, output_size, dropout_rate, torch.nn.Identity()
-        )
+        self.embed = SUBSAMPLING[input_layer][0](input_size, output_size, dropout_rate, torch.nn.Identity())
         self.local_blocks = torch.nn.ModuleList(
             LocalBlock(
                 output_size,
@@ -138,32 +132,22 @@ class LateContextEncoder(AbsEncoder):
             for _ in range(num_local_blocks)
         )
         if pos_enc_layer_type == "rel_pos":
-            self.pos_enc = RelPositionalEncoding(
-                output_size, positional_dropout_rate, max_pos_emb_len
-            )
+            self.pos_enc = RelPositionalEncoding(output_size, positional_dropout_rate, max_pos_emb_len)
 
             def attention() -> torch.nn.Module:
-                return RelPositionMultiHeadedAttention(
-                    attention_heads, output_size, attention_dropout_rate, zero_triu
-                )
+                return RelPositionMultiHeadedAttention(attention_heads, output_size, attention_dropout_rate, zero_triu)
 
         elif pos_enc_layer_type == "abs_pos":
-            self.pos_enc = PositionalEncoding(
-                output_size, positional_dropout_rate, max_pos_emb_len
-            )
+            self.pos_enc = PositionalEncoding(output_size, positional_dropout_rate, max_pos_emb_len)
 
             def attention() -> torch.nn.Module:
-                return MultiHeadedAttention(
-                    attention_heads, output_size, attention_dropout_rate
-                )
+                return MultiHeadedAttention(attention_heads, output_size, attention_dropout_rate)
 
         else:
             raise ValueError(f"unknown pos_enc_layer_type {pos_enc_layer_type!r}")
 
         def feed_forward() -> torch.nn.Module:
-            return PositionwiseFeedForward(
-                output_size, linear_units, dropout_rate, activation
-            )
+            return PositionwiseFeedForward(output_size, linear_units, dropout_rate, activation)
 
         self.attention_blocks = torch.nn.ModuleList(
             EncoderLayer(
@@ -189,9 +173,7 @@ class LateContextEncoder(AbsEncoder):
         return self._output_size
 
     # -- the three stages, also used one by one by the incremental runner --
-    def forward_embed(
-        self, xs_pad: torch.Tensor, masks: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_embed(self, xs_pad: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Subsample features (B, T, F) -> (B, T', D) and their mask."""
         short, limit = check_short_utt(self.embed, xs_pad.size(1))
         if short:
@@ -224,10 +206,11 @@ class LateContextEncoder(AbsEncoder):
         self,
         xs_pad: torch.Tensor,
         ilens: torch.Tensor,
-        prev_states: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        prev_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """ESPnet encoder interface: (B, T, F), (B,) -> (B, T', D), (B,), None."""
-        masks = (~make_pad_mask(ilens, maxlen=xs_pad.size(1))[:, None, :]).to(
+        # torch.compiler.disable (its decorator) hides make_pad_mask's signature from pyright.
+        masks = (~make_pad_mask(ilens, maxlen=xs_pad.size(1))[:, None, :]).to(  # pyright: ignore[reportCallIssue]
             xs_pad.device
         )
         xs, masks = self.forward_embed(xs_pad, masks)

@@ -26,15 +26,12 @@ Two deliberate departures from ESPnet's Conformer ``ConvolutionModule``:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-from torch import nn
-
 from espnet2.legacy.nets.pytorch_backend.transformer.layer_norm import LayerNorm
 from espnet2.legacy.nets.pytorch_backend.transformer.positionwise_feed_forward import (
     PositionwiseFeedForward,
 )
+from torch import nn
 
 
 class LocalConvModule(nn.Module):
@@ -57,16 +54,13 @@ class LocalConvModule(nn.Module):
         super().__init__()
         if not 0 <= right_context < kernel_size:
             raise ValueError(
-                f"right_context must be in [0, kernel_size); got {right_context} "
-                f"for kernel_size {kernel_size}"
+                f"right_context must be in [0, kernel_size); got {right_context} for kernel_size {kernel_size}"
             )
         self.kernel_size = kernel_size
         self.right_context = right_context
         self.left_context = kernel_size - 1 - right_context
         self.pointwise_conv1 = nn.Linear(channels, 2 * channels, bias=bias)
-        self.depthwise_conv = nn.Conv1d(
-            channels, channels, kernel_size, padding=0, groups=channels, bias=bias
-        )
+        self.depthwise_conv = nn.Conv1d(channels, channels, kernel_size, padding=0, groups=channels, bias=bias)
         self.norm = nn.LayerNorm(channels)
         self.pointwise_conv2 = nn.Linear(channels, channels, bias=bias)
         self.activation = activation
@@ -87,9 +81,7 @@ class LocalConvModule(nn.Module):
         """Zero-pad the time axis as a whole utterance sees it."""
         return nn.functional.pad(g, (0, 0, self.left_context, self.right_context))
 
-    def forward(
-        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Whole-sequence forward.
 
         ``mask`` (B, 1, T), True on real frames: padded frames are zeroed
@@ -125,11 +117,18 @@ class LocalBlock(nn.Module):
         super().__init__()
         self.size = size
         self.normalize_before = normalize_before
+        # ESPnet leaves `activation` unannotated: pyright infers ReLU from its default.
         self.feed_forward_macaron = PositionwiseFeedForward(
-            size, linear_units, dropout_rate, activation
+            size,
+            linear_units,
+            dropout_rate,
+            activation,  # pyright: ignore[reportArgumentType]
         )
         self.feed_forward = PositionwiseFeedForward(
-            size, linear_units, dropout_rate, activation
+            size,
+            linear_units,
+            dropout_rate,
+            activation,  # pyright: ignore[reportArgumentType]
         )
         self.conv_module = LocalConvModule(size, kernel_size, right_context, activation)
         self.norm_ff_macaron = LayerNorm(size)
@@ -146,9 +145,7 @@ class LocalBlock(nn.Module):
     def right_context(self) -> int:
         return self.conv_module.right_context
 
-    def _residual(
-        self, x: torch.Tensor, fn, norm: nn.Module, scale: float = 1.0
-    ) -> torch.Tensor:
+    def _residual(self, x: torch.Tensor, fn, norm: nn.Module, scale: float = 1.0) -> torch.Tensor:
         y = fn(norm(x) if self.normalize_before else x)
         x = x + scale * self.dropout(y)
         return x if self.normalize_before else norm(x)
@@ -171,9 +168,7 @@ class LocalBlock(nn.Module):
         x = self._residual(x, self.feed_forward, self.norm_ff, 0.5)
         return self.norm_final(x)
 
-    def forward(
-        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); ``mask`` (B, 1, T) True on real frames."""
         residual, g = self.pre(x)
         if mask is not None:

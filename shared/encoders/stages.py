@@ -16,10 +16,7 @@ whole-utterance computation of the input so far.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-
 from espnet2.asr.frontend.default import DefaultFrontend
 from espnet2.layers.abs_normalize import AbsNormalize
 
@@ -42,11 +39,12 @@ class StftFeatureStage:
     ``peek`` (i.e. at ``encode()`` time), reflecting the current last samples.
     """
 
-    def __init__(
-        self, frontend: DefaultFrontend, normalize: Optional[AbsNormalize] = None
-    ) -> None:
+    def __init__(self, frontend: DefaultFrontend, normalize: AbsNormalize | None = None) -> None:
         stft = frontend.stft
+        if stft is None:
+            raise ValueError("the frontend computes no STFT")
         self.logmel = frontend.logmel
+        self.n_mels = frontend.output_size()
         self.normalize = normalize
         self.n_fft = stft.n_fft
         self.hop = stft.hop_length
@@ -55,14 +53,14 @@ class StftFeatureStage:
         self.normalized = stft.normalized
         self.onesided = stft.onesided
         self.pad = stft.n_fft // 2 if stft.center else 0
-        self._window: Optional[torch.Tensor] = None  # built like Stft.forward
+        self._window: torch.Tensor | None = None  # built like Stft.forward
         self.frames_pushed = 0  # frames computed by push (each exactly once)
         self.frames_peeked = 0
         self.reset()
 
     def reset(self) -> None:
         self._head: list[torch.Tensor] = []  # real samples before start padding
-        self._buf: Optional[torch.Tensor] = None  # padded stream from _buf_start
+        self._buf: torch.Tensor | None = None  # padded stream from _buf_start
         self._buf_start = 0  # padded-stream index of _buf[0]
         self._stream_len = 0  # start padding + received samples
         self._next = 0  # next frame index to finalize
@@ -77,9 +75,7 @@ class StftFeatureStage:
         """Frames of ``segment`` (padded-stream samples, 1-D) -> (1, T, n_mels)."""
         window = self._window
         if self.window_name is not None and (
-            window is None
-            or window.dtype != segment.dtype
-            or window.device != segment.device
+            window is None or window.dtype != segment.dtype or window.device != segment.device
         ):
             window = getattr(torch, f"{self.window_name}_window")(
                 self.win_length, dtype=segment.dtype, device=segment.device
@@ -104,23 +100,24 @@ class StftFeatureStage:
         return feats
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
-        return like.new_zeros(1, 0, self.logmel.melmat.size(1))
+        return like.new_zeros(1, 0, self.n_mels)
 
-    def _start(self, samples: torch.Tensor) -> None:
+    def _start(self, samples: torch.Tensor) -> torch.Tensor | None:
+        """The padded stream once it can start (pad + 1 samples), else None."""
         self._head.append(samples)
         head = torch.cat(self._head)
         if head.numel() <= self.pad:  # reflect padding needs pad + 1 samples
-            return
+            return None
         self._head = []
         start_pad = head[1 : self.pad + 1].flip(0)
-        self._buf = torch.cat([start_pad, head])
-        self._stream_len = self._buf.numel()
+        self._stream_len = start_pad.numel() + head.numel()
+        return torch.cat([start_pad, head])
 
     def push(self, samples: torch.Tensor) -> torch.Tensor:
         """Feed 1-D samples; return the newly final frames (1, n, n_mels)."""
-        if not self.started:
-            self._start(samples)
-            if not self.started:
+        if self._buf is None:
+            self._buf = self._start(samples)
+            if self._buf is None:
                 return self._empty(samples)
         else:
             self._buf = torch.cat([self._buf, samples])
@@ -141,11 +138,12 @@ class StftFeatureStage:
 
     def peek(self, like: torch.Tensor) -> torch.Tensor:
         """Frames that overlap the end padding, as if input ended now."""
-        if not self.started:
+        buf = self._buf
+        if buf is None:
             return self._empty(like)
-        segment = self._buf[self._next * self.hop - self._buf_start :]
+        segment = buf[self._next * self.hop - self._buf_start :]
         if self.pad > 0:
-            segment = torch.cat([segment, self._buf[-self.pad - 1 : -1].flip(0)])
+            segment = torch.cat([segment, buf[-self.pad - 1 : -1].flip(0)])
         if segment.numel() < self.n_fft:
             return self._empty(like)
         feats = self._features(segment)
@@ -160,10 +158,11 @@ class SubsamplingStage:
     arrived and ``peek`` only has to convolve the pending + tail frames.
     """
 
-    def __init__(
-        self, embed: torch.nn.Module, convs: tuple[tuple[int, int], ...]
-    ) -> None:
+    def __init__(self, embed: torch.nn.Module, convs: tuple[tuple[int, int], ...]) -> None:
+        if not isinstance(embed.out, torch.nn.Linear):
+            raise TypeError(f"{type(embed).__name__} has no linear output layer")
         self.embed = embed
+        self.out_features = embed.out.out_features
         self.convs = convs
         self.stride = 1
         self.receptive_field = 1
@@ -175,14 +174,14 @@ class SubsamplingStage:
         self.reset()
 
     def reset(self) -> None:
-        self._buf: Optional[torch.Tensor] = None
+        self._buf: torch.Tensor | None = None
         self.frames_pushed = 0
         self.frames_peeked = 0
 
     def _run(self, feats: torch.Tensor) -> tuple[torch.Tensor, int]:
         n = _conv_out_length(feats.size(1), self.convs)
         if n == 0:
-            return feats.new_zeros(1, 0, self.embed.out.out_features), 0
+            return feats.new_zeros(1, 0, self.out_features), 0
         out, _ = self.embed(feats, None)
         if isinstance(out, tuple):  # a positional encoding returning (x, pos)
             out = out[0]
@@ -221,35 +220,36 @@ class LocalBlockStage:
         self.reset()
 
     def reset(self) -> None:
-        self._gates: Optional[torch.Tensor] = None  # (1, left + pending, D)
-        self._residual: Optional[torch.Tensor] = None  # (1, pending, D)
+        self._gates: torch.Tensor | None = None  # (1, left + pending, D)
+        self._residual: torch.Tensor | None = None  # (1, pending, D)
         self.frames_pushed = 0
         self.frames_peeked = 0
 
-    def _init(self, x: torch.Tensor) -> None:
-        if self._gates is None:
+    def _state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual, gates), zero-initialized on the first call."""
+        if self._gates is None or self._residual is None:
             self._gates = x.new_zeros(1, self.left, x.size(-1))
             self._residual = x.new_zeros(1, 0, x.size(-1))
+        return self._residual, self._gates
 
     def push(self, x: torch.Tensor) -> torch.Tensor:
-        self._init(x)
+        residual, gates = self._state(x)
         if x.size(1) > 0:
-            residual, gates = self.block.pre(x)
-            self._residual = torch.cat([self._residual, residual], 1)
-            self._gates = torch.cat([self._gates, gates], 1)
-        n = self._residual.size(1) - self.right
+            r, g = self.block.pre(x)
+            residual = torch.cat([residual, r], 1)
+            gates = torch.cat([gates, g], 1)
+        n = residual.size(1) - self.right
         if n <= 0:
+            self._residual, self._gates = residual, gates
             return x[:, :0]
-        conv = self.block.conv_module.depthwise(self._gates)  # n frames (valid)
-        out = self.block.post(self._residual[:, :n], conv)
-        self._residual = self._residual[:, n:]
-        self._gates = self._gates[:, n:]
+        conv = self.block.conv_module.depthwise(gates)  # n frames (valid)
+        out = self.block.post(residual[:, :n], conv)
+        self._residual, self._gates = residual[:, n:], gates[:, n:]
         self.frames_pushed += n
         return out
 
     def peek(self, x: torch.Tensor) -> torch.Tensor:
-        self._init(x)
-        residual, gates = self._residual, self._gates
+        residual, gates = self._state(x)
         if x.size(1) > 0:
             r, g = self.block.pre(x)
             residual = torch.cat([residual, r], 1)

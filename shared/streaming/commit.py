@@ -1,9 +1,10 @@
 """Beam collapse: what the pilots agree on, as the seed of the next search.
 
 Each pilot, and the final search, starts from the prefix that the last
-``collapse_pilots`` pilots agree on, less ``collapse_holdback`` tokens at the
-audio frontier. A pilot seeded this way can only extend the seed, so pilots
-build on each other and the final search is left the tokens after it.
+``collapse_pilots`` pilots agree on (by default the latest pilot's best alone),
+less ``collapse_holdback`` tokens at the audio frontier. A pilot seeded this way
+can only extend the seed, so pilots build on each other and the final search is
+left the tokens after it.
 
 With ``collapse_confirm`` the seed is cut where the audio heard *now* stops
 supporting it: one teacher-forced decoder pass over the seed, and each token
@@ -83,13 +84,13 @@ class PrefixCommitter:
         hint = self._cache.update(prefix, lp, leap=self.o.ctc_leap)
         leapt = self._cache.reused_tokens > 0 and self._cache.extended_frames > 0
         dec = decoder_logp(prefix) if self.o.collapse_confirm else None
-        if dec is not None:
+        if dec is not None and self._cache.R is not None:
             keep = confirmed_length(prefix, dec, lp, self._cache.R, self.ctc_weight)
             if keep == 0:
                 return self._refuse("unconfirmed")
             if keep < len(prefix):
                 prefix = prefix[:keep]
-                hint = self._cache.update(prefix, lp, leap=True)  # a cut: the rows are there already
+            hint = self._cache.update(prefix, lp, leap=True)  # a cut: the rows are there already
         return Seed(prefix, hint if self.o.ctc_leap else None, leapt)
 
     def _agreed(self, pilots: Sequence[Sequence[NBestEntry]], frames: int) -> list[int] | None:
@@ -116,7 +117,11 @@ class PrefixCommitter:
 
 
 def confirmed_length(
-    prefix: list[int], dec_logp: torch.Tensor, ctc_logp: torch.Tensor, R: torch.Tensor, ctc_weight: float,
+    prefix: list[int],
+    dec_logp: torch.Tensor,
+    ctc_logp: torch.Tensor,
+    R: torch.Tensor,
+    ctc_weight: float,
     candidates: int = 8,
 ) -> int:
     """How many leading tokens of ``prefix`` the joint decoder + CTC score still picks first.

@@ -100,6 +100,7 @@ class PrefixForwardCache:
         if U == 0:
             return 0.0
         T = logp.size(0)
+        assert self.R is not None, "psi before update"
         prev = self.R[U - 1]
         same = U > 1 and self.tokens[-1] == self.tokens[-2]
         phi = prev[:, 1] if same else torch.logaddexp(prev[:, 0], prev[:, 1])

@@ -23,18 +23,18 @@ class StreamingOptions:
     pilot_period_s: float = 0.32
     pilot_beam_size: int = 4
     pilot_nbest: int = 2
-    # 3. beam collapse (pasu.streaming.commit): when the last `collapse_pilots`
-    #    pilots agree on a prefix (and, if `collapse_margin` > 0, the latest one's
-    #    n-best margin is at least that), the next pilot and the final search start
-    #    from it, less `collapse_holdback` tokens at its end, and only as far as the
+    # 3. beam collapse (pasu.streaming.commit): the next pilot and the final search
+    #    start from the prefix the last `collapse_pilots` pilots agree on (and, if
+    #    `collapse_margin` > 0, only when the latest one's n-best margin is at least
+    #    that), less `collapse_holdback` tokens at its end, and only as far as the
     #    audio heard now still confirms it (`collapse_confirm`); the final search
     #    with `collapse_beam_size` beams. Defaults chosen by measurement:
     #    docs/benchmarks.md.
     beam_collapse: bool = True
-    collapse_pilots: int = 2
+    collapse_pilots: int = 1
     collapse_holdback: int = 0
     collapse_margin: float = 0.0
-    collapse_beam_size: int = 3
+    collapse_beam_size: int = 10
     collapse_confirm: bool = True
     # 4. beam termination: stop once no running hypothesis can beat the n-best
     #    (exact), or once the predicted length (pilots, CTC greedy) plus slack is
@@ -48,11 +48,11 @@ class StreamingOptions:
     max_segment_s: float = 20.0
 
     @classmethod
-    def stock(cls) -> "StreamingOptions":
+    def stock(cls) -> StreamingOptions:
         return cls(late_context=False, pilots=False, beam_collapse=False, beam_termination=False, ctc_leap=False)
 
     @classmethod
-    def only(cls, technique: str, base: "StreamingOptions | None" = None) -> "StreamingOptions":
+    def only(cls, technique: str, base: StreamingOptions | None = None) -> StreamingOptions:
         """One technique on, the others off (ablation). Collapse and leap need pilots.
 
         The techniques' settings (margins, periods, beams) come from ``base``, so an
@@ -67,5 +67,5 @@ class StreamingOptions:
             on["beam_collapse"] = True  # the leap carries the collapsed prefix
         return replace(base or cls(), **{t: t in on for t in TECHNIQUES})
 
-    def with_(self, **changes) -> "StreamingOptions":
+    def with_(self, **changes) -> StreamingOptions:
         return replace(self, **changes)

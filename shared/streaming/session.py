@@ -15,15 +15,17 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 from rapidfuzz.distance import Levenshtein
 
 from pasu.audio import check_samples
 from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.decoding.scorers import EncoderBatch
-from pasu.streaming.commit import PrefixCommitter, Seed, common_prefix
+from pasu.streaming.commit import PrefixCommitter, Seed
 from pasu.streaming.options import StreamingOptions
 from pasu.streaming.termination import BeamTermination
 
@@ -44,7 +46,7 @@ class PilotRecord:
 @dataclass
 class FinalResult:
     nbest: list[NBestEntry]
-    features: dict[str, float]  # for the confidence estimator (offramps)
+    features: dict[str, float]  # signals for the confidence estimator (offramps)
     pilots: list[PilotRecord]
     prefix_len: int  # tokens the final search was seeded with
     beam_size: int
@@ -71,14 +73,14 @@ class StreamingSession:
         self.o = options
         self.rate = recognizer.model.sample_rate
         asr = recognizer.model.model
-        self._ctc = asr.ctc
+        self._ctc: Any = asr.ctc  # ESPnet's CTC head (an untyped submodule)
         self._encoder = None
         #: how often each technique did its work in this utterance: late_context (1 when
         #: the encoder really runs incrementally), pilots, pilot_continuations (pilots
         #: that started from the agreed prefix), beam_collapse and ctc_leap (the final
         #: search seeded / its CTC forward variables extended), termination_exact and
         #: termination_predicted (the final search stopped early by either rule)
-        self.fired = dict.fromkeys(FIRED, 0)
+        self.fired: dict[str, int] = dict.fromkeys(FIRED, 0)
         if options.late_context:
             from pasu.encoders.incremental import IncrementalEncoder
 
@@ -86,8 +88,10 @@ class StreamingSession:
             if self._encoder.mode == "incremental":
                 self.fired["late_context"] = 1
             else:
-                _warn_once(f"late_context is on but {recognizer.model.name} re-encodes everything at each "
-                           "pilot (its encoder has no local blocks)")
+                _warn_once(
+                    f"late_context is on but {recognizer.model.name} re-encodes everything at each "
+                    "pilot (its encoder has no local blocks)"
+                )
         self._commit = PrefixCommitter(options, recognizer.options.ctc_weight)
         self._audio: list[np.ndarray] = []
         self.samples = 0
@@ -121,6 +125,7 @@ class StreamingSession:
         self._ingest(a, may_pilot)
 
     def _work(self) -> None:
+        assert self._queue is not None
         while True:
             item = self._queue.get()
             if item is None:
@@ -172,16 +177,19 @@ class StreamingSession:
             return None
         audio = np.concatenate(self._audio)
         self._audio = [audio]
+        stft = getattr(self.rec.model.model.frontend, "stft", None)
+        if stft is not None and stft.center and len(audio) <= stft.n_fft // 2:
+            return None  # torch.stft's reflect padding needs more samples
         try:
             return self.rec.encode([audio])
-        except Exception as e:  # too short for the subsampling yet
+        except TooShortUttError as e:  # too short for the subsampling yet
             log.debug("cannot encode %d samples yet: %s", len(audio), e)
             return None
 
     # -- pilots --------------------------------------------------------------
     def _seed(self, batch: EncoderBatch) -> Seed | None:
         """The agreed prefix of the pilots so far (beam collapse), with its CTC state (leap)."""
-        if not self.o.beam_collapse:
+        if not self.o.beam_collapse or self._commit is None:
             return None
         return self._commit.seed(
             [p.nbest for p in self.pilots],
@@ -222,8 +230,13 @@ class StreamingSession:
         self.fired["pilots"] += 1
         self.fired["pilot_continuations"] += seed is not None
         self.pilots.append(
-            PilotRecord(self.samples / self.rate, int(batch.lengths[0]), nbest, len(seed.prefix) if seed else 0,
-                        time.perf_counter() - t0)
+            PilotRecord(
+                self.samples / self.rate,
+                int(batch.lengths[0]),
+                nbest,
+                len(seed.prefix) if seed else 0,
+                time.perf_counter() - t0,
+            )
         )
 
     def pilot(self) -> list[NBestEntry]:
@@ -239,7 +252,7 @@ class StreamingSession:
         if self._finalized:
             raise RuntimeError("finalize() called twice")
         self._finalized = True
-        if self._worker is not None:
+        if self._worker is not None and self._queue is not None:
             self._queue.put(None)
             self._worker.join()
         if self._error is not None:
@@ -257,8 +270,14 @@ class StreamingSession:
         if o.beam_termination:
             last = self.pilots[-1].nbest if self.pilots else []
             predicted = max(len(greedy), len(last[0].token_ids) if last else 0)
-            stop = BeamTermination(d.nbest, d.penalty, predicted_length=predicted, slack=o.termination_slack,
-                                   normalize_length=d.normalize_length, max_len=int(batch.lengths[0]))
+            stop = BeamTermination(
+                d.nbest,
+                d.penalty,
+                predicted_length=predicted,
+                slack=o.termination_slack,
+                normalize_length=d.normalize_length,
+                max_len=int(batch.lengths[0]),
+            )
         beam = o.collapse_beam_size if seed else d.beam_size
         nbest = self._search(batch, seed, beam, d.nbest, stop)
         decode_s = time.perf_counter() - t1
@@ -278,7 +297,7 @@ class StreamingSession:
             decode_s=decode_s,
             stops={"exact": stop.stops_exact, "predicted": stop.stops_predicted} if stop else {},
             fired=dict(self.fired),
-            refused=dict(self._commit.refused),
+            refused=dict(self._commit.refused) if self._commit else {},
         )
         self._free()
         return result
@@ -293,38 +312,29 @@ class StreamingSession:
         return [t for t in out if t != self.rec.model.eos]
 
     def _features(self, nbest: list[NBestEntry], greedy: list[int]) -> dict[str, float]:
-        """What the confidence estimator reads: scores, margins, agreements, how much was heard."""
+        """The signals only the session has, for the confidence estimator (which computes the rest:
+        pasu.device.confidence.step_features): how much was heard, and CTC/attention agreement."""
         best = nbest[0] if nbest else None
         n = max(1, len(best.token_ids)) if best else 1
-        f = {
-            "audio_s": self.samples / self.rate,
-            "n_tokens": float(len(best.token_ids)) if best else 0.0,
-            "score_per_token": best.score / n if best else -1e3,
-            "decoder_per_token": best.scores.get("decoder", 0.0) / n if best else -1e3,
-            "ctc_per_token": best.scores.get("ctc", 0.0) / n if best else -1e3,
-            "nbest_margin": (best.score - nbest[1].score) if len(nbest) > 1 else 10.0,
-            "ctc_attention_agreement": 1.0
-            - (Levenshtein.distance(greedy, best.token_ids) / max(len(greedy), n, 1) if best else 1.0),
-            "n_pilots": float(len(self.pilots)),
-        }
-        pilot_bests = [p.nbest[0].token_ids for p in self.pilots if p.nbest]
-        if best and pilot_bests:
-            f["pilot_final_agreement"] = 1.0 - Levenshtein.distance(pilot_bests[-1], best.token_ids) / n
-            f["pilot_stability"] = len(common_prefix(pilot_bests[-2:])) / n if len(pilot_bests) > 1 else 0.0
-        else:
-            f["pilot_final_agreement"] = 0.0
-            f["pilot_stability"] = 0.0
-        return f
+        agreement = 1.0 - Levenshtein.distance(greedy, best.token_ids) / max(len(greedy), n, 1) if best else 0.0
+        return {"audio_s": self.samples / self.rate, "ctc_attention_agreement": agreement}
 
     def _free(self) -> None:
         self._encoder = None
         self._audio = []
-        self._commit = None
+        self._commit = None  # type: ignore[assignment]  # freed: the session is over
 
 
 #: the counters of StreamingSession.fired, in the order reports list them
-FIRED = ("late_context", "pilots", "pilot_continuations", "beam_collapse", "ctc_leap", "termination_exact",
-         "termination_predicted")
+FIRED = (
+    "late_context",
+    "pilots",
+    "pilot_continuations",
+    "beam_collapse",
+    "ctc_leap",
+    "termination_exact",
+    "termination_predicted",
+)
 _warned: set[str] = set()
 
 

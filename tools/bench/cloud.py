@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pasu.tools.bench.load import load_clips, pct, send
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -31,21 +33,36 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     c = bsub.add_parser("cloud", help="load a cloud worker: throughput, p50/p99, batching and decoder reuse")
     where = c.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", help="HOST:PORT of a running worker (loopback only)")
-    where.add_argument("--serve-model", metavar="DIR",
-                       help="start a worker in this process on 127.0.0.1 with this model ('tiny' works)")
+    where.add_argument(
+        "--serve-model",
+        metavar="DIR",
+        help="start a worker in this process on 127.0.0.1 with this model ('tiny' works)",
+    )
     c.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     c.add_argument("--requests", type=int, default=32, help="requests in all (default 32)")
-    c.add_argument("--audio", nargs="+", default=None, help="audio files (default: the shipped evaluation subset, shared/resources/eval)")
-    c.add_argument("--text", type=Path, default=None,
-                   help="ESPnet text file (keys = audio file stems): --reuse compare then scores both "
-                        "policies against it (default audio: the subset's own text)")
+    c.add_argument(
+        "--audio",
+        nargs="+",
+        default=None,
+        help="audio files (default: the shipped evaluation subset, shared/resources/eval)",
+    )
+    c.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="ESPnet text file (keys = audio file stems): --reuse compare then scores both "
+        "policies against it (default audio: the subset's own text)",
+    )
     c.add_argument("--rpc", choices=("recognize", "offload"), default="recognize")
     c.add_argument("--request-beam", type=int, default=None, help="beam_size sent with each request")
     c.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, seconds")
     c.add_argument("--max-wall", type=float, default=900.0, help="stop sending after this many seconds")
     c.add_argument("--token-file", type=Path, default=None, help="bearer token for --target (first line)")
-    c.add_argument("--device-model", default="same",
-                   help="offload: model that makes the device n-best ('same' = --serve-model; default)")
+    c.add_argument(
+        "--device-model",
+        default="same",
+        help="offload: model that makes the device n-best ('same' = --serve-model; default)",
+    )
     c.add_argument("--device-beam", type=int, default=4, help="offload: device beam size")
     c.add_argument("--threads", type=int, default=None, help="torch intra-op threads of an in-process worker")
     add_worker_args(c, serve=False)
@@ -73,19 +90,22 @@ class CloudBenchResult:
     server_decode_s: float | None = None  # of which search + rescoring
 
     def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))]
+        return pct(self.latencies, q)
 
     @property
     def throughput(self) -> float:
         return (self.requests - self.errors) / self.wall_s if self.wall_s else 0.0
 
     def summary(self) -> dict:
-        out = {"requests": self.requests, "errors": self.errors, "throughput_rps": round(self.throughput, 3),
-               "p50_s": round(self.pct(0.5), 4), "p99_s": round(self.pct(0.99), 4),
-               "concurrency": self.concurrency, "decode_s": round(self.decode_s, 3)}
+        out = {
+            "requests": self.requests,
+            "errors": self.errors,
+            "throughput_rps": round(self.throughput, 3),
+            "p50_s": round(self.pct(0.5), 4),
+            "p99_s": round(self.pct(0.99), 4),
+            "concurrency": self.concurrency,
+            "decode_s": round(self.decode_s, 3),
+        }
         if self.mean_batch is not None:
             out["mean_batch"] = round(self.mean_batch, 2)
         if self.server_busy_s is not None:
@@ -113,12 +133,6 @@ def clip_paths(files: list[str] | None) -> list[str]:
     return list(files) if files else [str(p) for p in eval_audio()]
 
 
-def load_clips(paths: list[str]):
-    from pasu.audio import read_audio
-
-    return [read_audio(p) for p in paths]
-
-
 def clip_references(paths: list[str], text: Path | None, default_audio: bool) -> dict[int, str]:
     """Reference lines by clip index: from ``text`` (ESPnet ``text``, keyed by file stem),
     or, for the default audio, the shipped evaluation subset's own ``text``."""
@@ -135,27 +149,28 @@ def clip_references(paths: list[str], text: Path | None, default_audio: bool) ->
 
 def accuracy(best: dict[int, str], refs: dict[int, str]) -> dict[str, float | int]:
     """Intent accuracy and WER of the answers that have a reference (pasu eval's scoring)."""
-    from pasu.tools.train.evaluate import EvalResult
+    from pasu.tools.scoring import summary
 
-    keys = [k for k in best if k in refs]
-    return EvalResult(refs={k: refs[k] for k in keys}, hyps={k: best[k] for k in keys}).summary()
+    return summary({k: v for k, v in best.items() if k in refs}, refs)
 
 
 def device_results(clips, model_dir: str, beam: int):
-    """The device's n-best for each clip (untimed; what a device would send)."""
-    from pasu.cloud.client import device_result
+    """The device's n-best for each clip, as the agent sends it (untimed; confidence 0.5:
+    no estimator runs here)."""
     from pasu.decoding.options import DecodingOptions
     from pasu.decoding.recognizer import Recognizer
     from pasu.model_store import resolve_model
     from pasu.models import load_model
+    from pasu.wire import device_result
 
     model = load_model(resolve_model(model_dir, "device"))
     rec = Recognizer(model, DecodingOptions(beam_size=beam, nbest=min(beam, 3)))
-    return [device_result(rec.recognize([a])[0], model.token_list, name=model.name) for a in clips]
+    return [device_result(rec.recognize([a])[0], model.name, model.version, model.token_list, 0.5) for a in clips]
 
 
-def run_load(target: str, clips, args: argparse.Namespace, label: str, devices=None,
-             metadata: tuple = ()) -> CloudBenchResult:
+def run_load(
+    target: str, clips, args: argparse.Namespace, label: str, devices=None, metadata: tuple = ()
+) -> CloudBenchResult:
     """Send ``args.requests`` requests from ``args.concurrency`` threads; collect latencies."""
     import grpc
 
@@ -176,16 +191,10 @@ def run_load(target: str, clips, args: argparse.Namespace, label: str, devices=N
         rid = f"{run_id}-{i}"
         t = time.monotonic()
         try:
-            if args.rpc == "offload":
-                r = s.Offload(C.offload_requests(rid, clips[clip], devices[clip] if devices else None,
-                                                 beam_size=args.request_beam), timeout=args.timeout,
-                              metadata=metadata)
-                reuse = OUTCOME_NAMES.get(r.decoder_reuse, str(r.decoder_reuse))
-                result = r.result
-            else:
-                r = s.Recognize(C.recognize_request(rid, clips[clip], beam_size=args.request_beam),
-                                timeout=args.timeout, metadata=metadata)
-                reuse, result = None, r.result
+            device = devices[clip] if devices else None
+            r = send(s, args.rpc, rid, clips[clip], device, args.request_beam, args.timeout, metadata)
+            reuse = OUTCOME_NAMES.get(r.decoder_reuse, str(r.decoder_reuse)) if args.rpc == "offload" else None
+            result = r.result
             dt = time.monotonic() - t
             with lock:
                 res.latencies.append(dt)
@@ -222,11 +231,18 @@ def _worker_config(args: argparse.Namespace, reuse: str):
     from pasu.cloud.config import WorkerConfig
 
     return WorkerConfig(
-        port=0, max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
-        max_queue=max(args.max_queue, args.concurrency), default_beam_size=args.beam_size,
-        max_beam_size=max(args.max_beam_size, args.beam_size), default_nbest=args.nbest,
-        ctc_weight=args.ctc_weight, reuse=reuse, reuse_margin=args.reuse_margin,
-        idempotency_cache_size=0, max_workers=max(16, 2 * args.concurrency),
+        port=0,
+        max_batch_size=args.max_batch_size,
+        max_batch_wait_ms=args.max_batch_wait_ms,
+        max_queue=max(args.max_queue, args.concurrency),
+        default_beam_size=args.beam_size,
+        max_beam_size=max(args.max_beam_size, args.beam_size),
+        default_nbest=args.nbest,
+        ctc_weight=args.ctc_weight,
+        reuse=reuse,
+        reuse_margin=args.reuse_margin,
+        idempotency_cache_size=0,
+        max_workers=max(16, 2 * args.concurrency),
     )
 
 
@@ -252,8 +268,10 @@ def serve_and_load(model, clips, args, reuse: str, devices=None) -> CloudBenchRe
 
 
 def format_rows(rows: list[CloudBenchResult]) -> str:
-    head = f"{'run':<28} {'conc':>5} {'reqs':>5} {'err':>4} {'rps':>7} {'p50 s':>7} {'p99 s':>7} " \
-           f"{'batch':>6} {'busy s':>7} {'search s':>9} {'reused':>7}"
+    head = (
+        f"{'run':<28} {'conc':>5} {'reqs':>5} {'err':>4} {'rps':>7} {'p50 s':>7} {'p99 s':>7} "
+        f"{'batch':>6} {'busy s':>7} {'search s':>9} {'reused':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r.summary()
@@ -261,8 +279,10 @@ def format_rows(rows: list[CloudBenchResult]) -> str:
         reused = f"{s['short_circuited']:.0%}" if "short_circuited" in s else "-"
         busy = f"{r.server_busy_s:.2f}" if r.server_busy_s is not None else "-"
         search = f"{r.server_decode_s:.2f}" if r.server_decode_s is not None else "-"
-        lines.append(f"{r.label:<28} {r.concurrency:>5} {r.requests:>5} {r.errors:>4} {r.throughput:>7.2f} "
-                     f"{r.pct(0.5):>7.3f} {r.pct(0.99):>7.3f} {batch:>6} {busy:>7} {search:>9} {reused:>7}")
+        lines.append(
+            f"{r.label:<28} {r.concurrency:>5} {r.requests:>5} {r.errors:>4} {r.throughput:>7.2f} "
+            f"{r.pct(0.5):>7.3f} {r.pct(0.99):>7.3f} {batch:>6} {busy:>7} {search:>9} {reused:>7}"
+        )
     return "\n".join(lines)
 
 
@@ -305,9 +325,11 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
         agree = sum(off.best[k] == on.best[k] for k in common)
         d_off, d_on = off.server_decode_s or 0.0, on.server_decode_s or 0.0
         summary["reuse_compare"] = {
-            "search_s_off": round(d_off, 3), "search_s_rescore": round(d_on, 3),
+            "search_s_off": round(d_off, 3),
+            "search_s_rescore": round(d_on, 3),
             "search_time_saved": round(1 - d_on / d_off, 3) if d_off else None,
-            "busy_s_off": round(off.server_busy_s or 0.0, 3), "busy_s_rescore": round(on.server_busy_s or 0.0, 3),
+            "busy_s_off": round(off.server_busy_s or 0.0, 3),
+            "busy_s_rescore": round(on.server_busy_s or 0.0, 3),
             "throughput_rps_off": round(off.throughput, 3),
             "best_text_agreement": round(agree / len(common), 3) if common else None,
         }
@@ -315,16 +337,23 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
         if refs:
             acc_off, acc_on = accuracy(off.best, refs), accuracy(on.best, refs)
             summary["reuse_compare"].update(
-                intent_acc_off=acc_off["intent_acc"], intent_acc_rescore=acc_on["intent_acc"],
-                wer_off=acc_off["wer"], wer_rescore=acc_on["wer"], scored=acc_on["utterances"],
+                intent_acc_off=acc_off["intent_acc"],
+                intent_acc_rescore=acc_on["intent_acc"],
+                wer_off=acc_off["wer"],
+                wer_rescore=acc_on["wer"],
+                scored=acc_on["utterances"],
                 # what reuse costs, in points of intent accuracy (negative: it helped)
                 accuracy_cost_points=round(100 * (acc_off["intent_acc"] - acc_on["intent_acc"]), 2),
             )
-            print(f"intent accuracy vs references ({acc_on['utterances']} clips): "
-                  f"{100 * acc_off['intent_acc']:.1f}% from scratch, {100 * acc_on['intent_acc']:.1f}% with reuse; "
-                  f"WER {100 * acc_off['wer']:.1f}% -> {100 * acc_on['wer']:.1f}%")
-        print(f"decoder reuse: search time {d_off:.2f} s -> {d_on:.2f} s; "
-              f"short-circuited {summary.get('short_circuited', 0):.0%}; "
-              f"best text agrees on {agree}/{len(common)} clips")
+            print(
+                f"intent accuracy vs references ({acc_on['utterances']} clips): "
+                f"{100 * acc_off['intent_acc']:.1f}% from scratch, {100 * acc_on['intent_acc']:.1f}% with reuse; "
+                f"WER {100 * acc_off['wer']:.1f}% -> {100 * acc_on['wer']:.1f}%"
+            )
+        print(
+            f"decoder reuse: search time {d_off:.2f} s -> {d_on:.2f} s; "
+            f"short-circuited {summary.get('short_circuited', 0):.0%}; "
+            f"best text agrees on {agree}/{len(common)} clips"
+        )
     print(json.dumps(summary), flush=True)
     return 0 if all(r.errors == 0 for r in rows) else 1

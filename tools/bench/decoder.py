@@ -105,7 +105,7 @@ def run_decoder_bench(
                     t_pa += time.perf_counter() - t0
         pasu_out[utt] = ours
         same = [h.yseq for h in ref] == [h.yseq for h in ours]
-        diff = max((abs(a.score - b.score) for a, b in zip(ref, ours)), default=0.0)
+        diff = max((abs(a.score - b.score) for a, b in zip(ref, ours, strict=False)), default=0.0)
         if not same:
             log.warning("%s: n-best differs: espnet %r vs pasu %r", utt, ref[0].text, ours[0].text)
         result.rows.append(
@@ -116,7 +116,7 @@ def run_decoder_bench(
         batched = rec.recognize(list(audio.values()))
         result.pasu_batch_s = time.perf_counter() - t0
         result.batch_identical = all(
-            [h.yseq for h in b] == [h.yseq for h in pasu_out[u]] for u, b in zip(audio, batched)
+            [h.yseq for h in b] == [h.yseq for h in pasu_out[u]] for u, b in zip(audio, batched, strict=True)
         )
     return result
 
@@ -129,11 +129,15 @@ def format_table(result: DecoderBenchResult) -> str:
             f"{r.espnet_s / r.pasu_s:>9.2f}  {'yes' if r.identical else 'NO'}"
         )
     s = result.summary()
-    lines.append(f"{'total':<16}{'':>9}{s['espnet_s']:>10.3f}{s['pasu_s']:>9.3f}{s['speedup']:>9.2f}  "
-                 f"{'yes' if s['identical'] else 'NO'}")
+    lines.append(
+        f"{'total':<16}{'':>9}{s['espnet_s']:>10.3f}{s['pasu_s']:>9.3f}{s['speedup']:>9.2f}  "
+        f"{'yes' if s['identical'] else 'NO'}"
+    )
     if result.pasu_batch_s is not None:
-        lines.append(f"pasu, all {len(result.rows)} utterances as one batch: {result.pasu_batch_s:.3f} s "
-                     f"({s['batch_speedup']:.2f}x vs espnet one by one; identical: {result.batch_identical})")
+        lines.append(
+            f"pasu, all {len(result.rows)} utterances as one batch: {result.pasu_batch_s:.3f} s "
+            f"({s['batch_speedup']:.2f}x vs espnet one by one; identical: {result.batch_identical})"
+        )
     return "\n".join(lines)
 
 

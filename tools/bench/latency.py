@@ -18,7 +18,6 @@ clock instead (slower; for spot checks) with the session's background worker.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,9 +29,10 @@ from pasu.audio import read_audio
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
 from pasu.models import LoadedModel
-from pasu.tools.reference import espnet_nbest, espnet_speech2text
 from pasu.streaming import TECHNIQUES, StreamingOptions, StreamingSession
 from pasu.streaming.session import FIRED
+from pasu.tools.reference import espnet_nbest, espnet_speech2text
+from pasu.tools.scoring import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,12 @@ class LatencyBenchOptions:
     realtime: bool = False
     ablation: bool = True  # one extra run per technique alone
     warmup: int = 1
+    # "wall": compute measured as elapsed time; "cpu": as the calling thread's CPU time,
+    # which other jobs on a shared machine do not inflate (right with one torch thread)
+    clock: str = "wall"
+
+    def timer(self):
+        return time.thread_time if self.clock == "cpu" else time.perf_counter
 
 
 @dataclass
@@ -77,30 +83,10 @@ def _p(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def _words(text: str) -> list[str]:
-    return re.sub(r"\s+", " ", text.strip()).split(" ") if text.strip() else []
-
-
-def accuracy(hyps: list[str], refs: list[str | None]) -> dict[str, float | None]:
-    """Intent accuracy (first word, when references carry intent labels) and WER."""
-    import jiwer
-
-    pairs = [(h, r) for h, r in zip(hyps, refs) if r is not None]
-    if not pairs:
-        return {"intent_acc": None, "wer": None}
-    with_intent = all("_" in (_words(r) or [""])[0] for _, r in pairs)
-    acc = None
-    if with_intent:
-        acc = sum((_words(h) or [""])[0] == _words(r)[0] for h, r in pairs) / len(pairs)
-    refs_t = [" ".join(_words(r)[1:] if with_intent else _words(r)) or "<empty>" for _, r in pairs]
-    hyps_t = [" ".join(_words(h)[1:] if with_intent else _words(h)) or "<empty>" for h, _ in pairs]
-    return {"intent_acc": acc, "wer": jiwer.wer(refs_t, hyps_t)}
-
-
-def run_espnet(s2t, audio: np.ndarray) -> StreamRun:
-    t0 = time.perf_counter()
+def run_espnet(s2t, audio: np.ndarray, clock=time.perf_counter) -> StreamRun:
+    t0 = clock()
     best = espnet_nbest(s2t, audio)[0]
-    dt = time.perf_counter() - t0
+    dt = clock() - t0
     return StreamRun(latency_s=dt, during_s=0.0, after_s=dt, text=best.text, yseq=best.yseq)
 
 
@@ -111,20 +97,21 @@ def run_stream(rec: Recognizer, options: StreamingOptions, audio: np.ndarray, be
     if bench.realtime:
         return _run_realtime(rec, options, chunks, bench.chunk_s)
     session = StreamingSession(rec, options, background=False)
+    clock = bench.timer()
     busy_until = during = 0.0
     for i, chunk in enumerate(chunks):
         arrival = (i + 1) * bench.chunk_s
         start = max(arrival, busy_until)
-        t0 = time.perf_counter()
+        t0 = clock()
         session.feed(chunk, may_pilot=busy_until <= arrival)
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         during += dt
         busy_until = start + dt
     end_of_speech = len(chunks) * bench.chunk_s
     start = max(end_of_speech, busy_until)
-    t0 = time.perf_counter()
+    t0 = clock()
     result = session.finalize()
-    dt = time.perf_counter() - t0
+    dt = clock() - t0
     return _run(result, latency_s=start + dt - end_of_speech, during_s=during, after_s=dt)
 
 
@@ -204,12 +191,15 @@ class LatencyBenchResult:
                 wer_off=acc_o["wer"],
                 off_decoder_s=round(_p([r.decoder_s for r in offs], 50), 4),
                 # decoder + CTC after speech, all-on over all-off, per utterance (median)
-                after_speech_decoder_share=round(_p([r.pasu.decoder_s / max(o.decoder_s, 1e-9)
-                                                     for r, o in zip(rows, offs)], 50), 3),
-                same_output_vs_off=_share(r.pasu.yseq == o.yseq for r, o in zip(rows, offs)),
-                # the final answer does not start with the prefix the pilots committed to
-                revised_vs_off=_share(r.pasu.prefix_len > 0 and not _starts_with(o.yseq, r.pasu.yseq, r.pasu.prefix_len)
-                                      for r, o in zip(rows, offs)),
+                after_speech_decoder_share=round(
+                    _p([r.pasu.decoder_s / max(o.decoder_s, 1e-9) for r, o in zip(rows, offs, strict=True)], 50), 3
+                ),
+                same_output_vs_off=_share(r.pasu.yseq == o.yseq for r, o in zip(rows, offs, strict=True)),
+                # the all-off answer does not start with the prefix the final search was seeded with
+                revised_vs_off=_share(
+                    r.pasu.prefix_len > 0 and not _starts_with(o.yseq, r.pasu.yseq, r.pasu.prefix_len)
+                    for r, o in zip(rows, offs, strict=True)
+                ),
             )
         for t in TECHNIQUES:
             runs = [r.ablation[t].latency_s for r in rows if t in r.ablation]
@@ -236,8 +226,8 @@ def _sum_dicts(dicts) -> dict[str, int]:
 
 
 def _starts_with(ref: list[int], hyp: list[int], n: int) -> bool:
-    """``ref`` (<sos> ...) agrees with ``hyp``'s first ``n`` tokens after <sos>, an open intent label aside."""
-    return ref[2 : n + 1] == hyp[2 : n + 1]
+    """``ref`` and ``hyp`` (both <sos> ...) agree on the first ``n`` tokens after <sos>."""
+    return ref[1 : n + 1] == hyp[1 : n + 1]
 
 
 def _wacc(wer: float | None) -> float | None:
@@ -257,13 +247,18 @@ def run_latency_bench(
     rec = Recognizer(model, decoding)
     audio = {Path(f).stem: read_audio(f, model.sample_rate) for f in audio_files}
     for a in list(audio.values())[: bench.warmup]:
-        run_espnet(s2t, a)
+        run_espnet(s2t, a, bench.timer())
         run_stream(rec, streaming, a, bench)
     off = replace(streaming, **dict.fromkeys(TECHNIQUES, False))
     rows = []
     for utt, a in tqdm(audio.items(), desc="latency bench", unit="utt"):
-        row = UttRow(utt, len(a) / model.sample_rate, run_espnet(s2t, a), run_stream(rec, streaming, a, bench),
-                     off=run_stream(rec, off, a, bench))
+        row = UttRow(
+            utt,
+            len(a) / model.sample_rate,
+            run_espnet(s2t, a, bench.timer()),
+            run_stream(rec, streaming, a, bench),
+            off=run_stream(rec, off, a, bench),
+        )
         if bench.ablation:
             for t in TECHNIQUES:
                 row.ablation[t] = run_stream(rec, StreamingOptions.only(t, streaming), a, bench)
@@ -273,7 +268,8 @@ def run_latency_bench(
 
 
 def format_table(result: LatencyBenchResult) -> str:
-    lines = [f"{'utterance':<14}{'audio s':>8}{'espnet s':>10}{'pasu s':>9}{'ratio':>7}{'during s':>10}{'after s':>9}  same"]
+    head = f"{'utterance':<14}{'audio s':>8}{'espnet s':>10}{'pasu s':>9}{'ratio':>7}{'during s':>10}{'after s':>9}"
+    lines = [head + "  same"]
     for r in result.rows:
         lines.append(
             f"{r.utt:<14}{r.audio_s:>8.2f}{r.espnet.latency_s:>10.3f}{r.pasu.latency_s:>9.3f}"
@@ -281,20 +277,34 @@ def format_table(result: LatencyBenchResult) -> str:
             f"  {'yes' if r.espnet.yseq == r.pasu.yseq else 'no'}"
         )
     s = result.summary()
-    lines.append(f"median latency: espnet {s['espnet_p50_s']:.3f} s, pasu {s['pasu_p50_s']:.3f} s "
-                 f"-> {s['ratio_p50']:.2f}x; p90 {s['espnet_p90_s']:.3f} vs {s['pasu_p90_s']:.3f} s")
+    lines.append(
+        f"median latency: espnet {s['espnet_p50_s']:.3f} s, pasu {s['pasu_p50_s']:.3f} s "
+        f"-> {s['ratio_p50']:.2f}x; p90 {s['espnet_p90_s']:.3f} vs {s['pasu_p90_s']:.3f} s"
+    )
     if "off_p50_s" in s:
-        lines.append(f"techniques: all on {s['pasu_p50_s']:.3f} s vs all off {s['off_p50_s']:.3f} s "
-                     f"-> {s['ratio_p50_vs_off']:.2f}x; pasu's decoder alone vs espnet {s['decoder_ratio_p50']:.2f}x")
-        lines.append(f"after speech, decoder + CTC: {s['after_speech_decoder_s']:.4f} s (all on) vs "
-                     f"{s['off_decoder_s']:.4f} s (all off), median share {s['after_speech_decoder_share']:.2f}; "
-                     f"same output as all-off {100 * s['same_output_vs_off']:.0f}%, committed prefix revised "
-                     f"{100 * s['revised_vs_off']:.0f}%")
-        lines.append(f"accuracy: espnet {s['acc_espnet']}, all off {s['acc_off']}, all on {s['acc_pasu']}; "
-                     f"RTF during speech {s['rtf_during']}")
+        lines.append(
+            f"techniques: all on {s['pasu_p50_s']:.3f} s vs all off {s['off_p50_s']:.3f} s "
+            f"-> {s['ratio_p50_vs_off']:.2f}x; pasu's decoder alone vs espnet {s['decoder_ratio_p50']:.2f}x"
+        )
+        lines.append(
+            f"after speech, decoder + CTC: {s['after_speech_decoder_s']:.4f} s (all on) vs "
+            f"{s['off_decoder_s']:.4f} s (all off), median share {s['after_speech_decoder_share']:.2f}; "
+            f"same output as all-off {100 * s['same_output_vs_off']:.0f}%, committed prefix revised "
+            f"{100 * s['revised_vs_off']:.0f}%"
+        )
+        lines.append(
+            f"accuracy: espnet {s['acc_espnet']}, all off {s['acc_off']}, all on {s['acc_pasu']}; "
+            f"RTF during speech {s['rtf_during']}"
+        )
     n = s["utterances"]
-    lines.append("fired (utterances of " + str(n) + "): " + ", ".join(f"{k} {v}" for k, v in s["fired"].items())
-                 + "; collapse refused: " + (", ".join(f"{k} {v}" for k, v in s["refused"].items()) or "never"))
+    lines.append(
+        "fired (utterances of "
+        + str(n)
+        + "): "
+        + ", ".join(f"{k} {v}" for k, v in s["fired"].items())
+        + "; collapse refused: "
+        + (", ".join(f"{k} {v}" for k, v in s["refused"].items()) or "never")
+    )
     if any(r.ablation for r in result.rows):
         base = s.get("off_p50_s", s["espnet_p50_s"])
         lines.append(f"{'technique':<18}{'alone s':>9}{'vs off':>8}{'left out s':>12}{'vs on':>7}{'changed':>9}")
@@ -302,8 +312,10 @@ def format_table(result: LatencyBenchResult) -> str:
             a, w = s.get(f"ablation_{t}_p50_s"), s.get(f"without_{t}_p50_s")
             if a is None or w is None:
                 continue
-            lines.append(f"  {t:<16}{a:>9.3f}{base / a:>7.2f}x{w:>12.3f}{w / s['pasu_p50_s']:>6.2f}x"
-                         f"{s[f'without_{t}_changed']:>9}")
+            lines.append(
+                f"  {t:<16}{a:>9.3f}{base / a:>7.2f}x{w:>12.3f}{w / s['pasu_p50_s']:>6.2f}x"
+                f"{s[f'without_{t}_changed']:>9}"
+            )
     return "\n".join(lines)
 
 

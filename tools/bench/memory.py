@@ -53,13 +53,21 @@ def measure(side: str, model_dir: str, files: list[str]) -> dict:
                 s.feed(audio[i : i + 2560])
             s.finalize()
     peak = _peak_mb()
-    return {"side": side, "loaded_mb": round(loaded, 1), "peak_mb": round(peak, 1), "growth_mb": round(peak - loaded, 1)}
+    return {
+        "side": side,
+        "loaded_mb": round(loaded, 1),
+        "peak_mb": round(peak, 1),
+        "growth_mb": round(peak - loaded, 1),
+    }
 
 
 def measure_in_child(side: str, model_dir: str, files: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "pasu.tools.bench.memory", side, model_dir, *files],
-        capture_output=True, text=True, check=True, timeout=1800,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -44,6 +44,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pasu.resources import example_audio
+from pasu.tools.bench.load import load_clips, pct, send
+
 LOST_CODES = ("DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED")
 RPCS = ("mix", "offload", "recognize")
 HARD_STOP_SLACK_S = 30.0
@@ -100,13 +103,6 @@ class SoakResult:
     samples: list[Sample] = field(default_factory=list)
     worker_log: dict[str, int] = field(default_factory=dict)  # child worker: request lines by status, ERRORs
 
-    @staticmethod
-    def pct(xs: list[float], q: float) -> float:
-        if not xs:
-            return float("nan")
-        s = sorted(xs)
-        return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
-
     def memory(self) -> dict:
         """RSS before the load (after warm-up), at the end, at its peak, and growth."""
         if not self.samples:
@@ -121,26 +117,33 @@ class SoakResult:
             "rss_peak_mb": round(max(s.rss_mb for s in self.samples), 1),
             "rss_growth_mb": round(last.rss_mb - first.rss_mb, 1),
             "rss_growth_2nd_half_mb": round(last.rss_mb - mid.rss_mb, 1),
-            "threads_before": first.threads, "threads_end": last.threads,
-            "fds_before": first.fds, "fds_end": last.fds,
+            "threads_before": first.threads,
+            "threads_end": last.threads,
+            "fds_before": first.fds,
+            "fds_end": last.fds,
             "worker_cpu_s": round(last.cpu_s - first.cpu_s, 1),
             "rss_samples": len(self.samples),
         }
 
     def summary(self) -> dict:
         out = {
-            "segments": self.segments, "answered": self.answered, "errors": self.errors, "lost": self.lost,
-            "p50_s": round(self.pct(self.latencies, 0.5), 4), "p99_s": round(self.pct(self.latencies, 0.99), 4),
+            "segments": self.segments,
+            "answered": self.answered,
+            "errors": self.errors,
+            "lost": self.lost,
+            "p50_s": round(pct(self.latencies, 0.5), 4),
+            "p99_s": round(pct(self.latencies, 0.99), 4),
             "max_s": round(max(self.latencies), 4) if self.latencies else None,
             "throughput_sps": round(self.answered / self.wall_s, 3) if self.wall_s else 0.0,
-            "concurrency": self.concurrency, "wall_s": round(self.wall_s, 1),
+            "concurrency": self.concurrency,
+            "wall_s": round(self.wall_s, 1),
         }
         mem = self.memory()
         out["rss_growth_mb"] = mem.get("rss_growth_mb")
         out.update(mem)
         for rpc, xs in sorted(self.by_rpc.items()):
             out[f"{rpc}_answered"] = len(xs)
-            out[f"{rpc}_p99_s"] = round(self.pct(xs, 0.99), 4)
+            out[f"{rpc}_p99_s"] = round(pct(xs, 0.99), 4)
         if self.codes:
             out["codes"] = dict(self.codes)
         if self.worker_log:
@@ -159,7 +162,8 @@ def check_loopback(target: str) -> tuple[str, int]:
         addrs = {ipaddress.ip_address(host)}
     except ValueError:
         if host != "localhost":  # no DNS look-ups for other names
-            raise SystemExit(f"--target must be a loopback address (127.0.0.0/8, ::1, localhost), got {host!r}")
+            msg = f"--target must be a loopback address (127.0.0.0/8, ::1, localhost), got {host!r}"
+            raise SystemExit(msg) from None
         addrs = {ipaddress.ip_address(a[4][0]) for a in socket.getaddrinfo(host, None)}
     if not addrs or not all(a.is_loopback for a in addrs):
         raise SystemExit(f"--target must be a loopback address (127.0.0.0/8, ::1, localhost), got {host!r}")
@@ -196,7 +200,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -239,14 +243,27 @@ class ChildWorker:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "pasu.tools.bench.soak", "cloud", "serve", "--model", self.model,
-                "--host", "127.0.0.1", "--port", "0", *self.worker_args]
+        return [
+            sys.executable,
+            "-m",
+            "pasu.tools.bench.soak",
+            "cloud",
+            "serve",
+            "--model",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *self.worker_args,
+        ]
 
     def start(self, timeout: float = 300.0) -> int:
         """Start the child, wait until health says SERVING; returns the port."""
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL, env=self.env, text=True)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=self.env, text=True
+        )
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout], daemon=True).start()
         end = time.monotonic() + timeout
@@ -259,8 +276,9 @@ class ChildWorker:
                 self.port = int(line.strip().rpartition(":")[2])
             elif self.proc.poll() is not None or time.monotonic() > end:
                 self.stop()
-                raise RuntimeError(f"the worker did not start (exit {self.proc.returncode}); "
-                                   f"log: {self.log_path}\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"the worker did not start (exit {self.proc.returncode}); log: {self.log_path}\n{self.log_tail()}"
+                )
         self._wait_serving(end)
         return self.port
 
@@ -279,8 +297,10 @@ class ChildWorker:
                     pass
                 if self.proc.poll() is not None or time.monotonic() > end:
                     self.stop()
-                    raise RuntimeError(f"the worker never became SERVING (exit {self.proc.returncode}); "
-                                       f"log: {self.log_path}\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"the worker never became SERVING (exit {self.proc.returncode}); "
+                        f"log: {self.log_path}\n{self.log_tail()}"
+                    )
                 time.sleep(0.2)
 
     def stop(self, timeout: float = 30.0) -> int | None:
@@ -328,14 +348,6 @@ def count_log(path: Path) -> dict[str, int]:
 
 
 # -- the load -----------------------------------------------------------------------
-def load_clips(limit: int | None = None):
-    """The shipped clips as LINEAR16 carries them."""
-    from pasu.audio import float_to_pcm16, pcm16_to_float, read_audio
-    from pasu.resources import example_audio
-
-    return [pcm16_to_float(float_to_pcm16(read_audio(p))) for p in example_audio(limit)]
-
-
 def _metadata(token: str | None) -> tuple:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -343,31 +355,52 @@ def _metadata(token: str | None) -> tuple:
 def warm_up(target: str, clips, opts: SoakOptions):
     """One Recognize per clip (nbest 3); the answers become the device n-bests Offload sends."""
     from pasu.cloud import client as C
-    from pasu.v1 import hypothesis_pb2, speech_service_pb2
+    from pasu.decoding.recognizer import NBestEntry
+    from pasu.slu import join_intent
+    from pasu.wire import device_result
 
     devices = []
     ch = C.channel(target)
     try:
         s = C.stub(ch)
         for i, clip in enumerate(clips):
-            r = s.Recognize(C.recognize_request(f"soak-warmup-{time.time_ns()}-{i}", clip, beam_size=opts.request_beam,
-                                                nbest=3), timeout=max(60.0, opts.timeout_s), metadata=_metadata(opts.token))
-            hyps = [hypothesis_pb2.Hypothesis(text=h.text, token_ids=h.token_ids,
-                                              scores=hypothesis_pb2.ScorerScores(total=h.scores.total))
-                    for h in r.result.hypotheses]
-            devices.append(speech_service_pb2.DeviceResult(
-                model=hypothesis_pb2.ModelInfo(name="soak-device", version="0",
-                                               token_list_id=r.result.model.token_list_id),
-                hypotheses=hyps, confidence=0.5, complete=True))
+            r = s.Recognize(
+                C.recognize_request(f"soak-warmup-{time.time_ns()}-{i}", clip, beam_size=opts.request_beam, nbest=3),
+                timeout=max(60.0, opts.timeout_s),
+                metadata=_metadata(opts.token),
+            )
+            nbest = [
+                NBestEntry(
+                    text=join_intent(h.intent, h.text),
+                    tokens=[],
+                    token_ids=list(h.token_ids),
+                    score=h.scores.total,
+                    scores={},
+                    yseq=[],
+                )
+                for h in r.result.hypotheses
+            ]
+            device = device_result(nbest, "soak-device", "0", None, 0.5)  # the agent's message
+            device.model.token_list_id = r.result.model.token_list_id  # the worker's own: ids are reused
+            devices.append(device)
     finally:
         ch.close()
     return devices
 
 
-def run_load(target: str, clips, devices, opts: SoakOptions, sampler: Sampler | None = None) -> SoakResult:
-    """N client threads, each on its own channel, until the duration or the segment count is reached."""
+def _call(stub, rpc: str, rid: str, clip, device, opts: SoakOptions, metadata) -> str | None:
+    """One Offload or Recognize call: None when answered as asked, else the failure's code."""
     import grpc
 
+    try:
+        r = send(stub, rpc, rid, clip, device, opts.request_beam, opts.timeout_s, metadata)
+    except grpc.RpcError as e:
+        return e.code().name
+    return None if r.request_id == rid and r.HasField("result") else "WRONG_RESPONSE"
+
+
+def run_load(target: str, clips, devices, opts: SoakOptions, sampler: Sampler | None = None) -> SoakResult:
+    """N client threads, each on its own channel, until the duration or the segment count is reached."""
     from pasu.cloud import client as C
 
     res = SoakResult(concurrency=opts.concurrency)
@@ -413,18 +446,7 @@ def run_load(target: str, clips, devices, opts: SoakOptions, sampler: Sampler | 
                     res.segments += 1
                     inflight[rid] = time.monotonic()
                 t = time.monotonic()
-                code = None
-                try:
-                    if rpc == "offload":
-                        r = s.Offload(C.offload_requests(rid, clips[clip], devices[clip], beam_size=opts.request_beam),
-                                      timeout=opts.timeout_s, metadata=metadata)
-                    else:
-                        r = s.Recognize(C.recognize_request(rid, clips[clip], beam_size=opts.request_beam),
-                                        timeout=opts.timeout_s, metadata=metadata)
-                    if r.request_id != rid or not r.HasField("result"):
-                        code = "WRONG_RESPONSE"
-                except grpc.RpcError as e:
-                    code = e.code().name
+                code = _call(s, rpc, rid, clips[clip], devices[clip], opts, metadata)
                 with lock:
                     if inflight.pop(rid, None) is None:
                         continue  # the hard stop already counted it as lost
@@ -434,8 +456,10 @@ def run_load(target: str, clips, devices, opts: SoakOptions, sampler: Sampler | 
 
     if sampler is not None:
         sampler.mark_start()
-    threads = [threading.Thread(target=client, args=(i,), name=f"soak-client-{i}", daemon=True)
-               for i in range(opts.concurrency)]
+    threads = [
+        threading.Thread(target=client, args=(i,), name=f"soak-client-{i}", daemon=True)
+        for i in range(opts.concurrency)
+    ]
     for th in threads:
         th.start()
     hard_stop = deadline + opts.timeout_s + HARD_STOP_SLACK_S
@@ -455,18 +479,40 @@ def run_load(target: str, clips, devices, opts: SoakOptions, sampler: Sampler | 
 
 def worker_flags(args: argparse.Namespace, concurrency: int) -> list[str]:
     """The batching/decoding flags of this command, passed on to `pasu cloud serve`."""
-    return ["--max-batch-size", str(args.max_batch_size), "--max-batch-wait-ms", str(args.max_batch_wait_ms),
-            "--max-queue", str(max(args.max_queue, concurrency)), "--beam-size", str(args.beam_size),
-            "--max-beam-size", str(max(args.max_beam_size, args.beam_size)), "--nbest", str(args.nbest),
-            "--ctc-weight", str(args.ctc_weight), "--reuse", args.reuse, "--reuse-margin", str(args.reuse_margin)]
+    return [
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-batch-wait-ms",
+        str(args.max_batch_wait_ms),
+        "--max-queue",
+        str(max(args.max_queue, concurrency)),
+        "--beam-size",
+        str(args.beam_size),
+        "--max-beam-size",
+        str(max(args.max_beam_size, args.beam_size)),
+        "--nbest",
+        str(args.nbest),
+        "--ctc-weight",
+        str(args.ctc_weight),
+        "--reuse",
+        args.reuse,
+        "--reuse-margin",
+        str(args.reuse_margin),
+    ]
 
 
-def run_soak(opts: SoakOptions, target: str | None = None, serve_model: str = "tiny",
-             worker_args: list[str] | None = None, worker_pid: int | None = None,
-             worker_log: Path | None = None, clip_limit: int | None = None,
-             worker_env: dict | None = None) -> SoakResult:
+def run_soak(
+    opts: SoakOptions,
+    target: str | None = None,
+    serve_model: str = "tiny",
+    worker_args: list[str] | None = None,
+    worker_pid: int | None = None,
+    worker_log: Path | None = None,
+    clip_limit: int | None = None,
+    worker_env: dict | None = None,
+) -> SoakResult:
     """Start a child worker unless ``target`` is given, warm up, run the load, stop the worker."""
-    clips = load_clips(clip_limit)
+    clips = load_clips(example_audio(clip_limit))
     child = None
     tmp = None
     if target is None:
@@ -505,25 +551,48 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     c = bsub.add_parser("soak", help="soak a cloud worker: N clients for S seconds; errors, lost, p99, memory")
     c.add_argument("--duration", type=float, default=d.duration_s, help=f"seconds of load (default {d.duration_s:g})")
     c.add_argument("--concurrency", type=int, default=d.concurrency, help=f"client threads (default {d.concurrency})")
-    c.add_argument("--segments-per-client", type=int, default=None,
-                   help="stop a client after this many segments (default: run for the duration)")
-    c.add_argument("--rpc", choices=RPCS, default=d.rpc,
-                   help="offload (with a device n-best), recognize, or mix (alternating; default)")
+    c.add_argument(
+        "--segments-per-client",
+        type=int,
+        default=None,
+        help="stop a client after this many segments (default: run for the duration)",
+    )
+    c.add_argument(
+        "--rpc",
+        choices=RPCS,
+        default=d.rpc,
+        help="offload (with a device n-best), recognize, or mix (alternating; default)",
+    )
     c.add_argument("--target", default=None, help="HOST:PORT of a running worker (loopback only)")
     c.add_argument("--worker-pid", type=int, default=None, help="with --target: sample this process's memory")
     c.add_argument("--token-file", type=Path, default=None, help="bearer token (first line)")
-    c.add_argument("--serve-model", default="tiny", metavar="DIR",
-                   help="without --target: the child worker's model (default: tiny)")
+    c.add_argument(
+        "--serve-model",
+        default="tiny",
+        metavar="DIR",
+        help="without --target: the child worker's model (default: tiny)",
+    )
     c.add_argument("--worker-log", type=Path, default=None, help="keep the child worker's JSON log here")
     c.add_argument("--timeout", type=float, default=d.timeout_s, help=f"per-call deadline (default {d.timeout_s:g} s)")
     c.add_argument("--request-beam", type=int, default=None, help="beam_size sent with each request")
-    c.add_argument("--pace", type=float, default=0.0,
-                   help="a client starts a segment at most every PACE seconds, like a device's speech rate "
-                        "(default 0: back to back, a closed loop)")
-    c.add_argument("--worker-threads", type=int, default=None,
-                   help="child worker: OMP_NUM_THREADS (torch intra-op threads); default: torch's own")
-    c.add_argument("--worker-args", default="",
-                   help="more `pasu cloud serve` flags for the child worker, e.g. '--idempotency-cache-size 0'")
+    c.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="a client starts a segment at most every PACE seconds, like a device's speech rate "
+        "(default 0: back to back, a closed loop)",
+    )
+    c.add_argument(
+        "--worker-threads",
+        type=int,
+        default=None,
+        help="child worker: OMP_NUM_THREADS (torch intra-op threads); default: torch's own",
+    )
+    c.add_argument(
+        "--worker-args",
+        default="",
+        help="more `pasu cloud serve` flags for the child worker, e.g. '--idempotency-cache-size 0'",
+    )
     c.add_argument("--sample-interval", type=float, default=d.sample_interval_s, help="memory sampling period, s")
     c.add_argument("--clips", type=int, default=None, help="use only the first N shipped clips")
     add_worker_args(c, serve=False)
@@ -533,16 +602,24 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
 def format_table(res: SoakResult) -> str:
     s = res.summary()
     rows = [
-        ("clients", s["concurrency"]), ("wall s", s["wall_s"]), ("segments sent", s["segments"]),
-        ("answered", s["answered"]), ("errors", s["errors"]), ("lost", s["lost"]),
-        ("throughput seg/s", s["throughput_sps"]), ("p50 s", s["p50_s"]), ("p99 s", s["p99_s"]), ("max s", s["max_s"]),
+        ("clients", s["concurrency"]),
+        ("wall s", s["wall_s"]),
+        ("segments sent", s["segments"]),
+        ("answered", s["answered"]),
+        ("errors", s["errors"]),
+        ("lost", s["lost"]),
+        ("throughput seg/s", s["throughput_sps"]),
+        ("p50 s", s["p50_s"]),
+        ("p99 s", s["p99_s"]),
+        ("max s", s["max_s"]),
     ]
     for rpc in sorted(res.by_rpc):
         rows.append((f"{rpc}: answered / p99 s", f"{s[f'{rpc}_answered']} / {s[f'{rpc}_p99_s']}"))
     if "rss_before_mb" in s:
         rows += [
             ("worker RSS before → end MB", f"{s['rss_before_mb']} → {s['rss_end_mb']}"),
-            ("worker RSS peak MB", s["rss_peak_mb"]), ("RSS growth MB", s["rss_growth_mb"]),
+            ("worker RSS peak MB", s["rss_peak_mb"]),
+            ("RSS growth MB", s["rss_growth_mb"]),
             ("RSS growth, 2nd half MB", s["rss_growth_2nd_half_mb"]),
             ("worker threads before → end", f"{s['threads_before']} → {s['threads_end']}"),
             ("worker open files before → end", f"{s['fds_before']} → {s['fds_end']}"),
@@ -558,19 +635,31 @@ def format_table(res: SoakResult) -> str:
 
 def run_soak_command(args: argparse.Namespace) -> int:
     try:
-        opts = SoakOptions(duration_s=args.duration, concurrency=args.concurrency,
-                           segments_per_client=args.segments_per_client, rpc=args.rpc, timeout_s=args.timeout,
-                           request_beam=args.request_beam, sample_interval_s=args.sample_interval, pace_s=args.pace,
-                           token=args.token_file.read_text().splitlines()[0].strip() if args.token_file else None)
+        opts = SoakOptions(
+            duration_s=args.duration,
+            concurrency=args.concurrency,
+            segments_per_client=args.segments_per_client,
+            rpc=args.rpc,
+            timeout_s=args.timeout,
+            request_beam=args.request_beam,
+            sample_interval_s=args.sample_interval,
+            pace_s=args.pace,
+            token=args.token_file.read_text().splitlines()[0].strip() if args.token_file else None,
+        )
     except (ValueError, OSError, IndexError) as e:
         raise SystemExit(f"pasu bench soak: {e}") from None
     if args.target:
         check_loopback(args.target)
-    res = run_soak(opts, target=args.target, serve_model=args.serve_model,
-                   worker_args=worker_flags(args, opts.concurrency) + shlex.split(args.worker_args), worker_pid=args.worker_pid,
-                   worker_log=args.worker_log, clip_limit=args.clips,
-                   worker_env=({**os.environ, "OMP_NUM_THREADS": str(args.worker_threads)}
-                               if args.worker_threads else None))
+    res = run_soak(
+        opts,
+        target=args.target,
+        serve_model=args.serve_model,
+        worker_args=worker_flags(args, opts.concurrency) + shlex.split(args.worker_args),
+        worker_pid=args.worker_pid,
+        worker_log=args.worker_log,
+        clip_limit=args.clips,
+        worker_env=({**os.environ, "OMP_NUM_THREADS": str(args.worker_threads)} if args.worker_threads else None),
+    )
     print(format_table(res))
     print(json.dumps(res.summary()), flush=True)
     return 0 if res.errors == 0 and res.lost == 0 and res.answered == res.segments else 1

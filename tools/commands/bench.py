@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = bsub.add_parser("decoder", help="ESPnet Speech2Text vs pasu's decoder: speed and identity")
     add_model_args(d)
     add_decoding_args(d)
-    d.add_argument("--audio", nargs="+", default=None,
-                   help="audio files or a list file / wav.scp (default: the 24 bundled clips)")
+    d.add_argument(
+        "--audio", nargs="+", default=None, help="audio files or a list file / wav.scp (default: the 24 bundled clips)"
+    )
     d.add_argument("--repeat", type=int, default=1, help="decode each utterance N times per side")
     d.add_argument("--no-batch", action="store_true", help="skip the batched-decoding figure")
     d.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -29,28 +30,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     from pasu.tools.bench.soak import register_bench as register_soak
 
     register_soak(bsub)  # pasu bench soak
+    from pasu.tools.bench.vad import register_bench as register_vad
+
+    register_vad(bsub)  # pasu bench vad
 
     lat = bsub.add_parser("latency", help="end-of-speech latency: stock ESPnet vs a pasu streaming session")
     add_model_args(lat)
     add_decoding_args(lat)
-    lat.add_argument("--audio", nargs="+", default=None,
-                     help="audio files, a list file, or an ESPnet data dir / wav.scp (default: the bundled clips)")
+    lat.add_argument(
+        "--audio",
+        nargs="+",
+        default=None,
+        help="audio files, a list file, or an ESPnet data dir / wav.scp (default: the bundled clips)",
+    )
     lat.add_argument("--text", default=None, help="references (ESPnet text file) for accuracy")
     lat.add_argument("--chunk-s", type=float, default=0.16, help="audio chunk duration (default 0.16 s)")
     lat.add_argument("--realtime", action="store_true", help="pace audio on the wall clock instead of a simulated one")
+    lat.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="measure compute as elapsed time, or as this thread's CPU time (robust on a shared "
+        "machine; use with --threads 1)",
+    )
     lat.add_argument("--no-ablation", action="store_true", help="skip the one-technique-at-a-time rows")
-    lat.add_argument("--off", nargs="*", default=[], metavar="TECHNIQUE",
-                     help="techniques to turn off: late_context pilots beam_collapse beam_termination ctc_leap")
+    lat.add_argument(
+        "--off",
+        nargs="*",
+        default=[],
+        metavar="TECHNIQUE",
+        help="techniques to turn off: late_context pilots beam_collapse beam_termination ctc_leap",
+    )
     lat.add_argument("--pilot-period-s", type=float, default=None)
-    lat.add_argument("--collapse-margin", type=float, default=None,
-                     help="beam collapse: the latest pilot's n-best score margin it needs "
-                          "(default: StreamingOptions.collapse_margin)")
-    lat.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
-                     help="any StreamingOptions field, e.g. --set collapse_holdback=1 (repeat)")
+    lat.add_argument(
+        "--collapse-margin",
+        type=float,
+        default=None,
+        help="beam collapse: the latest pilot's n-best score margin it needs "
+        "(default: StreamingOptions.collapse_margin)",
+    )
+    lat.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="any StreamingOptions field, e.g. --set collapse_holdback=1 (repeat)",
+    )
     lat.add_argument("--limit", type=int, default=None, help="at most N utterances")
     lat.add_argument("--threads", type=int, default=None)
-    lat.add_argument("--memory", action="store_true",
-                     help="also measure each side's peak memory, each in a fresh child process")
+    lat.add_argument(
+        "--memory", action="store_true", help="also measure each side's peak memory, each in a fresh child process"
+    )
     lat.add_argument("--json-out", default=None)
     lat.set_defaults(func=run_latency)
 
@@ -58,10 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_decoder(args: argparse.Namespace) -> int:
     import torch
 
-    from pasu.tools.bench.decoder import DecoderBenchOptions, format_table, result_dict, run_decoder_bench
     from pasu.model_store import resolve_model
     from pasu.models import load_model
     from pasu.resources import example_audio
+    from pasu.tools.bench.decoder import DecoderBenchOptions, format_table, result_dict, run_decoder_bench
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,8 +100,10 @@ def run_decoder(args: argparse.Namespace) -> int:
     result = run_decoder_bench(
         model, files, decoding_options(args), DecoderBenchOptions(repeat=args.repeat, batch=not args.no_batch)
     )
-    print(f"model: {model.name} ({model.files.root}); beam {args.beam_size}, ctc_weight {args.ctc_weight}; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {model.name} ({model.files.root}); beam {args.beam_size}, ctc_weight {args.ctc_weight}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(format_table(result))
     if args.json_out:
         with open(args.json_out, "w") as f:
@@ -86,11 +118,11 @@ def run_latency(args: argparse.Namespace) -> int:
     import torch
 
     from pasu.audio import read_scp
-    from pasu.tools.bench.latency import LatencyBenchOptions, format_table, result_dict, run_latency_bench
     from pasu.model_store import resolve_model
     from pasu.models import load_model
     from pasu.resources import AUDIO_DIR, example_audio
     from pasu.streaming import TECHNIQUES, StreamingOptions
+    from pasu.tools.bench.latency import LatencyBenchOptions, format_table, result_dict, run_latency_bench
     from pasu.tools.commands.common import parse_settings
 
     if args.threads:
@@ -122,11 +154,19 @@ def run_latency(args: argparse.Namespace) -> int:
     if args.set:
         streaming = streaming.with_(**parse_settings(StreamingOptions, args.set))
     result = run_latency_bench(
-        model, files, refs, decoding_options(args), streaming,
-        LatencyBenchOptions(chunk_s=args.chunk_s, realtime=args.realtime, ablation=not args.no_ablation),
+        model,
+        files,
+        refs,
+        decoding_options(args),
+        streaming,
+        LatencyBenchOptions(
+            chunk_s=args.chunk_s, realtime=args.realtime, ablation=not args.no_ablation, clock=args.clock
+        ),
     )
-    print(f"model: {model.name} ({model.files.root}); beam {args.beam_size}; chunk {args.chunk_s} s; "
-          f"{'real-time' if args.realtime else 'simulated'} clock; torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {model.name} ({model.files.root}); beam {args.beam_size}; chunk {args.chunk_s} s; "
+        f"{'real-time' if args.realtime else 'simulated'} clock; torch threads {torch.get_num_threads()}"
+    )
     print(format_table(result))
     summary = result.summary()
     if args.memory:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-
 from pasu.tools.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
 
 
@@ -41,13 +40,10 @@ def run(args: argparse.Namespace) -> int:
                     "text": best.text if best else "",
                     "score": best.score if best else None,
                     "nbest": [
-                        {"text": h.text, "token_ids": h.token_ids, "score": h.score, "scores": h.scores}
-                        for h in nbest
+                        {"text": h.text, "token_ids": h.token_ids, "score": h.score, "scores": h.scores} for h in nbest
                     ],
                 }
             ),
             flush=True,
         )
     return status
-
-

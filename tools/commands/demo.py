@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     device_dir = resolve_model(args.device_model or (None if trained else "tiny:late"), "device")
     cloud_dir = resolve_model(args.cloud_model or (None if trained else "tiny:conformer"), "cloud")
     if not trained and not (args.device_model and args.cloud_model):
-        print("note: no trained default models in this checkout yet; using tiny untrained models, so the "
-              "text is noise — what is shown is the pipeline: VAD, pilots, offramp, offload, fallback.\n")
+        print(
+            "note: no trained default models in this checkout yet; using tiny untrained models, so the "
+            "text is noise — what is shown is the pipeline: VAD, pilots, offramp, offload, fallback.\n"
+        )
     worker = CloudWorker(WorkerConfig(host="127.0.0.1", port=0, grace_s=2.0), cloud_dir)
     port = worker.start(wait=True, timeout=300)
     print(f"cloud worker: 127.0.0.1:{port}, model {cloud_dir}")
@@ -49,10 +51,18 @@ def run(args: argparse.Namespace) -> int:
                     if rec.get("interim"):
                         continue
                     where = rec["source"] + (" (fallback)" if rec.get("fallback") else "")
-                    print(f"{f.name} [{rec['segment']['start']:.2f}-{rec['segment']['end']:.2f} s] "
-                          f"decided on {where}, {rec['latency_ms']:.0f} ms after speech, "
-                          f"device confidence {rec.get('device_confidence', rec['confidence']):.2f}")
-                    print(f"  intent: {rec.get('intent') or '-'}   text: {rec['text']}")
+                    print(
+                        f"{f.name} [{rec['segment']['start']:.2f}-{rec['segment']['end']:.2f} s] "
+                        f"decided on {where}, {rec['latency_ms']:.0f} ms after speech, "
+                        f"device confidence {rec.get('device_confidence', rec['confidence']):.2f}"
+                    )
+                    if rec.get("understood", True):
+                        print(f"  intent: {rec.get('intent') or '-'}   text: {rec['text']}")
+                    else:  # noise or no command: say so, and show the guess it did not act on
+                        print(
+                            f"  not understood ({rec.get('reject_reason')}); best guess: "
+                            f"{rec.get('best_intent') or '-'}   text: {rec['text']}"
+                        )
                     print(f"  said:   {refs.get(f.stem, '?')}")
     finally:
         worker.stop(grace=2.0)

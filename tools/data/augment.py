@@ -35,7 +35,7 @@ def trim_silence(x: np.ndarray, sr: int, rel_db: float = -40.0, margin_s: float 
         return x
     loud = np.flatnonzero(np.abs(x) > peak * db_to_amp(rel_db))
     margin = int(margin_s * sr)
-    return x[max(0, loud[0] - margin): min(x.size, loud[-1] + 1 + margin)]
+    return x[max(0, loud[0] - margin) : min(x.size, loud[-1] + 1 + margin)]
 
 
 def speed_perturb(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
@@ -60,12 +60,10 @@ def pitch_shift(x: np.ndarray, sr: int, semitones: float) -> np.ndarray:
     ratio = 2.0 ** (semitones / 12.0)
     n_fft, hop = 512, 128
     window = torch.hann_window(n_fft)
-    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x)), n_fft, hop, window=window,
-                      return_complex=True)
+    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x)), n_fft, hop, window=window, return_complex=True)
     advance = torch.linspace(0, math.pi * hop, spec.shape[0])[..., None]
     stretched = F.phase_vocoder(spec, 1.0 / ratio, advance)  # longer by `ratio`
-    y = torch.istft(stretched, n_fft, hop, window=window,
-                    length=int(round(x.size * ratio))).numpy()
+    y = torch.istft(stretched, n_fft, hop, window=window, length=int(round(x.size * ratio))).numpy()
     y = soxr.resample(y, sr * ratio, sr, quality="HQ").astype(np.float32)  # faster by `ratio`
     if y.size < x.size:
         y = np.pad(y, (0, x.size - y.size))
@@ -87,8 +85,9 @@ def vtlp(x: np.ndarray, sr: int, alpha: float, f_hi: float = 4800.0, lifter: int
 
     n_fft, hop = 512, 128
     window = torch.hann_window(n_fft)
-    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x)), n_fft, hop, window=window,
-                      return_complex=True).numpy()  # (bins, frames)
+    spec = torch.stft(
+        torch.from_numpy(np.ascontiguousarray(x)), n_fft, hop, window=window, return_complex=True
+    ).numpy()  # (bins, frames)
     bins = spec.shape[0]
     log_mag = np.log(np.abs(spec) + 1e-6)
     cep = np.fft.irfft(log_mag, axis=0)  # real cepstrum, (n_fft, frames)
@@ -97,16 +96,18 @@ def vtlp(x: np.ndarray, sr: int, alpha: float, f_hi: float = 4800.0, lifter: int
     nyq = sr / 2.0
     freqs = np.linspace(0.0, nyq, bins)
     boundary = f_hi * min(alpha, 1.0) / alpha
-    warped = np.where(freqs <= boundary, freqs * alpha,
-                      nyq - (nyq - boundary * alpha) / (nyq - boundary) * (nyq - freqs))
+    warped = np.where(
+        freqs <= boundary, freqs * alpha, nyq - (nyq - boundary * alpha) / (nyq - boundary) * (nyq - freqs)
+    )
     source = np.interp(freqs, warped, freqs) / nyq * (bins - 1)  # warp^-1, in bins
     lo = np.clip(np.floor(source).astype(int), 0, bins - 1)
     hi = np.clip(lo + 1, 0, bins - 1)
     w = (source - lo)[:, None]
     env_w = (1 - w) * env[lo] + w * env[hi]
     gain = np.exp(np.clip(env_w - env, -12.0, 12.0))
-    y = torch.istft(torch.from_numpy((spec * gain).astype(np.complex64)), n_fft, hop,
-                    window=window, length=x.size).numpy()
+    y = torch.istft(
+        torch.from_numpy((spec * gain).astype(np.complex64)), n_fft, hop, window=window, length=x.size
+    ).numpy()
     return (y * (rms(x) / (rms(y) or 1.0))).astype(np.float32)
 
 
@@ -114,8 +115,8 @@ def band_limit(x: np.ndarray, sr: int, cutoff_hz: float) -> np.ndarray:
     """Keep only what a recording at 2*cutoff_hz would have: down- and up-sample.
 
     flite's kal voice speaks at 8 kHz, so a test voice arrives with nothing above
-    4 kHz; a model that never saw an empty upper band misreads it (v2: 40% on kal
-    vs 65% on kal16, the same speaker at 16 kHz).
+    4 kHz; a model that never saw an empty upper band misreads it (docs/data.md,
+    "Why the voice shift and the channel").
     """
     if cutoff_hz <= 0 or 2 * cutoff_hz >= sr:
         return x
@@ -124,8 +125,9 @@ def band_limit(x: np.ndarray, sr: int, cutoff_hz: float) -> np.ndarray:
     return np.pad(y, (0, max(0, x.size - y.size)))[: x.size]
 
 
-def equalize(x: np.ndarray, sr: int, tilt_db_per_octave: float,
-             bands: Sequence[tuple[float, float, float]] = ()) -> np.ndarray:
+def equalize(
+    x: np.ndarray, sr: int, tilt_db_per_octave: float, bands: Sequence[tuple[float, float, float]] = ()
+) -> np.ndarray:
     """A smooth, zero-phase random channel: a spectral tilt around 1 kHz plus
     Gaussian bumps on a log-frequency axis, each (centre Hz, gain dB, width in
     octaves). Engines differ most in their overall colour; this teaches the
@@ -159,8 +161,9 @@ def colored_noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
     return (y / (rms(y) or 1.0)).astype(np.float32)
 
 
-def babble(n: int, bank: Sequence[np.ndarray], rng: np.random.Generator,
-           talkers: tuple[int, int] = (3, 6)) -> np.ndarray:
+def babble(
+    n: int, bank: Sequence[np.ndarray], rng: np.random.Generator, talkers: tuple[int, int] = (3, 6)
+) -> np.ndarray:
     """Unit-RMS babble: several other utterances, looped and offset, summed."""
     k = int(rng.integers(talkers[0], talkers[1] + 1))
     out = np.zeros(n, dtype=np.float64)
@@ -170,7 +173,7 @@ def babble(n: int, bank: Sequence[np.ndarray], rng: np.random.Generator,
         reps = int(math.ceil((n + clip.size) / clip.size))
         looped = np.tile(clip, reps)
         start = int(rng.integers(clip.size))
-        out += looped[start:start + n] * db_to_amp(float(rng.uniform(-6, 0)))
+        out += looped[start : start + n] * db_to_amp(float(rng.uniform(-6, 0)))
     return (out / (rms(out) or 1.0)).astype(np.float32)
 
 
@@ -204,8 +207,7 @@ def add_noise(x: np.ndarray, noise: np.ndarray, snr_db: float, speech_power: flo
 
 
 def pad(x: np.ndarray, sr: int, left_s: float, right_s: float) -> np.ndarray:
-    return np.concatenate([np.zeros(int(left_s * sr), np.float32), x,
-                           np.zeros(int(right_s * sr), np.float32)])
+    return np.concatenate([np.zeros(int(left_s * sr), np.float32), x, np.zeros(int(right_s * sr), np.float32)])
 
 
 def dither(x: np.ndarray, level_db: float, rng: np.random.Generator) -> np.ndarray:

@@ -24,25 +24,89 @@ import soxr
 log = logging.getLogger(__name__)
 
 ESPEAK_ENGLISH = (
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
-    "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
 )
 # espeak-ng's voice variants (espeak-ng-data/voices/!v, applied as `-v en-us+NAME`):
 # the classic m1..m8 and f1..f5, the Klatt-synthesizer variants (a different
 # glottal source) and the named variants that still sound like a person. Left
 # out: robots, whispers, croaks and effects (Demonic, UniRobot, robosoft*, ...).
-# v2 trained on "" + m1..m7 + f1..f5 (104 voices) and missed the unseen voices
-# by 30 points; every variant is another speaker for the same 8 accents.
+# Every variant is another speaker for the same 8 accents (why more speakers:
+# docs/data.md, "The voice rule").
 ESPEAK_VARIANTS = (
-    ("",) + tuple(f"m{i}" for i in range(1, 9)) + tuple(f"f{i}" for i in range(1, 6))
+    ("",)
+    + tuple(f"m{i}" for i in range(1, 9))
+    + tuple(f"f{i}" for i in range(1, 6))
     + tuple(f"klatt{i}" for i in ("", 2, 3, 4, 5, 6))
-    + ("Alex", "Alicia", "Andrea", "Andy", "Annie", "Denis", "Diogo", "Gene", "Gene2",
-       "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen",
-       "RicishayMax", "Storm", "adam", "anika", "antonio", "aunty", "belinda", "benjamin",
-       "boris", "caleb", "david", "ed", "edward", "edward2", "grandma", "grandpa", "gustave",
-       "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "linda", "marcelo", "max",
-       "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
-       "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac")
+    + (
+        "Alex",
+        "Alicia",
+        "Andrea",
+        "Andy",
+        "Annie",
+        "Denis",
+        "Diogo",
+        "Gene",
+        "Gene2",
+        "Henrique",
+        "Hugo",
+        "Jacky",
+        "Lee",
+        "Marco",
+        "Mario",
+        "Michael",
+        "Mike",
+        "Nguyen",
+        "RicishayMax",
+        "Storm",
+        "adam",
+        "anika",
+        "antonio",
+        "aunty",
+        "belinda",
+        "benjamin",
+        "boris",
+        "caleb",
+        "david",
+        "ed",
+        "edward",
+        "edward2",
+        "grandma",
+        "grandpa",
+        "gustave",
+        "iven",
+        "iven2",
+        "iven3",
+        "iven4",
+        "john",
+        "kaukovalta",
+        "linda",
+        "marcelo",
+        "max",
+        "michel",
+        "miguel",
+        "norbert",
+        "pablo",
+        "paul",
+        "pedro",
+        "quincy",
+        "rob",
+        "robert",
+        "sandro",
+        "shelby",
+        "steph",
+        "steph2",
+        "steph3",
+        "travis",
+        "victor",
+        "zac",
+    )
 )
 FLITE_TRAIN = ("awb", "rms")
 FLITE_TEST = ("kal", "kal16", "slt")
@@ -108,8 +172,13 @@ class Engines:
     espeak_variants: tuple[str, ...] = ESPEAK_VARIANTS  # of ESPEAK_VARIANTS, those installed
 
     def training_voices(self) -> list[Voice]:
-        voices = [Voice("espeak-ng", n, v) for n in ESPEAK_ENGLISH if n in self.espeak_ng
-                  for v in ESPEAK_VARIANTS if v in self.espeak_variants]
+        voices = [
+            Voice("espeak-ng", n, v)
+            for n in ESPEAK_ENGLISH
+            if n in self.espeak_ng
+            for v in ESPEAK_VARIANTS
+            if v in self.espeak_variants
+        ]
         voices += [Voice("flite", n) for n in FLITE_TRAIN if n in self.flite]
         return voices
 
@@ -132,15 +201,12 @@ class Engines:
 
     def describe(self) -> str:
         lines = []
-        for engine, names in (("espeak-ng", self.espeak_ng), ("flite", self.flite),
-                              ("festival", self.festival)):
+        for engine, names in (("espeak-ng", self.espeak_ng), ("flite", self.flite), ("festival", self.festival)):
             lines.append(f"{engine:10s} {'yes' if names else 'NO '}  {' '.join(names) or '-'}")
         train, test = self.training_voices(), self.test_voices()
-        lines.append(f"training voices: {len(train)}  test voices: "
-                     f"{' '.join(v.id for v in test) or '-'}")
+        lines.append(f"training voices: {len(train)}  test voices: {' '.join(v.id for v in test) or '-'}")
         if self.missing():
-            lines.append("missing: " + " ".join(self.missing())
-                         + "  (tools/data/install_engines.sh installs them)")
+            lines.append("missing: " + " ".join(self.missing()) + "  (tools/data/install_engines.sh installs them)")
         return "\n".join(lines)
 
 
@@ -175,8 +241,11 @@ def _espeak_variants() -> tuple[str, ...]:
         log.warning("espeak-ng --voices=variant failed: %s", e)
         return ("",)
     # columns: Pty Language Age/Gender VoiceName File; File is !v/<variant>
-    found = {parts[4].split("/", 1)[1] for parts in map(str.split, out.splitlines()[1:])
-             if len(parts) >= 5 and parts[4].startswith("!v/")}
+    found = {
+        parts[4].split("/", 1)[1]
+        for parts in map(str.split, out.splitlines()[1:])
+        if len(parts) >= 5 and parts[4].startswith("!v/")
+    }
     return tuple(v for v in ESPEAK_VARIANTS if not v or v in found)
 
 
@@ -206,8 +275,13 @@ def _festival_voices() -> tuple[str, ...]:
 def detect_engines() -> Engines:
     """Which engines/voices this machine has (cached for the process)."""
     e = Engines(_espeak_voices(), _flite_voices(), _festival_voices(), _espeak_variants())
-    log.info("engines: espeak-ng=%s (%d variants) flite=%s festival=%s", len(e.espeak_ng),
-             len(e.espeak_variants), ",".join(e.flite) or "-", ",".join(e.festival) or "-")
+    log.info(
+        "engines: espeak-ng=%s (%d variants) flite=%s festival=%s",
+        len(e.espeak_ng),
+        len(e.espeak_variants),
+        ",".join(e.flite) or "-",
+        ",".join(e.festival) or "-",
+    )
     return e
 
 
@@ -218,11 +292,11 @@ def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
         raise ValueError("not a RIFF/WAVE stream")
     pos, rate, channels, bits = 12, None, 1, 16
     while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         body = pos + 8
         if cid == b"fmt ":
-            fmt, channels, rate = struct.unpack("<HHI", data[body:body + 8])
-            bits = struct.unpack("<H", data[body + 14:body + 16])[0]
+            fmt, channels, rate = struct.unpack("<HHI", data[body : body + 8])
+            bits = struct.unpack("<H", data[body + 14 : body + 16])[0]
             if fmt != 1 or bits != 16:
                 raise ValueError(f"unsupported WAV format {fmt}/{bits} bit")
         elif cid == b"data":
@@ -239,8 +313,9 @@ def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
     raise ValueError("no data chunk in WAV stream")
 
 
-def synthesize(voice: Voice, text: str, rate: float = 1.0, pitch: int | None = None,
-               sample_rate: int = 16000) -> np.ndarray:
+def synthesize(
+    voice: Voice, text: str, rate: float = 1.0, pitch: int | None = None, sample_rate: int = 16000
+) -> np.ndarray:
     """Say `text` with `voice`; float32 mono at `sample_rate` (resampled by soxr).
 
     rate: speaking-rate factor (1.0 = the engine's default); pitch: espeak-ng's
@@ -253,8 +328,17 @@ def synthesize(voice: Voice, text: str, rate: float = 1.0, pitch: int | None = N
             cmd += ["-p", str(int(pitch))]
         x, sr = parse_wav(_run(cmd + ["--", text]).stdout)
     elif voice.engine == "flite":
-        cmd = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={1.0 / rate:.3f}",
-               "-t", text, "-o", "/dev/stdout"]
+        cmd = [
+            "flite",
+            "-voice",
+            voice.name,
+            "--setf",
+            f"duration_stretch={1.0 / rate:.3f}",
+            "-t",
+            text,
+            "-o",
+            "/dev/stdout",
+        ]
         x, sr = parse_wav(_run(cmd).stdout)
     elif voice.engine == "festival":
         with tempfile.TemporaryDirectory(prefix="pasu-fest-") as tmp:

@@ -38,13 +38,28 @@ _ONES = (
 ).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _ORD_IRREGULAR = {
-    "one": "first", "two": "second", "three": "third", "five": "fifth",
-    "eight": "eighth", "nine": "ninth", "twelve": "twelfth",
+    "one": "first",
+    "two": "second",
+    "three": "third",
+    "five": "fifth",
+    "eight": "eighth",
+    "nine": "ninth",
+    "twelve": "twelfth",
 }
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MONTHS = (
-    "january", "february", "march", "april", "may", "june", "july", "august",
-    "september", "october", "november", "december",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
 )
 
 
@@ -86,24 +101,45 @@ def generated_fillers() -> dict[str, list[str]]:
     hours = [spell_number(h) for h in range(1, 13)]
     times: list[str] = ["noon", "midnight"]
     for h in hours:
-        times += [h, f"{h} am", f"{h} pm", f"{h} in the morning", f"{h} in the evening",
-                  f"half past {h}", f"quarter past {h}", f"quarter to {h}"]
+        times += [
+            h,
+            f"{h} am",
+            f"{h} pm",
+            f"{h} in the morning",
+            f"{h} in the evening",
+            f"half past {h}",
+            f"quarter past {h}",
+            f"quarter to {h}",
+        ]
         for m in (5, 10, 15, 20, 30, 45):
             minute = "oh five" if m == 5 else spell_number(m)
             times.append(f"{h} {minute}")
             times.append(f"{h} {minute} {'am' if m % 10 else 'pm'}")
     ordinals = [spell_ordinal(d) for d in range(1, 32)]
-    dates = ["today", "tonight", "tomorrow", "tomorrow morning", "tomorrow night",
-             "this evening", "this afternoon", "this weekend", "next week",
-             "the day after tomorrow", "next weekend", "later today"]
+    dates = [
+        "today",
+        "tonight",
+        "tomorrow",
+        "tomorrow morning",
+        "tomorrow night",
+        "this evening",
+        "this afternoon",
+        "this weekend",
+        "next week",
+        "the day after tomorrow",
+        "next weekend",
+        "later today",
+    ]
     for day in WEEKDAYS:
         dates += [f"on {day}", f"next {day}", f"this {day}"]
     for month in MONTHS:
         for o in ordinals:
             dates += [f"on the {o} of {month}", f"on {month} {o}"]
     numbers = [spell_number(n) for n in range(1, 101)]
-    numbers += [spell_number(n) for n in (120, 144, 150, 200, 250, 256, 300, 365, 400,
-                                          500, 625, 750, 999, 1000, 1200, 2500, 10000)]
+    numbers += [
+        spell_number(n)
+        for n in (120, 144, 150, 200, 250, 256, 300, 365, 400, 500, 625, 750, 999, 1000, 1200, 2500, 10000)
+    ]
     durations = ["half an hour", "an hour", "a minute", "ninety minutes"]
     durations += [f"{spell_number(n)} minutes" for n in (2, 5, 10, 15, 20, 25, 30, 40, 45)]
     durations += [f"{spell_number(n)} hours" for n in (2, 3, 4)]
@@ -181,12 +217,14 @@ def read_intents(path: Path | None = None) -> list[IntentInfo]:
             if not line.strip():
                 continue
             name, slots, meaning, examples = line.rstrip("\n").split("\t")
-            rows.append(IntentInfo(
-                name=name.strip(),
-                slots=() if slots.strip() == "-" else tuple(s.strip() for s in slots.split(";")),
-                meaning=meaning.strip(),
-                examples=tuple(e.strip() for e in examples.split("|")),
-            ))
+            rows.append(
+                IntentInfo(
+                    name=name.strip(),
+                    slots=() if slots.strip() == "-" else tuple(s.strip() for s in slots.split(";")),
+                    meaning=meaning.strip(),
+                    examples=tuple(e.strip() for e in examples.split("|")),
+                )
+            )
     return rows
 
 
@@ -247,7 +285,7 @@ class Grammar:
         extra = sorted(set(self.templates) - set(names))
         if missing or extra:
             raise ValueError(f"grammar/intents mismatch: missing={missing} extra={extra}")
-        for intent, temps in self.templates.items():
+        for temps in self.templates.values():
             for t in temps:
                 if _GROUP.sub("", t.pattern).count("(") or _GROUP.sub("", t.pattern).count("["):
                     raise ValueError(f"{t.id}: unbalanced or nested group in {t.pattern!r}")
@@ -309,7 +347,7 @@ class Grammar:
         for _ in range(tries):
             if len(words) > 3 and rng.random() < 0.25:
                 k = int(rng.integers(len(words)))
-                new, tid = words[:k] + words[k + 1:], f"{sentence.template}-w{k}"
+                new, tid = words[:k] + words[k + 1 :], f"{sentence.template}-w{k}"
             else:
                 other = self.sample(rng, sentence.intent)
                 tail = other.text.split()
@@ -330,7 +368,7 @@ class Grammar:
         pieces: list[list[str]] = []
         pos = 0
         for m in _GROUP.finditer(template.pattern):
-            pieces.append([template.pattern[pos:m.start()]])
+            pieces.append([template.pattern[pos : m.start()]])
             pieces.append(_group_alternatives(m))
             pos = m.end()
         pieces.append([template.pattern[pos:]])
@@ -350,8 +388,7 @@ class Grammar:
 
     def n_expansions(self, template: Template) -> int:
         """How many (not necessarily distinct) sentences a template expands to."""
-        return sum(math.prod(len(self.fillers[s]) for s in _SLOT.findall(sf))
-                   for sf in self.surfaces(template))
+        return sum(math.prod(len(self.fillers[s]) for s in _SLOT.findall(sf)) for sf in self.surfaces(template))
 
     def match(self, sentence: str, heldout: bool | None = None) -> list[Template]:
         """The templates that can produce `sentence` (a tiny grammar parser);
@@ -359,8 +396,11 @@ class Grammar:
         if self._regex is None:
             self._regex = {}
         if self._literals is None:  # each template's obligatory literal words
-            self._literals = {t.id: frozenset(_SLOT.sub(" ", _GROUP.sub(" ", t.pattern)).split())
-                              for temps in self.templates.values() for t in temps}
+            self._literals = {
+                t.id: frozenset(_SLOT.sub(" ", _GROUP.sub(" ", t.pattern)).split())
+                for temps in self.templates.values()
+                for t in temps
+            }
         words = set(sentence.split())
         found = []
         for temps in self.templates.values():
@@ -395,7 +435,7 @@ def _template_regex(pattern: str, fillers: dict[str, list[str]]) -> re.Pattern[s
     def piece(text: str) -> str:
         out, pos = [], 0
         for m in _SLOT.finditer(text):
-            out.append(re.escape(text[pos:m.start()]))
+            out.append(re.escape(text[pos : m.start()]))
             out.append(slot(m))
             pos = m.end()
         out.append(re.escape(text[pos:]))
@@ -403,7 +443,7 @@ def _template_regex(pattern: str, fillers: dict[str, list[str]]) -> re.Pattern[s
 
     parts, pos = [], 0
     for m in _GROUP.finditer(pattern):
-        parts.append(piece(pattern[pos:m.start()]))
+        parts.append(piece(pattern[pos : m.start()]))
         parts.append("(?:" + "|".join(piece(a) for a in _group_alternatives(m)) + ")")
         pos = m.end()
     parts.append(piece(pattern[pos:]))

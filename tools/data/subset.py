@@ -57,8 +57,7 @@ def make_subset(src: Path, out: Path, opts: SubsetOptions = SubsetOptions()) -> 
     ids = choose_utterances(text, opts.size, opts.seed)
     total = sum(Path(wavs[u]).stat().st_size for u in ids)
     if total > opts.max_mb * 1e6:
-        raise ValueError(f"{len(ids)} utterances are {total / 1e6:.1f} MB > {opts.max_mb} MB; "
-                         "ask for fewer (--size)")
+        raise ValueError(f"{len(ids)} utterances are {total / 1e6:.1f} MB > {opts.max_mb} MB; ask for fewer (--size)")
     if out.exists():
         shutil.rmtree(out)
     (out / "audio").mkdir(parents=True)
@@ -72,7 +71,6 @@ def make_subset(src: Path, out: Path, opts: SubsetOptions = SubsetOptions()) -> 
     for name in PER_UTTERANCE_FILES:
         if (src / name).is_file():
             rows = text if name == "text" else read_scp(src / name)
-            (out / name).write_text("".join(f"{u} {rows[u]}\n" for u in ids if u in rows),
-                                    encoding="utf-8")
+            (out / name).write_text("".join(f"{u} {rows[u]}\n" for u in ids if u in rows), encoding="utf-8")
     log.info("subset of %s: %d utterances, %.1f MB -> %s", src, len(ids), total / 1e6, out)
     return ids

@@ -3,6 +3,7 @@
 Python API::
 
     from pasu.tools.data.synth import SynthOptions, synthesize_corpus
+
     summary = synthesize_corpus(SynthOptions(out_dir=Path("data/synth"), seed=0))
 
 Splits (ESPnet data dirs under ``out_dir/<split>``):
@@ -42,7 +43,13 @@ from tqdm import tqdm
 
 from pasu.tools.data import augment as A
 from pasu.tools.data.engines import (
-    Engines, Voice, default_jobs, detect_engines, is_test_voice, is_training_voice, synthesize,
+    Engines,
+    Voice,
+    default_jobs,
+    detect_engines,
+    is_test_voice,
+    is_training_voice,
+    synthesize,
 )
 from pasu.tools.data.grammar import Grammar, resource_path, write_nlsyms
 
@@ -55,9 +62,9 @@ DITHER_DB = -66.0  # dBFS RMS: ~16 LSB of 16-bit, well under any speech or noise
 BABBLE_BANK = 24
 # share of training utterances per engine (espeak-ng has 648 voices, flite 2). flite's
 # two are the only natural-sounding (statistical parametric) training voices, and
-# the test voices are all natural-sounding: v2 gave them 25% and missed the test
-# voices by 30 points; they now get 45%, most of it pitch- and formant-shifted
-# into other speakers (see _train_aug).
+# the test voices are all natural-sounding, so flite gets a large share, most of it
+# pitch- and formant-shifted into other speakers (see _train_aug). Why, measured:
+# docs/data.md ("Why the voice shift and the channel").
 ENGINE_WEIGHTS = {"espeak-ng": 0.55, "flite": 0.45}
 
 
@@ -81,7 +88,7 @@ class SynthOptions:
     progress: bool = True
     overwrite: bool = False
     # Share of train sentences recombined (Grammar.vary): 0 keeps a corpus made
-    # before this option byte for byte; scripts/train_v8.sh uses 0.5.
+    # before this option byte for byte; the v8 pair's corpus used 0.5 (RESULTS.md).
     text_variety: float = 0.0
 
     def __post_init__(self) -> None:
@@ -217,9 +224,14 @@ def _channel(rng: np.random.Generator) -> tuple[float, float, tuple[tuple[float,
     tilt, bands = 0.0, ()
     if rng.random() < 0.5:
         tilt = float(rng.uniform(-3.0, 3.0))
-        bands = tuple((float(np.exp(rng.uniform(np.log(150.0), np.log(6000.0)))),
-                       float(rng.uniform(-8.0, 8.0)), float(rng.uniform(0.3, 1.5)))
-                      for _ in range(int(rng.integers(0, 4))))
+        bands = tuple(
+            (
+                float(np.exp(rng.uniform(np.log(150.0), np.log(6000.0)))),
+                float(rng.uniform(-8.0, 8.0)),
+                float(rng.uniform(0.3, 1.5)),
+            )
+            for _ in range(int(rng.integers(0, 4)))
+        )
     return lowpass, tilt, bands
 
 
@@ -259,8 +271,11 @@ def _calib_aug(rng: np.random.Generator, voice: Voice) -> AugParams:
 
 
 def _clean_aug(rng: np.random.Generator) -> AugParams:
-    return AugParams(pad_left=float(rng.uniform(0.1, 0.3)), pad_right=float(rng.uniform(0.1, 0.3)),
-                     noise_seed=int(rng.integers(2**31)))
+    return AugParams(
+        pad_left=float(rng.uniform(0.1, 0.3)),
+        pad_right=float(rng.uniform(0.1, 0.3)),
+        noise_seed=int(rng.integers(2**31)),
+    )
 
 
 def _hard_aug(rng: np.random.Generator) -> AugParams:
@@ -291,8 +306,7 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
     needs_test = any(opts.size(s) for s in opts.splits if s not in TRAIN_SPLITS)
     needs_train = any(opts.size(s) for s in opts.splits if s in TRAIN_SPLITS)
     if needs_train and not train_voices:
-        raise RuntimeError("no training voices (install espeak-ng and flite: "
-                           "tools/data/install_engines.sh)")
+        raise RuntimeError("no training voices (install espeak-ng and flite: tools/data/install_engines.sh)")
     if needs_test and not test_voices:
         raise RuntimeError("no test voices (install flite: tools/data/install_engines.sh)")
     assert all(is_training_voice(v) and not is_test_voice(v) for v in train_voices)
@@ -309,8 +323,7 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
     last = max((SPLITS.index(s) for s in opts.splits), default=-1)
     for split in SPLITS[: last + 1]:  # fixed order: adding a split never changes another
         if split not in opts.splits and not (train_voices if split in TRAIN_SPLITS else test_voices):
-            log.warning("%s: its voices are not installed; the splits after it may repeat its "
-                        "sentences", split)
+            log.warning("%s: its voices are not installed; the splits after it may repeat its sentences", split)
             continue
         rng = _split_rng(opts.seed, split)
         n = opts.size(split)
@@ -341,8 +354,19 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
                 voice = test_voices[int(rng.integers(len(test_voices)))]
                 aug = _hard_aug(rng) if heldout else _clean_aug(rng)
             utt_id = f"{voice.speaker}-{split}-{k:06d}"
-            out.append(UttPlan(utt_id, split, intent, s.text, grammar.tts_text(s.text), s.template,
-                               voice, aug, audio_root / split / f"{utt_id}.{opts.audio_format}"))
+            out.append(
+                UttPlan(
+                    utt_id,
+                    split,
+                    intent,
+                    s.text,
+                    grammar.tts_text(s.text),
+                    s.template,
+                    voice,
+                    aug,
+                    audio_root / split / f"{utt_id}.{opts.audio_format}",
+                )
+            )
         if split in opts.splits:
             plans[split] = out
     return plans
@@ -474,8 +498,7 @@ def _start_method() -> str:
 
 def _pool_map(fn, items: Sequence, jobs: int, bank: list[np.ndarray], desc: str, progress: bool):
     def bar():
-        return _Bar(total=len(items), desc=desc, unit="utt", disable=not progress,
-                    dynamic_ncols=True)
+        return _Bar(total=len(items), desc=desc, unit="utt", disable=not progress, dynamic_ncols=True)
 
     if jobs <= 1 or len(items) <= 1:
         _init_worker(bank)
@@ -492,8 +515,9 @@ def _pool_map(fn, items: Sequence, jobs: int, bank: list[np.ndarray], desc: str,
             b.update()
 
 
-def synthesize_corpus(opts: SynthOptions, engines: Engines | None = None,
-                      grammar: Grammar | None = None) -> CorpusSummary:
+def synthesize_corpus(
+    opts: SynthOptions, engines: Engines | None = None, grammar: Grammar | None = None
+) -> CorpusSummary:
     """Plan, render and write the corpus; returns what was made."""
     t0 = time.monotonic()
     engines = engines or detect_engines()
@@ -539,19 +563,19 @@ def synthesize_corpus(opts: SynthOptions, engines: Engines | None = None,
         counts[split] = len(ok)
         split_seconds[split] = round(sum(seconds[p.utt_id] for p in ok), 2)
         voices = Counter(p.voice.engine for p in ok)
-        log.info("%s: %d utterances, %.1f min, engines %s", split, len(ok),
-                 split_seconds[split] / 60, dict(voices))
+        log.info("%s: %d utterances, %.1f min, engines %s", split, len(ok), split_seconds[split] / 60, dict(voices))
     write_nlsyms(out / "nlsyms.txt", grammar.intent_names)
-    summary = CorpusSummary(out, counts, split_seconds, engines.as_dict(),
-                            round(time.monotonic() - t0, 2), failed)
+    summary = CorpusSummary(out, counts, split_seconds, engines.as_dict(), round(time.monotonic() - t0, 2), failed)
     # A run that adds splits to a corpus (--splits calib) keeps the others' entries.
     path = out / "manifest.json"
     before = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     manifest = {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "counts": {**before.get("counts", {}), **counts},
-        "seconds": {**before.get("seconds", {}), **split_seconds}, "engines": engines.as_dict(),
-        "wall_s": summary.wall_s, "failed": failed,
+        "seconds": {**before.get("seconds", {}), **split_seconds},
+        "engines": engines.as_dict(),
+        "wall_s": summary.wall_s,
+        "failed": failed,
         "grammar": str(opts.grammar_path or resource_path("grammar.yaml")),
     }
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -21,15 +21,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--limit", type=int, default=None, help="at most N utterances")
     o.add_argument("--rtt-ms", type=float, nargs="+", default=[20.0, 100.0, 300.0])
     o.add_argument("--mbit", type=float, nargs="+", default=[1.0, 10.0])
-    o.add_argument("--min-pilots", type=int, default=None,
-                   help="earliest pilot at which pasu's offramps may offload (default: the agent's, "
-                        "PolicyConfig.min_pilots)")
-    o.add_argument("--threads", type=int, default=0,
-                   help="torch threads (default: torch's choice); 1 for runs side by side, which "
-                        "would otherwise oversubscribe the cores and inflate every latency")
+    o.add_argument(
+        "--min-pilots",
+        type=int,
+        default=None,
+        help="earliest pilot at which pasu's offramps may offload (default: the agent's, PolicyConfig.min_pilots)",
+    )
+    o.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's choice); 1 for runs side by side, which "
+        "would otherwise oversubscribe the cores and inflate every latency",
+    )
     o.add_argument("--seed", type=int, default=0, help="random offloading's draw and the bootstrap's")
-    o.add_argument("--resamples", type=int, default=1000,  # IntervalOptions' (not imported: keeps the CLI light)
-                   help="bootstrap resamples for the headline's intervals (default: %(default)s)")
+    o.add_argument(
+        "--resamples",
+        type=int,
+        default=1000,  # IntervalOptions' (not imported: keeps the CLI light)
+        help="bootstrap resamples for the headline's intervals (default: %(default)s)",
+    )
     o.set_defaults(func=run)
 
 
@@ -39,15 +50,15 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pasu.audio import read_scp, read_wav_scp
-    from pasu.device.config import PolicyConfig
     from pasu.device.confidence import estimator_for, nothing_lost
+    from pasu.device.config import PolicyConfig
+    from pasu.model_store import resolve_model
+    from pasu.models import load_model
     from pasu.tools.experiment.collect import CollectOptions, collect
     from pasu.tools.experiment.gain import gain_report
     from pasu.tools.experiment.interval import IntervalOptions, headline_interval
     from pasu.tools.experiment.report import plot, target_accuracy, write_csv, write_summary
     from pasu.tools.experiment.sweep import Network, Scorer, pilot_confidences, sweep
-    from pasu.model_store import resolve_model
-    from pasu.models import load_model
 
     if args.threads:
         import torch
@@ -71,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
     conf = pilot_confidences(records, estimator)
     scorer = Scorer(refs)
     finals = np.array([conf[u][-1][1] for u in records])
-    right = {u: scorer.correct(u, r["device"]["final"]["nbest"][0]["text"] if r["device"]["final"]["nbest"] else "")
-             for u, r in records.items()}
+    right = {
+        u: scorer.correct(u, r["device"]["final"]["nbest"][0]["text"] if r["device"]["final"]["nbest"] else "")
+        for u, r in records.items()
+    }
     if (estimator.meta.get("options") or {}).get("label") == "cloud":  # it predicts "the cloud would not fix it"
         right = {u: nothing_lost(ok, scorer.correct(u, records[u]["cloud"]["text"])) for u, ok in right.items()}
     correct = np.array([right[u] for u in records], float)
@@ -82,11 +95,11 @@ def run(args: argparse.Namespace) -> int:
     command = "pasu " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     gain = gain_report(records, scorer.correct, conf, target_accuracy(points, main_net.name), min_pilots)
     interval = headline_interval(points, main_net.name, IntervalOptions(resamples=args.resamples, seed=args.seed))
-    summary = write_summary(points, [main_net.name] + [n.name for n in networks if n is not main_net], out, command,
-                            plots, gain, interval)
+    summary = write_summary(
+        points, [main_net.name] + [n.name for n in networks if n is not main_net], out, command, plots, gain, interval
+    )
     summary["utterances"] = len(records)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print((out / "summary.md").read_text())
     print(json.dumps({k: summary[k] for k in summary if k not in ("networks", "gain_by_bin")}), flush=True)
     return 0
-

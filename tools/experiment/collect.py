@@ -29,9 +29,9 @@ from pasu.audio import read_audio
 from pasu.decoding import DecodingOptions, Recognizer
 from pasu.decoding.recognizer import NBestEntry
 from pasu.models import LoadedModel
-from pasu.tools.reference import espnet_nbest, espnet_speech2text
 from pasu.slu import join_intent
 from pasu.streaming import StreamingOptions, StreamingSession
+from pasu.tools.reference import espnet_nbest, espnet_speech2text
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,17 @@ def _entry(e: NBestEntry) -> dict:
 
 
 def nbest_from_json(items: list[dict]) -> list[NBestEntry]:
-    return [NBestEntry(text=i["text"], tokens=[], token_ids=list(i["token_ids"]), score=i["score"],
-                       scores=dict(i["scores"]), yseq=[]) for i in items]
+    return [
+        NBestEntry(
+            text=i["text"],
+            tokens=[],
+            token_ids=list(i["token_ids"]),
+            score=i["score"],
+            scores=dict(i["scores"]),
+            yseq=[],
+        )
+        for i in items
+    ]
 
 
 def device_stream(rec: Recognizer, options: CollectOptions, audio: np.ndarray) -> dict:
@@ -74,8 +83,12 @@ def device_stream(rec: Recognizer, options: CollectOptions, audio: np.ndarray) -
     t0 = time.perf_counter()
     final = session.finalize()
     latency = start + time.perf_counter() - t0 - eos
-    return {"pilots": pilots, "final": {"nbest": [_entry(e) for e in final.nbest], "features": final.features},
-            "latency_s": latency, "eos_s": eos}
+    return {
+        "pilots": pilots,
+        "final": {"nbest": [_entry(e) for e in final.nbest], "features": final.features},
+        "latency_s": latency,
+        "eos_s": eos,
+    }
 
 
 def collect(
@@ -95,8 +108,12 @@ def collect(
     todo_dev = [u for u in wav_scp if not (dev_cache / f"{u}.json").is_file()]
     todo_cloud = [u for u in wav_scp if not (cloud_cache / f"{u}.json").is_file()]
     if len(todo_dev) < len(wav_scp) or len(todo_cloud) < len(wav_scp):
-        log.info("resuming: device %d, cloud %d of %d utterances cached", len(wav_scp) - len(todo_dev),
-                 len(wav_scp) - len(todo_cloud), len(wav_scp))
+        log.info(
+            "resuming: device %d, cloud %d of %d utterances cached",
+            len(wav_scp) - len(todo_dev),
+            len(wav_scp) - len(todo_cloud),
+            len(wav_scp),
+        )
     if todo_dev:
         rec = Recognizer(device, options.decoding)
         s2t = espnet_speech2text(device, options.decoding)
@@ -108,16 +125,25 @@ def collect(
             rec_ = {"utt": utt, "audio_s": len(audio) / device.sample_rate, "bytes_pcm16": 2 * len(audio)}
             rec_["device"] = device_stream(rec, options, audio)
             n_tok = max(1, len(stock[0].yseq) - 2) if stock else 1
-            rec_["stock"] = {"text": stock[0].text if stock else "", "score": stock[0].score if stock else -1e9,
-                             "score_per_token": (stock[0].score / n_tok) if stock else -1e9, "latency_s": stock_s}
+            rec_["stock"] = {
+                "text": stock[0].text if stock else "",
+                "score": stock[0].score if stock else -1e9,
+                "score_per_token": (stock[0].score / n_tok) if stock else -1e9,
+                "latency_s": stock_s,
+            }
             (dev_cache / f"{utt}.json").write_text(json.dumps(rec_))
     if todo_cloud:
         cloud_rec = Recognizer(cloud, options.decoding) if cloud is not None else None
         for utt in tqdm(todo_cloud, desc="cloud", unit="utt"):
             audio = read_audio(wav_scp[utt], device.sample_rate)
             (cloud_cache / f"{utt}.json").write_text(json.dumps(_cloud(cloud_rec, cloud_target, audio, utt)))
-    return {utt: {**json.loads((dev_cache / f"{utt}.json").read_text()),
-                  "cloud": json.loads((cloud_cache / f"{utt}.json").read_text())} for utt in wav_scp}
+    return {
+        utt: {
+            **json.loads((dev_cache / f"{utt}.json").read_text()),
+            "cloud": json.loads((cloud_cache / f"{utt}.json").read_text()),
+        }
+        for utt in wav_scp
+    }
 
 
 def _open_cache(path: Path, key: dict) -> Path:
@@ -148,8 +174,9 @@ def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, 
     return {"text": text, "compute_s": time.perf_counter() - t0}
 
 
-def cache_key(device: LoadedModel, cloud: LoadedModel | None, options: CollectOptions,
-              cloud_target: str | None) -> dict:
+def cache_key(
+    device: LoadedModel, cloud: LoadedModel | None, options: CollectOptions, cloud_target: str | None
+) -> dict:
     """What the cached records depend on (JSON-comparable)."""
     return {
         "device": device.weights_digest(),

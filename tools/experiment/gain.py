@@ -26,8 +26,9 @@ from pasu.device.confidence import nothing_lost
 BINS = 6
 
 
-def oracle_offload_rate(local_right: Mapping[str, bool], cloud_right: Mapping[str, bool],
-                        target: float) -> float | None:
+def oracle_offload_rate(
+    local_right: Mapping[str, bool], cloud_right: Mapping[str, bool], target: float
+) -> float | None:
     """The least offload rate that reaches ``target`` accuracy, offloading only the cloud's wins
     (None: even all of them fall short)."""
     n = len(local_right)
@@ -38,8 +39,9 @@ def oracle_offload_rate(local_right: Mapping[str, bool], cloud_right: Mapping[st
     return need / n if need <= wins else None
 
 
-def gain_by_bins(signal: Mapping[str, float], local_right: Mapping[str, bool],
-                 cloud_right: Mapping[str, bool], bins: int = BINS) -> list[dict]:
+def gain_by_bins(
+    signal: Mapping[str, float], local_right: Mapping[str, bool], cloud_right: Mapping[str, bool], bins: int = BINS
+) -> list[dict]:
     """Utterances sorted by ``signal`` (lowest first) in ``bins`` equal bins: per bin the count,
     the local and cloud accuracy and the cloud's net gain (wins minus losses, utterances)."""
     utts = sorted(signal, key=lambda u: signal[u])
@@ -50,14 +52,26 @@ def gain_by_bins(signal: Mapping[str, float], local_right: Mapping[str, bool],
             continue
         loc = sum(local_right[u] for u in part)
         cld = sum(cloud_right[u] for u in part)
-        out.append({"bin": k + 1, "n": len(part), "local_accuracy": loc / len(part),
-                    "cloud_accuracy": cld / len(part), "net_gain": int(cld - loc)})
+        out.append(
+            {
+                "bin": k + 1,
+                "n": len(part),
+                "local_accuracy": loc / len(part),
+                "cloud_accuracy": cld / len(part),
+                "net_gain": int(cld - loc),
+            }
+        )
     return out
 
 
-def gain_report(records: Mapping[str, dict], correct: Callable[[str, str], bool],
-                confidences: Mapping[str, list[tuple[float, float, int]]], target: float,
-                min_pilots: int, bins: int = BINS) -> dict:
+def gain_report(
+    records: Mapping[str, dict],
+    correct: Callable[[str, str], bool],
+    confidences: Mapping[str, list[tuple[float, float, int]]],
+    target: float,
+    min_pilots: int,
+    bins: int = BINS,
+) -> dict:
     """The oracle rate and the gain per bin of the baseline's signal (the stock decode's score
     per token), pasu's final-pass confidence and pasu's least confident pilot (from ``min_pilots``
     on; the final pass where there is none). ``confidences``: ``sweep.pilot_confidences``."""
@@ -69,8 +83,7 @@ def gain_report(records: Mapping[str, dict], correct: Callable[[str, str], bool]
     stock_right = {u: correct(u, r["stock"]["text"]) for u, r in records.items()}
     cloud_right = {u: correct(u, r["cloud"]["text"]) for u, r in records.items()}
     final = {u: next(c for _, c, k in steps if k == 0) for u, steps in confidences.items()}
-    pilot = {u: min([c for _, c, k in steps if k >= min_pilots] or [final[u]])
-             for u, steps in confidences.items()}
+    pilot = {u: min([c for _, c, k in steps if k >= min_pilots] or [final[u]]) for u, steps in confidences.items()}
     stock = {u: r["stock"]["score_per_token"] for u, r in records.items()}
     signals = {  # name -> (signal, what the device answers when it keeps the utterance)
         "baseline_eou (stock score per token)": (stock, stock_right),
@@ -83,10 +96,15 @@ def gain_report(records: Mapping[str, dict], correct: Callable[[str, str], bool]
         "cloud_losses": sum(1 for u in records if pasu_right[u] and not cloud_right[u]),
         "gain_by_bin": {name: gain_by_bins(sig, right, cloud_right, bins) for name, (sig, right) in signals.items()},
         # how well each signal ranks the device's own failures (0.5: not at all)
-        "auroc": {name: auroc(np.array([sig[u] for u in records]), np.array([right[u] for u in records]))
-                  for name, (sig, right) in signals.items()},
+        "auroc": {
+            name: auroc(np.array([sig[u] for u in records]), np.array([right[u] for u in records]))
+            for name, (sig, right) in signals.items()
+        },
         # ... and the cloud's wins, the only failures offloading fixes (what --label cloud trains for)
-        "auroc_cloud_wins": {name: auroc(np.array([sig[u] for u in records]),
-                                         np.array([nothing_lost(right[u], cloud_right[u]) for u in records]))
-                             for name, (sig, right) in signals.items()},
+        "auroc_cloud_wins": {
+            name: auroc(
+                np.array([sig[u] for u in records]), np.array([nothing_lost(right[u], cloud_right[u]) for u in records])
+            )
+            for name, (sig, right) in signals.items()
+        },
     }

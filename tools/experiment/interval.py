@@ -37,12 +37,12 @@ class IntervalOptions:
 def _curve(points: list[Point], policy: str) -> tuple[np.ndarray, np.ndarray]:
     """(correct, offloaded): float matrices, one row per operating point of ``policy``."""
     ps = [p for p in points if p.policy == policy]
-    return (np.array([p.correct for p in ps], dtype=np.float64),
-            np.array([p.offloaded for p in ps], dtype=np.float64))
+    return (np.array([p.correct for p in ps], dtype=np.float64), np.array([p.offloaded for p in ps], dtype=np.float64))
 
 
-def rates_needed(points: list[Point], network: str, counts: np.ndarray,
-                 margin: float = TARGET_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+def rates_needed(
+    points: list[Point], network: str, counts: np.ndarray, margin: float = TARGET_MARGIN
+) -> tuple[np.ndarray, np.ndarray]:
     """Offload rates the baseline and pasu need on each resample (rows of ``counts``: how often
     each utterance is drawn); NaN where no operating point reaches the target.
 
@@ -67,8 +67,7 @@ def rates_needed(points: list[Point], network: str, counts: np.ndarray,
 def ratio_of(base: np.ndarray, pasu: np.ndarray) -> np.ndarray:
     """baseline / pasu; inf where pasu needs no offloading and the baseline does, NaN where neither does."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(pasu > 0, base / np.where(pasu > 0, pasu, 1.0),
-                        np.where(base > 0, np.inf, np.nan))
+        return np.where(pasu > 0, base / np.where(pasu > 0, pasu, 1.0), np.where(base > 0, np.inf, np.nan))
 
 
 def headline_interval(points: list[Point], network: str, options: IntervalOptions = IntervalOptions()) -> dict:

@@ -81,8 +81,9 @@ def plot(points: list[Point], network: str, out: Path, reliability: tuple[np.nda
     ax.axhline(100 * cloud.accuracy - 0.5, color="grey", lw=0.8, label="cloud − 0.5 pt")
     ax.set_xlabel("offload rate")
     ax.set_ylabel("accuracy (%)")
-    files.append(_save(fig, ax, f"accuracy vs offload rate ({network})",
-                       out / f"accuracy_vs_offload_{_slug(network)}.png"))
+    files.append(
+        _save(fig, ax, f"accuracy vs offload rate ({network})", out / f"accuracy_vs_offload_{_slug(network)}.png")
+    )
 
     h = headline(points, network)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -99,15 +100,17 @@ def plot(points: list[Point], network: str, out: Path, reliability: tuple[np.nda
         ax.step(lat, np.arange(1, len(lat) + 1) / len(lat), where="post", label=f"{pol} (offload {p.offload_rate:.2f})")
     ax.set_xlabel("end of speech → answer (s)")
     ax.set_ylabel("fraction of utterances")
-    files.append(_save(fig, ax, f"latency CDF at the target accuracy ({network})",
-                       out / f"latency_cdf_{_slug(network)}.png"))
+    files.append(
+        _save(fig, ax, f"latency CDF at the target accuracy ({network})", out / f"latency_cdf_{_slug(network)}.png")
+    )
 
     if reliability is not None:
         from pasu.device.calibration import reliability_diagram  # the one train-confidence draws
 
         conf, correct = reliability
-        files.append(reliability_diagram(conf, correct, out / "reliability.png",
-                                         title="confidence reliability (final step)"))
+        files.append(
+            reliability_diagram(conf, correct, out / "reliability.png", title="confidence reliability (final step)")
+        )
     return files
 
 
@@ -128,8 +131,15 @@ def _slug(s: str) -> str:
     return s.replace("/", "_").replace(".", "p")
 
 
-def write_summary(points: list[Point], networks: list[str], out: Path, command: str, plots: list[Path],
-                  gain: dict | None = None, interval: dict | None = None) -> dict:
+def write_summary(
+    points: list[Point],
+    networks: list[str],
+    out: Path,
+    command: str,
+    plots: list[Path],
+    gain: dict | None = None,
+    interval: dict | None = None,
+) -> dict:
     """``gain``: :func:`pasu.tools.experiment.gain.gain_report` (the oracle rate, the gain per bin);
     ``interval``: :func:`pasu.tools.experiment.interval.headline_interval` on the first network."""
     heads = [headline(points, n) for n in networks]
@@ -170,6 +180,7 @@ def write_summary(points: list[Point], networks: list[str], out: Path, command: 
 
 def _interval_lines(interval: dict, network: str) -> list[str]:
     """Markdown: the headline's bootstrap intervals (keys as :func:`headline_interval` names them)."""
+
     def span(key: str, fmt: str = "{:.3f}") -> str:
         v = interval.get(key)
         if v is None:
@@ -204,14 +215,21 @@ def _gain_lines(gain: dict) -> list[str]:
         "",
     ]
     bins = max(len(v) for v in gain["gain_by_bin"].values())
-    lines += ["| signal | " + " | ".join(f"bin {k + 1}" for k in range(bins)) + " | AUROC | AUROC, cloud's wins |",
-              "|---|" + "---:|" * (bins + 2)]
+    lines += [
+        "| signal | " + " | ".join(f"bin {k + 1}" for k in range(bins)) + " | AUROC | AUROC, cloud's wins |",
+        "|---|" + "---:|" * (bins + 2),
+    ]
     for name, by_bin in gain["gain_by_bin"].items():
-        cells = [f"{b['net_gain']:+d} ({100 * b['local_accuracy']:.0f}→{100 * b['cloud_accuracy']:.0f}%)"
-                 for b in by_bin]
+        cells = [
+            f"{b['net_gain']:+d} ({100 * b['local_accuracy']:.0f}→{100 * b['cloud_accuracy']:.0f}%)" for b in by_bin
+        ]
         for a in (gain["auroc"][name], gain.get("auroc_cloud_wins", {}).get(name)):
             cells.append("—" if a is None else f"{a:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines + ["", "(cell: net gain, and the device's → the cloud's accuracy in the bin; AUROC: how well "
-                    "the signal ranks the device's own failures, 0.5 = not at all; AUROC, cloud's wins: how "
-                    "well it ranks the failures the cloud fixes, the only ones offloading pays for.)", ""]
+    return lines + [
+        "",
+        "(cell: net gain, and the device's → the cloud's accuracy in the bin; AUROC: how well "
+        "the signal ranks the device's own failures, 0.5 = not at all; AUROC, cloud's wins: how "
+        "well it ranks the failures the cloud fixes, the only ones offloading pays for.)",
+        "",
+    ]

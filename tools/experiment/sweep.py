@@ -10,13 +10,13 @@ its answer arrives after one round trip:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from pasu.device.config import PolicyConfig
+from pasu.tools import scoring
 from pasu.tools.experiment.collect import nbest_from_json
 
 PCM_BYTES_PER_S = 32000  # 16 kHz, 16-bit mono: what the device uploads
@@ -54,31 +54,19 @@ class Point:
     offloaded: list[bool]
 
 
-def words(text: str) -> list[str]:
-    return re.sub(r"\s+", " ", text.strip()).split(" ") if text.strip() else []
-
-
 class Scorer:
-    """Correctness of a hypothesis: the intent (first word) when references carry one, else the exact text."""
+    """Correctness of a hypothesis against the run's references (:mod:`pasu.tools.scoring`):
+    the intent when every reference carries one, else the exact words."""
 
     def __init__(self, refs: dict[str, str]) -> None:
         self.refs = refs
-        self.intents = bool(refs) and all("_" in (words(r) or [""])[0] for r in refs.values())
+        self.intents = scoring.labelled(refs.values())
 
     def correct(self, utt: str, text: str) -> bool:
-        ref = words(self.refs.get(utt, ""))
-        hyp = words(text)
-        if self.intents:
-            return bool(ref) and bool(hyp) and hyp[0] == ref[0]
-        return hyp == ref
+        return scoring.correct(text, self.refs.get(utt, ""), self.intents)
 
     def wer(self, pairs: list[tuple[str, str]]) -> float:
-        import jiwer
-
-        strip = 1 if self.intents else 0
-        refs = [" ".join(words(self.refs.get(u, ""))[strip:]) or "<empty>" for u, _ in pairs]
-        hyps = [" ".join(words(t)[strip:]) or "<empty>" for _, t in pairs]
-        return float(jiwer.wer(refs, hyps))
+        return scoring.wer([t for _, t in pairs], [self.refs.get(u, "") for u, _ in pairs], self.intents)
 
 
 def cloud_latency(rec: dict, decided_at: float, net: Network) -> float:
@@ -167,8 +155,10 @@ def sweep(
         order = rng.permutation(len(utts))
         for rate in np.linspace(0, 1, 21):
             chosen = {utts[i] for i in order[: int(round(rate * len(utts)))]}
-            choices = {u: _cloud_at(records[u], records[u]["device"]["eos_s"], net) if u in chosen else _local(records[u])
-                       for u in utts}
+            choices = {
+                u: _cloud_at(records[u], records[u]["device"]["eos_s"], net) if u in chosen else _local(records[u])
+                for u in utts
+            }
             points.append(_point("random", net, float(rate), records, scorer, choices))
         # end-of-utterance baseline: full local (stock) decode, then decide from its own score
         stock = {u: records[u]["stock"]["score_per_token"] for u in utts}
@@ -186,11 +176,19 @@ def sweep(
         # pasu offramps: the first step whose confidence is below t offloads, then and there
         all_conf = [c for steps in conf.values() for _, c, k in steps if _acts(k, min_pilots)]
         for t in thresholds(all_conf):
-            points.append(_point("pasu_offramp", net, t, records, scorer,
-                                 _offramp(records, conf, t, net, min_pilots=min_pilots)))
-            points.append(_point("pasu_latency", net, t, records, scorer,
-                                 _offramp(records, conf, t, net, local_median=local_median,
-                                          min_pilots=min_pilots)))
+            points.append(
+                _point("pasu_offramp", net, t, records, scorer, _offramp(records, conf, t, net, min_pilots=min_pilots))
+            )
+            points.append(
+                _point(
+                    "pasu_latency",
+                    net,
+                    t,
+                    records,
+                    scorer,
+                    _offramp(records, conf, t, net, local_median=local_median, min_pilots=min_pilots),
+                )
+            )
         if progress:
             progress()
     return points

@@ -11,12 +11,12 @@ edit the command), e.g.::
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pasu.encoders  # noqa: F401  (registers late_context)
 
 
-def main(cmd: Optional[Sequence[str]] = None) -> None:
+def main(cmd: Sequence[str] | None = None) -> None:
     from espnet2.tasks.asr import ASRTask
 
     ASRTask.main(cmd=cmd)

@@ -32,9 +32,9 @@ def measure_branch_weights(model_dir: Path, data_dir: Path, limit: int = 100) ->
     hooks = []
     for i, layer in enumerate(layers):
         for branch, proj in ((0, layer.weight_proj1), (1, layer.weight_proj2)):
-            hooks.append(proj.register_forward_hook(
-                lambda _m, _in, out, i=i, b=branch: logits[i].__setitem__(b, out.detach())
-            ))
+            hooks.append(
+                proj.register_forward_hook(lambda _m, _in, out, i=i, b=branch: logits[i].__setitem__(b, out.detach()))
+            )
     sums = [0.0] * len(layers)
     n = 0
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,38 +32,69 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap-config", type=Path, default=d.bootstrap_config, help="bootstrap training YAML")
     p.add_argument("--cloud-config", type=Path, default=d.cloud_config, help="cloud training YAML")
     p.add_argument("--device-config", type=Path, default=d.device_config, help="device training YAML")
-    p.add_argument("--tiny", action="store_true",
-                   help="use the tiny smoke-test configs (train_*_tiny.yaml)")
-    p.add_argument("--stages", default=",".join(STAGES),
-                   help="comma-separated stages to run (default: %(default)s)")
+    p.add_argument("--tiny", action="store_true", help="use the tiny smoke-test configs (train_*_tiny.yaml)")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to run (default: %(default)s)")
     p.add_argument("--max-epoch", type=int, help="override max_epoch of every config")
     p.add_argument("--bpe-vocab", type=int, default=d.bpe_vocab_size, help="BPE vocabulary (default: %(default)s)")
-    p.add_argument("--device-attention-blocks", type=int,
-                   help="attention blocks of the device encoder (default: from the bootstrap's branch weights)")
+    p.add_argument(
+        "--device-attention-blocks",
+        type=int,
+        help="attention blocks of the device encoder (default: from the bootstrap's branch weights)",
+    )
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader workers (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=d.num_threads,
-                   help="torch threads per ESPnet run; 0: torch's default (default: %(default)s)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.num_threads,
+        help="torch threads per ESPnet run; 0: torch's default (default: %(default)s)",
+    )
     p.add_argument("--eval-limit", type=int, help="utterances per test set in the eval stage (default: all)")
     p.add_argument("--eval-beam", type=int, default=d.eval_beam_size, help="beam size of the eval stage")
-    p.add_argument("--init-from", type=Path, metavar="DIR",
-                   help="fine-tune a trained pair (DIR/cloud, DIR/device; e.g. shared/resources/models) "
-                        "on --data instead of training from scratch: its tokens and MVN statistics, "
-                        "no bootstrap stages, both models side by side with the shared decoder frozen")
-    p.add_argument("--retrain-decoder", action="store_true",
-                   help="with --init-from: the cloud trains the shared decoder too, then the device "
-                        "adapts to it (frozen), one after the other — for a corpus with new text")
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
-                   help="epochs of each model with --init-from (default: %(default)s)")
-    p.add_argument("--epochs", action="append", default=[], metavar="ROLE=N", type=_role_epochs,
-                   help="epochs of one training stage (bootstrap, device_ctc, cloud, device), over "
-                        "--max-epoch and --finetune-epochs (repeat; e.g. --epochs cloud=10 --epochs device=16)")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="DIR",
+        help="fine-tune a trained pair (DIR/cloud, DIR/device; e.g. shared/resources/models) "
+        "on --data instead of training from scratch: its tokens and MVN statistics, "
+        "no bootstrap stages, both models side by side with the shared decoder frozen",
+    )
+    p.add_argument(
+        "--retrain-decoder",
+        action="store_true",
+        help="with --init-from: the cloud trains the shared decoder too, then the device "
+        "adapts to it (frozen), one after the other — for a corpus with new text",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=d.finetune_epochs,
+        help="epochs of each model with --init-from (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs",
+        action="append",
+        default=[],
+        metavar="ROLE=N",
+        type=_role_epochs,
+        help="epochs of one training stage (bootstrap, device_ctc, cloud, device), over "
+        "--max-epoch and --finetune-epochs (repeat; e.g. --epochs cloud=10 --epochs device=16)",
+    )
     p.add_argument("--model-version", default=d.version, help="version written into the packages")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--weights-dtype", choices=("float32", "float16"), default=d.weights_dtype,
-                   help="how the packages store their weights; float16 halves them and they still load "
-                        "into float32 models, pasu's and ESPnet's (default: %(default)s)")
-    p.add_argument("--espnet-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument passed to every asr_train run (repeat; e.g. --espnet-arg=--batch_bins=500000)")
+    p.add_argument(
+        "--weights-dtype",
+        choices=("float32", "float16"),
+        default=d.weights_dtype,
+        help="how the packages store their weights; float16 halves them and they still load "
+        "into float32 models, pasu's and ESPnet's (default: %(default)s)",
+    )
+    p.add_argument(
+        "--espnet-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument passed to every asr_train run (repeat; e.g. --espnet-arg=--batch_bins=500000)",
+    )
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
@@ -71,19 +103,82 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Decode an ESPnet data dir (wav.scp + text) with pasu's Recognizer; print intent "
         "accuracy and WER as a table, then one JSON line.",
     )
-    e.add_argument("--model", type=Path, required=True, help="model dir (config.yaml + model.pth)")
-    e.add_argument("--data", type=Path, required=True, help="data dir with wav.scp and text")
+    e.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model dir (config.yaml + model.pth); with --rejection the device model (default: the shipped one)",
+    )
+    e.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="data dir with wav.scp and text (with --rejection: in-domain commands; repeat)",
+    )
     e.add_argument("--limit", type=int, help="first N utterances only")
     e.add_argument("--beam-size", type=int, default=10, help="beam size (default: %(default)s)")
-    e.add_argument("--ctc-weight", type=float, default=DecodingOptions().ctc_weight,
-                   help="CTC weight (default: %(default)s)")
+    e.add_argument(
+        "--ctc-weight", type=float, default=DecodingOptions().ctc_weight, help="CTC weight (default: %(default)s)"
+    )
     e.add_argument("--batch-size", type=int, default=8, help="utterances per beam search (default: %(default)s)")
     e.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     e.add_argument("--hyps", type=Path, help="also write 'uttid hypothesis' lines here")
-    e.add_argument("--card-row", metavar="NAME",
-                   help="also save the figures as MODEL/eval_NAME.json and re-render the model card "
-                   "(its rows are those files; NAME because two sets can share a folder name)")
+    e.add_argument(
+        "--card-row",
+        metavar="NAME",
+        help="also save the figures as MODEL/eval_NAME.json and re-render the model card "
+        "(its rows are those files; NAME because two sets can share a folder name)",
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = e.add_argument_group("rejection (false accepts and false rejects of the device agent, issue 28)")
+    r.add_argument(
+        "--rejection",
+        action="store_true",
+        help="run every clip through the device agent (VAD, pilots, the rejection rule): false "
+        "rejects on --data, false accepts on --reject; a Markdown table, then one JSON line",
+    )
+    r.add_argument(
+        "--reject",
+        type=Path,
+        action="append",
+        default=[],
+        help="data dir where nothing is a command (pasu data rejection: noise, ood; repeat)",
+    )
+    r.add_argument(
+        "--mode",
+        choices=("device", "hybrid", "both"),
+        default="device",
+        help="the device alone, device + cloud (a worker on 127.0.0.1, the default threshold "
+        "policy), or both (default: %(default)s)",
+    )
+    r.add_argument("--cloud-model", default=None, help="cloud model (default: the shipped one)")
+    r.add_argument(
+        "--rejection-threshold",
+        type=float,
+        default=None,
+        help="device threshold (default: the one calibrated for its estimator)",
+    )
+    r.add_argument(
+        "--cloud-rejection-threshold",
+        type=float,
+        default=None,
+        help="cloud threshold (default: the one calibrated beside the cloud model)",
+    )
+    r.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="instead: set both thresholds on --data (held-out in-domain commands) so that at most "
+        "--target-false-reject of the right answers are rejected",
+    )
+    r.add_argument("--target-false-reject", type=float, default=0.02, help="(default: %(default)s)")
+    r.add_argument(
+        "--save",
+        action="store_true",
+        help="with --calibrate: write the thresholds (estimator metadata, cloud rejection.json)",
+    )
+    r.add_argument("--json-out", type=Path, default=None, help="also write the figures here")
+    r.add_argument("--records", type=Path, default=None, help="also write every clip's records here (JSON lines)")
     e.set_defaults(func=run_eval)
 
     c = subparsers.add_parser(
@@ -94,8 +189,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "voice. Prints a Markdown summary, then one JSON line.",
     )
     c.add_argument("--data", type=Path, required=True, help="data dir with text (and utt2voice or utt2spk)")
-    c.add_argument("--hyps", action="append", required=True, metavar="NAME=FILE", type=_named_path,
-                   help="a model's hypotheses (give exactly two; e.g. --hyps cloud=c.txt --hyps device=d.txt)")
+    c.add_argument(
+        "--hyps",
+        action="append",
+        required=True,
+        metavar="NAME=FILE",
+        type=_named_path,
+        help="a model's hypotheses (give exactly two; e.g. --hyps cloud=c.txt --hyps device=d.txt)",
+    )
     c.set_defaults(func=run_compare)
 
 
@@ -113,8 +214,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     bootstrap, cloud, device = args.bootstrap_config, args.cloud_config, args.device_config
     if args.tiny:
-        bootstrap, cloud, device = (
-            CONFIG_DIR / f"train_{role}_tiny.yaml" for role in ("bootstrap", "cloud", "device"))
+        bootstrap, cloud, device = (CONFIG_DIR / f"train_{role}_tiny.yaml" for role in ("bootstrap", "cloud", "device"))
     opts = RecipeOptions(
         data_dir=args.data,
         exp_dir=args.exp,
@@ -167,6 +267,12 @@ def run_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.rejection:
+        return run_rejection(args)
+    if args.model is None or len(args.data) != 1:
+        print("error: pasu eval needs --model and exactly one --data (or --rejection)", file=sys.stderr)
+        return 2
+    args.data = args.data[0]
     result = evaluate(
         args.model,
         args.data,
@@ -183,4 +289,47 @@ def run_eval(args: argparse.Namespace) -> int:
         save_card_row(args.model, args.card_row, result.summary())
     print(result.table(str(args.model), str(args.data)))
     print(json.dumps(result.summary()))
+    return 0
+
+
+def run_rejection(args: argparse.Namespace) -> int:
+    """`pasu eval --rejection`: the figures of issue 28, or (``--calibrate``) the thresholds."""
+    from tqdm import tqdm
+
+    from pasu.tools.train import rejection as R
+
+    def progress(items):
+        return tqdm(items, unit="clip", file=sys.stderr, disable=args.no_progress or not sys.stderr.isatty())
+
+    model = str(args.model) if args.model else None
+    if args.calibrate:
+        cal = R.calibrate_on(args.data, args.target_false_reject, model, args.cloud_model, args.limit, progress)
+        for side in ("device", "cloud"):
+            c = cal[side]
+            print(
+                f"{side}: threshold {c['threshold']:.4f} rejects {c['rejected']} of {c['right_answers']} right "
+                f"answers ({100 * c['false_reject_rate']:.1f}%)"
+            )
+        if args.save:
+            for path in R.save_thresholds(cal, model, args.cloud_model):
+                print(f"saved {path}")
+        out = cal
+    else:
+        run = R.RejectionRun(
+            commands=tuple(args.data),
+            rejects=tuple(args.reject),
+            device_model=model,
+            cloud_model=args.cloud_model,
+            limit=args.limit,
+            modes=("device", "hybrid") if args.mode == "both" else (args.mode,),
+            rejection_threshold=args.rejection_threshold,
+            cloud_rejection_threshold=args.cloud_rejection_threshold,
+            records=args.records,
+        )
+        out = R.evaluate_rejection(run, progress)
+        print(R.table(out))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out))
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pasu.audio import read_scp
-from pasu.tools.train.evaluate import intent_label
+from pasu.tools.scoring import correct
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -24,7 +24,7 @@ def sign_test_p(wins: int, losses: int) -> float:
     n = wins + losses
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
@@ -45,18 +45,28 @@ class Comparison:
 
     def summary(self) -> dict:
         a, b = self.names
-        return {"utterances": self.utterances, f"intent_acc_{a}": round(self.accuracy[0], 4),
-                f"intent_acc_{b}": round(self.accuracy[1], 4), f"only_{a}": self.only_a,
-                f"only_{b}": self.only_b, "sign_test_p": round(self.p_value, 4),
-                "per_voice": {v: {"utterances": n, a: round(x, 4), b: round(y, 4)}
-                              for v, (n, x, y) in self.per_voice.items()}}
+        return {
+            "utterances": self.utterances,
+            f"intent_acc_{a}": round(self.accuracy[0], 4),
+            f"intent_acc_{b}": round(self.accuracy[1], 4),
+            f"only_{a}": self.only_a,
+            f"only_{b}": self.only_b,
+            "sign_test_p": round(self.p_value, 4),
+            "per_voice": {
+                v: {"utterances": n, a: round(x, 4), b: round(y, 4)} for v, (n, x, y) in self.per_voice.items()
+            },
+        }
 
     def table(self) -> str:
         a, b = self.names
-        lines = [f"{self.utterances} utterances: intent accuracy {a} {100 * self.accuracy[0]:.1f}%, "
-                 f"{b} {100 * self.accuracy[1]:.1f}%; right only on {a}: {self.only_a}, "
-                 f"only on {b}: {self.only_b} (sign test p = {self.p_value:.3f})",
-                 "", f"| voice | utterances | {a} | {b} |", "|---|---:|---:|---:|"]
+        lines = [
+            f"{self.utterances} utterances: intent accuracy {a} {100 * self.accuracy[0]:.1f}%, "
+            f"{b} {100 * self.accuracy[1]:.1f}%; right only on {a}: {self.only_a}, "
+            f"only on {b}: {self.only_b} (sign test p = {self.p_value:.3f})",
+            "",
+            f"| voice | utterances | {a} | {b} |",
+            "|---|---:|---:|---:|",
+        ]
         lines += [f"| {v} | {n} | {100 * x:.1f}% | {100 * y:.1f}% |" for v, (n, x, y) in self.per_voice.items()]
         return "\n".join(lines)
 
@@ -76,13 +86,16 @@ def compare(data_dir: Path, hyps: dict[str, Path]) -> Comparison:
         raise ValueError(f"{path_a} and {path_b} share no utterance with {data_dir / 'text'}")
     voices_file = next((data_dir / f for f in ("utt2voice", "utt2spk") if (data_dir / f).is_file()), None)
     voices = read_scp(voices_file) if voices_file else {}
-    right_a = {u: intent_label(ha[u]) == intent_label(refs[u]) for u in utts}
-    right_b = {u: intent_label(hb[u]) == intent_label(refs[u]) for u in utts}
+    right_a = {u: correct(ha[u], refs[u]) for u in utts}
+    right_b = {u: correct(hb[u], refs[u]) for u in utts}
     per_voice: dict[str, tuple[int, float, float]] = {}
     for voice in sorted({voices.get(u, "all") for u in utts}):
         mine = [u for u in utts if voices.get(u, "all") == voice]
-        per_voice[voice] = (len(mine), sum(right_a[u] for u in mine) / len(mine),
-                            sum(right_b[u] for u in mine) / len(mine))
+        per_voice[voice] = (
+            len(mine),
+            sum(right_a[u] for u in mine) / len(mine),
+            sum(right_b[u] for u in mine) / len(mine),
+        )
     return Comparison(
         names=(name_a, name_b),
         utterances=len(utts),

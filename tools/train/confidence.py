@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,11 +43,11 @@ from pasu.device.confidence import (
 from pasu.models import LoadedModel
 from pasu.streaming.options import StreamingOptions
 from pasu.streaming.session import StreamingSession
+from pasu.tools import scoring
 
 log = logging.getLogger(__name__)
 
 Label = Literal["intent", "intent+text", "cloud"]
-T = TypeVar("T")
 LABELS: tuple[str, ...] = ("intent", "intent+text", "cloud")
 
 
@@ -87,30 +87,59 @@ class Examples:
     hyps: list[str] = field(default_factory=list)  # final device text per utterance
     refs: list[str] = field(default_factory=list)  # reference text per utterance
 
-    def take(self, mask: np.ndarray) -> "Examples":
-        return Examples(self.X[mask], self.seqs[mask], self.y[mask], self.utt[mask], self.final[mask],
-                        self.utt_ids, self.hyps, self.refs)
+    def take(self, mask: np.ndarray) -> Examples:
+        return Examples(
+            self.X[mask],
+            self.seqs[mask],
+            self.y[mask],
+            self.utt[mask],
+            self.final[mask],
+            self.utt_ids,
+            self.hyps,
+            self.refs,
+        )
 
     @staticmethod
-    def concat(parts: Sequence["Examples"]) -> "Examples":
+    def concat(parts: Sequence[Examples]) -> Examples:
         """One set from several (pooled data dirs); utterance indices stay distinct."""
         offsets = np.cumsum([0] + [len(p.utt_ids) for p in parts[:-1]])
-        return Examples(np.concatenate([p.X for p in parts]), np.concatenate([p.seqs for p in parts]),
-                        np.concatenate([p.y for p in parts]),
-                        np.concatenate([p.utt + o for p, o in zip(parts, offsets)]),
-                        np.concatenate([p.final for p in parts]),
-                        [u for p in parts for u in p.utt_ids], [h for p in parts for h in p.hyps],
-                        [r for p in parts for r in p.refs])
+        return Examples(
+            np.concatenate([p.X for p in parts]),
+            np.concatenate([p.seqs for p in parts]),
+            np.concatenate([p.y for p in parts]),
+            np.concatenate([p.utt + o for p, o in zip(parts, offsets, strict=True)]),
+            np.concatenate([p.final for p in parts]),
+            [u for p in parts for u in p.utt_ids],
+            [h for p in parts for h in p.hyps],
+            [r for p in parts for r in p.refs],
+        )
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, X=self.X, seqs=self.seqs, y=self.y, utt=self.utt, final=self.final,
-                            utt_ids=np.array(self.utt_ids), hyps=np.array(self.hyps), refs=np.array(self.refs))
+        np.savez_compressed(
+            path,
+            X=self.X,
+            seqs=self.seqs,
+            y=self.y,
+            utt=self.utt,
+            final=self.final,
+            utt_ids=np.array(self.utt_ids),
+            hyps=np.array(self.hyps),
+            refs=np.array(self.refs),
+        )
 
     @classmethod
-    def load(cls, path: Path) -> "Examples":
+    def load(cls, path: Path) -> Examples:
         with np.load(path) as z:
-            return cls(z["X"], z["seqs"], z["y"], z["utt"], z["final"], z["utt_ids"].tolist(), z["hyps"].tolist(),
-                       z["refs"].tolist())
+            return cls(
+                z["X"],
+                z["seqs"],
+                z["y"],
+                z["utt"],
+                z["final"],
+                z["utt_ids"].tolist(),
+                z["hyps"].tolist(),
+                z["refs"].tolist(),
+            )
 
 
 def read_data_dir(data: str | Path) -> list[tuple[str, Path, str]]:
@@ -134,15 +163,14 @@ def read_data_dir(data: str | Path) -> list[tuple[str, Path, str]]:
 
 
 def is_right(hyp: str, ref: str, label: Label = "intent") -> bool:
-    """The intent (first word) matches; with ``intent+text`` the words must match too."""
-    h, r = hyp.split(), ref.split()
-    if not h or not r or h[0] != r[0]:
-        return False
-    return label == "intent" or h[1:] == r[1:]
+    """The intent is right (:func:`pasu.tools.scoring.correct`, as every figure scores it);
+    with ``intent+text`` the transcript too."""
+    return scoring.correct(hyp, ref) and (label == "intent" or scoring.transcript(hyp) == scoring.transcript(ref))
 
 
-def collect(model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
-            progress: Callable | None = None) -> Examples:
+def collect(
+    model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions, progress: Callable | None = None
+) -> Examples:
     """Stream every utterance as the agent does and record each step's features
     and the final answer (unlabelled: :func:`label` says what "right" means)."""
     rec = Recognizer(model, options.decoding)
@@ -175,12 +203,14 @@ def collect(model: LoadedModel, data: list[tuple[str, Path, str]], options: Trai
         refs.append(ref)
     if not ids:
         raise ValueError("no utterance could be decoded")
-    return Examples(np.stack(X), np.stack(seqs), np.zeros(len(X), np.float32), np.array(utt), np.array(final),
-                    ids, hyps, refs)
+    return Examples(
+        np.stack(X), np.stack(seqs), np.zeros(len(X), np.float32), np.array(utt), np.array(final), ids, hyps, refs
+    )
 
 
-def cloud_answers(cloud: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
-                  progress: Callable | None = None) -> dict[str, str]:
+def cloud_answers(
+    cloud: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions, progress: Callable | None = None
+) -> dict[str, str]:
     """The cloud's text for every utterance: the whole utterance decoded once, with
     the same decoding options, as the cloud worker does ("" where it finds nothing)."""
     rec = Recognizer(cloud, options.decoding)
@@ -203,7 +233,7 @@ def label(ex: Examples, kind: Label, cloud: dict[str, str] | None = None) -> Exa
     if (kind == "cloud") != (cloud is not None):
         raise ValueError("the cloud label needs the cloud's answers, and only it uses them")
     per_utt = []
-    for uid, hyp, ref in zip(ex.utt_ids, ex.hyps, ex.refs):
+    for uid, hyp, ref in zip(ex.utt_ids, ex.hyps, ex.refs, strict=True):
         if cloud is None:
             per_utt.append(is_right(hyp, ref, kind))
         else:
@@ -223,19 +253,31 @@ def examples_key(model: LoadedModel, data: list[tuple[str, Path, str]], options:
     utterances (ids, audio paths, references) and the decoding and streaming
     options — not the label or the estimator's options, which is what a cache
     lets one sweep. (Audio files rewritten in place under the same path are not seen.)"""
-    return _digest({"device": model.weights_digest(), "chunk_ms": options.chunk_ms,
-                    "decoding": asdict(options.decoding), "streaming": asdict(options.streaming),
-                    "utterances": [(u, str(p), r) for u, p, r in data]})
+    return _digest(
+        {
+            "device": model.weights_digest(),
+            "chunk_ms": options.chunk_ms,
+            "decoding": asdict(options.decoding),
+            "streaming": asdict(options.streaming),
+            "utterances": [(u, str(p), r) for u, p, r in data],
+        }
+    )
 
 
 def answers_key(cloud: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions) -> str:
     """What :func:`cloud_answers` depends on: the cloud's weights, the decoding options, the utterances."""
-    return _digest({"cloud": cloud.weights_digest(), "decoding": asdict(options.decoding),
-                    "utterances": [(u, str(p)) for u, p, _ in data]})
+    return _digest(
+        {
+            "cloud": cloud.weights_digest(),
+            "decoding": asdict(options.decoding),
+            "utterances": [(u, str(p)) for u, p, _ in data],
+        }
+    )
 
 
-def _load_or_make(path: Path | None, make: Callable[[], T], load: Callable[[Path], T],
-                  save: Callable[[T, Path], None]) -> T:
+def _load_or_make[T](
+    path: Path | None, make: Callable[[], T], load: Callable[[Path], T], save: Callable[[T, Path], None]
+) -> T:
     """``load(path)`` if it exists, else ``make()``, saved to ``path`` (None: no cache)."""
     if path is not None and path.is_file():
         log.info("reusing %s", path)
@@ -247,9 +289,14 @@ def _load_or_make(path: Path | None, make: Callable[[], T], load: Callable[[Path
     return made
 
 
-def collect_cached(model: LoadedModel, data: list[tuple[str, Path, str]], options: TrainOptions,
-                   cache: Path | None, progress: Callable | None = None,
-                   cloud: LoadedModel | None = None) -> Examples:
+def collect_cached(
+    model: LoadedModel,
+    data: list[tuple[str, Path, str]],
+    options: TrainOptions,
+    cache: Path | None,
+    progress: Callable | None = None,
+    cloud: LoadedModel | None = None,
+) -> Examples:
     """:func:`collect` (and, with ``cloud``, :func:`cloud_answers`), labelled by
     ``options.label``, or their earlier results from ``cache`` (a directory; None: no cache).
 
@@ -261,13 +308,20 @@ def collect_cached(model: LoadedModel, data: list[tuple[str, Path, str]], option
     if (options.label == "cloud") != (cloud is not None):
         raise ValueError("the cloud label needs a cloud model, and only it uses one")
     where = Path(cache) if cache is not None else None
-    ex = _load_or_make(where / f"examples-{examples_key(model, data, options)}.npz" if where else None,
-                       lambda: collect(model, data, options, progress), Examples.load, Examples.save)
+    ex = _load_or_make(
+        where / f"examples-{examples_key(model, data, options)}.npz" if where else None,
+        lambda: collect(model, data, options, progress),
+        Examples.load,
+        Examples.save,
+    )
     answers = None
     if cloud is not None:
-        answers = _load_or_make(where / f"cloud-{answers_key(cloud, data, options)}.json" if where else None,
-                                lambda: cloud_answers(cloud, data, options, progress),
-                                lambda p: json.loads(p.read_text()), lambda a, p: p.write_text(json.dumps(a)))
+        answers = _load_or_make(
+            where / f"cloud-{answers_key(cloud, data, options)}.json" if where else None,
+            lambda: cloud_answers(cloud, data, options, progress),
+            lambda p: json.loads(p.read_text()),
+            lambda a, p: p.write_text(json.dumps(a)),
+        )
     return label(ex, options.label, answers)
 
 
@@ -310,14 +364,24 @@ def evaluate(est: ConfidenceEstimator, ex: Examples) -> dict:
     if ex.X.shape[0] == 0:
         return {}
     p = est.predict_many(ex.X, ex.seqs if est.net.kind == "cnn" else None)
-    return {"all_steps": report(p, ex.y), "final_step": report(p[ex.final], ex.y[ex.final]),
-            "pilot_steps": report(p[~ex.final], ex.y[~ex.final])}
+    return {
+        "all_steps": report(p, ex.y),
+        "final_step": report(p[ex.final], ex.y[ex.final]),
+        "pilot_steps": report(p[~ex.final], ex.y[~ex.final]),
+    }
 
 
-def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: str | Path,
-          options: TrainOptions = TrainOptions(), plot: str | Path | None = None,
-          progress: Callable | None = None, test_dir: str | Path | None = None,
-          cloud: LoadedModel | None = None, cache: str | Path | None = None) -> dict:
+def train(
+    model: LoadedModel,
+    data_dir: str | Path | Sequence[str | Path],
+    out: str | Path,
+    options: TrainOptions = TrainOptions(),
+    plot: str | Path | None = None,
+    progress: Callable | None = None,
+    test_dir: str | Path | None = None,
+    cloud: LoadedModel | None = None,
+    cache: str | Path | None = None,
+) -> dict:
     """Collect, split, fit, evaluate, save. Returns the report (also stored in the JSON metadata).
 
     ``data_dir``: one data dir or several, pooled (e.g. ``calib`` with familiar
@@ -364,12 +428,23 @@ def train(model: LoadedModel, data_dir: str | Path | Sequence[str | Path], out: 
     )
     if test_dir is not None:
         test = read_data_dir(test_dir)
-        test_ex = collect_cached(model, test[: options.limit] if options.limit else test, options, cache_dir,
-                                 progress, cloud)
+        test_ex = collect_cached(
+            model, test[: options.limit] if options.limit else test, options, cache_dir, progress, cloud
+        )
         test_plot = Path(str(out) + f".reliability.{Path(test_dir).name}.png")
-        reliability_diagram(est.predict_many(test_ex.X, test_ex.seqs if est.net.kind == "cnn" else None),
-                            test_ex.y, test_plot, title=f"{options.kind} on {Path(test_dir).name}")
-        est.meta.update(test={"data": str(test_dir), "utterances": len(test_ex.utt_ids),
-                              "metrics": evaluate(est, test_ex), "reliability_diagram": str(test_plot)})
+        reliability_diagram(
+            est.predict_many(test_ex.X, test_ex.seqs if est.net.kind == "cnn" else None),
+            test_ex.y,
+            test_plot,
+            title=f"{options.kind} on {Path(test_dir).name}",
+        )
+        est.meta.update(
+            test={
+                "data": str(test_dir),
+                "utterances": len(test_ex.utt_ids),
+                "metrics": evaluate(est, test_ex),
+                "reliability_diagram": str(test_plot),
+            }
+        )
     est.save(out)
     return est.meta

@@ -1,9 +1,8 @@
 """Score a model dir on an ESPnet data dir with pasu's own decoder.
 
-Intent accuracy: the first word of the hypothesis vs the first word of the
-reference ``text`` line (the intent label, as in ESPnet's SLURP recipe). WER:
-over the transcript words after the label (jiwer), so a wrong intent is not
-also counted as a word error.
+Scored by :mod:`pasu.tools.scoring` (intent accuracy: the hypothesis's intent label
+against the reference ``text`` line's, as in ESPnet's SLURP recipe; WER over the
+transcript words after the label, so a wrong intent is not also a word error).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from pasu.audio import read_audio, read_scp, read_wav_scp
 from pasu.decoding import DecodingOptions
+from pasu.tools import scoring
 
 log = logging.getLogger(__name__)
 
@@ -33,37 +33,26 @@ class EvalResult:
 
     @property
     def intent_acc(self) -> float:
-        if not self.hyps:
-            return 0.0
-        ok = sum(intent_label(self.hyps[u]) == intent_label(self.refs[u]) for u in self.hyps)
-        return ok / len(self.hyps)
+        return scoring.intent_accuracy(list(self.hyps.values()), [self.refs[u] for u in self.hyps])
 
     @property
     def wer(self) -> float:
-        import jiwer
-
-        refs = [_words(self.refs[u]) or "<empty>" for u in self.hyps]
-        hyps = [_words(self.hyps[u]) for u in self.hyps]
-        return float(jiwer.wer(refs, hyps)) if refs else 0.0
+        refs = [self.refs[u] for u in self.hyps]
+        return scoring.wer(list(self.hyps.values()), refs, scoring.labelled(refs))
 
     def summary(self) -> dict[str, float | int]:
-        return {"intent_acc": round(self.intent_acc, 4), "wer": round(self.wer, 4), "utterances": self.utterances}
+        return scoring.summary(self.hyps, self.refs)
 
     def table(self, model: str, data: str) -> str:
-        rows = [("model", model), ("data", data), ("utterances", str(self.utterances)),
-                ("intent accuracy", f"{100 * self.intent_acc:.2f}%"), ("WER", f"{100 * self.wer:.2f}%")]
+        rows = [
+            ("model", model),
+            ("data", data),
+            ("utterances", str(self.utterances)),
+            ("intent accuracy", f"{100 * self.intent_acc:.2f}%"),
+            ("WER", f"{100 * self.wer:.2f}%"),
+        ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def intent_label(text: str) -> str:
-    """The first word (the intent label in ESPnet's SLURP format); "" for an empty text."""
-    return text.split(maxsplit=1)[0] if text.strip() else ""
-
-
-def _words(text: str) -> str:
-    parts = text.split(maxsplit=1)
-    return parts[1] if len(parts) > 1 else ""
 
 
 def evaluate(
@@ -87,7 +76,7 @@ def evaluate(
         for start in range(0, len(ids), batch_size):
             batch = ids[start : start + batch_size]
             nbest = recognizer.recognize([read_audio(wavs[u]) for u in batch])
-            for u, hyps in zip(batch, nbest):
+            for u, hyps in zip(batch, nbest, strict=True):
                 result.hyps[u] = hyps[0].text if hyps else ""
             bar.update(len(batch))
     log.info("%s on %s: %s", model_dir, data_dir, result.summary())

@@ -2,7 +2,7 @@
 
 Why: on 2 CPU cores a from-scratch Conformer/Branchformer learns CTC far more
 slowly than the late-context encoder, whose lower blocks are convolutions
-(docs/models.md, "What the v1 run taught"). The cloud model must be a full-attention
+(docs/models.md, "Why this order"). The cloud model must be a full-attention
 encoder, so instead of starting it from scratch we start it from the device
 encoder and let it train on with attention in *every* layer:
 
@@ -47,17 +47,13 @@ def _widen_kernel(weight: torch.Tensor, kernel: int, left: int) -> torch.Tensor:
     k = weight.size(-1)
     start = (kernel - 1) // 2 - left
     if start < 0 or start + k > kernel:
-        raise ValueError(
-            f"a {k}-tap kernel with {left} past taps does not fit a centred {kernel}-tap kernel"
-        )
+        raise ValueError(f"a {k}-tap kernel with {left} past taps does not fit a centred {kernel}-tap kernel")
     out = weight.new_zeros(weight.size(0), weight.size(1), kernel)
     out[..., start : start + k] = weight
     return out
 
 
-def _widen_feed_forward(
-    state: dict[str, torch.Tensor], prefix: str, units: int, gen: torch.Generator
-) -> None:
+def _widen_feed_forward(state: dict[str, torch.Tensor], prefix: str, units: int, gen: torch.Generator) -> None:
     """Give ``prefix`` (w_1, w_2) ``units`` hidden units; the new ones output zero."""
     w1, b1, w2 = state[prefix + "w_1.weight"], state[prefix + "w_1.bias"], state[prefix + "w_2.weight"]
     old, d = w1.shape
@@ -89,17 +85,14 @@ def conformer_init_state(
     projection, which is zero.
     """
     out: dict[str, torch.Tensor] = {}
-    num_local = 1 + max(
-        (int(m.group(1)) for k in device_state if (m := LOCAL.match(k))), default=-1
-    )
+    num_local = 1 + max((int(m.group(1)) for k in device_state if (m := LOCAL.match(k))), default=-1)
     d = device_state["encoder.after_norm.weight"].numel()
     scale = math.sqrt(d)
     gen = torch.Generator().manual_seed(seed)
     for key, value in device_state.items():
         if key.startswith("encoder.embed.out."):
             out[key] = value / scale if num_local else value
-        elif key.startswith(("frontend.", "normalize.", "encoder.embed.conv",
-                             "encoder.after_norm", "ctc.")):
+        elif key.startswith(("frontend.", "normalize.", "encoder.embed.conv", "encoder.after_norm", "ctc.")):
             out[key] = value
         elif m := ATTENTION.match(key):
             layer, name = num_local + int(m.group(1)), m.group(2)
@@ -145,8 +138,11 @@ def write_conformer_init(
 
     state = load_state_dict(device_ckpt)
     grown = conformer_init_state(
-        state, kernel=kernel, local_left_context=local_left_context,
-        attention_heads=attention_heads, linear_units=linear_units,
+        state,
+        kernel=kernel,
+        local_left_context=local_left_context,
+        attention_heads=attention_heads,
+        linear_units=linear_units,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(grown, out)
@@ -156,7 +152,10 @@ def write_conformer_init(
 # The residual branches of an ESPnet Conformer layer end in these projections:
 # zeroed, the layer adds nothing to its input (see deepen_conformer_state).
 _RESIDUAL_OUTPUTS = (
-    "feed_forward_macaron.w_2", "self_attn.linear_out", "conv_module.pointwise_conv2", "feed_forward.w_2",
+    "feed_forward_macaron.w_2",
+    "self_attn.linear_out",
+    "conv_module.pointwise_conv2",
+    "feed_forward.w_2",
 )
 _LAYER = re.compile(r"^encoder\.encoders\.(\d+)\.(.+)$")
 
@@ -225,9 +224,13 @@ def write_deeper_model(model_dir: Path, out_dir: Path, after: list[int]) -> Path
     before, layers = int(config["encoder_conf"]["num_blocks"]), sorted(set(after))
     config["encoder_conf"]["num_blocks"] = before + len(layers)
     pasu = config.setdefault("pasu", {})  # the package's own history, carried into the model card
-    pasu["history"] = [*pasu.get("history", []), (
-        f"deepened from {before} to {before + len(layers)} Conformer layers: a new layer after layers "
-        f"{', '.join(map(str, layers))}, starting as the identity (pasu.tools.train.grow).")]
+    pasu["history"] = [
+        *pasu.get("history", []),
+        (
+            f"deepened from {before} to {before + len(layers)} Conformer layers: a new layer after layers "
+            f"{', '.join(map(str, layers))}, starting as the identity (pasu.tools.train.grow)."
+        ),
+    ]
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out_dir
 

@@ -112,8 +112,9 @@ def package_model(
     return out_dir
 
 
-def shared_decoder(device: dict[str, torch.Tensor], cloud: dict[str, torch.Tensor],
-                   tolerance: float = 1e-5) -> dict[str, torch.Tensor]:
+def shared_decoder(
+    device: dict[str, torch.Tensor], cloud: dict[str, torch.Tensor], tolerance: float = 1e-5
+) -> dict[str, torch.Tensor]:
     """The cloud's decoder tensors, after proving the device's decoder is the same one.
 
     Differences within the rounding of the cloud's dtype (float16 rounds at 2**-11
@@ -123,8 +124,10 @@ def shared_decoder(device: dict[str, torch.Tensor], cloud: dict[str, torch.Tenso
     mine = {k for k in device if k.startswith("decoder.")}
     if set(dec) != mine:
         raise ValueError(f"device and cloud decoders differ in shape/keys: {sorted(mine ^ set(dec))[:5]}")
-    worst = max(float(((device[k].float() - v.float()).abs() - torch.finfo(v.dtype).eps * v.float().abs()).max())
-                for k, v in dec.items())
+    worst = max(
+        float(((device[k].float() - v.float()).abs() - torch.finfo(v.dtype).eps * v.float().abs()).max())
+        for k, v in dec.items()
+    )
     if worst > tolerance:
         raise ValueError(f"device decoder drifted from the cloud decoder by {worst:g}: was it frozen?")
     log.info("device decoder = cloud decoder (max |diff| %.2g)", worst)
@@ -137,7 +140,8 @@ def dir_size_mb(path: Path) -> float:
 
 def _training_summary(exp_dir: Path) -> dict[str, Any]:
     """Epochs run and the best validation accuracy, from ESPnet's train.log."""
-    text = (exp_dir / "train.log").read_text(encoding="utf-8", errors="replace") if (exp_dir / "train.log").is_file() else ""
+    train_log = exp_dir / "train.log"
+    text = train_log.read_text(encoding="utf-8", errors="replace") if train_log.is_file() else ""
     epochs = [int(m) for m in re.findall(r"(\d+)epoch results:", text)]
     accs = [float(m) for m in re.findall(r"\[valid\][^\n]*?\bacc=([0-9.]+)", text)]
     out: dict[str, Any] = {}
@@ -213,9 +217,8 @@ def write_model_card(model_dir: Path, data_manifest: Path | None = None) -> Path
         lines += ["| test set | utterances | intent accuracy | WER |", "|---|---:|---:|---:|"]
         for r in results:
             s = json.loads(r.read_text())
-            lines.append(
-                f"| {r.stem.removeprefix('eval_')} | {s['utterances']} | {100 * s['intent_acc']:.1f}% | {100 * s['wer']:.1f}% |"
-            )
+            name, acc, wer = r.stem.removeprefix("eval_"), 100 * s["intent_acc"], 100 * s["wer"]
+            lines.append(f"| {name} | {s['utterances']} | {acc:.1f}% | {wer:.1f}% |")
         lines += ["", "Each row: `pasu eval --model DIR --data SET --card-row NAME` (beam 10, CTC weight 0.5)."]
     else:
         lines.append("Not evaluated yet: `pasu eval --model DIR --data data/synth/test_voices --card-row test_voices`.")

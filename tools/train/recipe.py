@@ -82,7 +82,7 @@ class RecipeOptions:
     num_workers: int = 1  # data-loader processes per training run
     # torch threads per ESPnet run. One, measured: on a 2-core machine the data
     # loader takes part of the second core, and with any neighbour load two
-    # OpenMP threads stall at every barrier (6x the CPU time per step).
+    # OpenMP threads stall at every barrier (docs/models.md, "One torch thread").
     num_threads: int | None = 1
     seed: int = 0
     # None: from the bootstrap model's measured attention-branch weights.
@@ -110,7 +110,7 @@ class RecipeOptions:
     weights_dtype: str = "float32"
     stages: tuple[str, ...] = STAGES
 
-    def with_(self, **changes: Any) -> "RecipeOptions":
+    def with_(self, **changes: Any) -> RecipeOptions:
         return replace(self, **changes)
 
     # Where each stage puts its outputs.
@@ -153,8 +153,12 @@ class RecipeOptions:
         return int(yaml.safe_load(self.base_config(role).read_text())["max_epoch"])
 
     def base_config(self, role: str) -> Path:
-        return {"bootstrap": self.bootstrap_config, "device_ctc": self.device_config,
-                "device": self.device_config, "cloud": self.cloud_config}[role]
+        return {
+            "bootstrap": self.bootstrap_config,
+            "device_ctc": self.device_config,
+            "device": self.device_config,
+            "cloud": self.cloud_config,
+        }[role]
 
 
 @dataclass
@@ -217,12 +221,17 @@ def stage_stats(opts: RecipeOptions) -> None:
     if stats.exists():
         shutil.rmtree(stats)  # a half-written stats dir: start it over
     cmd = [
-        "--collect_stats", "true",
-        "--config", str(opts.bootstrap_config),
-        "--normalize", "none",
-        "--specaug", "none",
+        "--collect_stats",
+        "true",
+        "--config",
+        str(opts.bootstrap_config),
+        "--normalize",
+        "none",
+        "--specaug",
+        "none",
         *_data_args(opts, shapes=False),
-        "--output_dir", str(stats),
+        "--output_dir",
+        str(stats),
     ]
     _run_espnet(cmd, stats.parent / "stats.log", opts)
     n_tokens = len(_read_lines(opts.token_dir / "tokens.txt"))
@@ -284,14 +293,21 @@ def stage_train(opts: RecipeOptions, role: str) -> None:
         init = [f"{encoder}:encoder:encoder", f"{encoder}:ctc:ctc", f"{cloud}:decoder:decoder"]
         extra += ["--init_param", *init, "--freeze_param", "decoder"]
     cmd = [
-        "--config", str(config),
+        "--config",
+        str(config),
         *_data_args(opts, shapes=True),
-        "--normalize", "global_mvn",
-        "--normalize_conf", f"stats_file={opts.stats_file}",
-        "--output_dir", str(out),
-        "--resume", "true",
-        "--use_tensorboard", "false",  # neither tensorboard nor matplotlib is a pasu dependency;
-        "--use_matplotlib", "false",  # train.log has the same numbers
+        "--normalize",
+        "global_mvn",
+        "--normalize_conf",
+        f"stats_file={opts.stats_file}",
+        "--output_dir",
+        str(out),
+        "--resume",
+        "true",
+        "--use_tensorboard",
+        "false",  # neither tensorboard nor matplotlib is a pasu dependency;
+        "--use_matplotlib",
+        "false",  # train.log has the same numbers
         *extra,
         *opts.extra_args,
     ]
@@ -398,8 +414,9 @@ def run_recipe(opts: RecipeOptions) -> Path:
     if opts.retrain_decoder and opts.init_models is None:
         raise ValueError("retrain_decoder continues a trained pair: it needs init_models (--init-from)")
     if opts.retrain_decoder and "cloud" in opts.stages and "device" not in opts.stages:
-        raise ValueError("a retrained decoder no longer fits the pair's device: "
-                         "add device to the stages so it adapts to the new one")
+        raise ValueError(
+            "a retrained decoder no longer fits the pair's device: add device to the stages so it adapts to the new one"
+        )
     for split in (opts.train_set, opts.valid_set):
         if not (opts.data_dir / split / "wav.scp").is_file():
             raise FileNotFoundError(
@@ -422,9 +439,7 @@ def run_recipe(opts: RecipeOptions) -> Path:
         "eval": stage_eval,
     }
     opts.exp_dir.mkdir(parents=True, exist_ok=True)
-    (opts.exp_dir / "recipe_options.json").write_text(
-        json.dumps(asdict(opts), indent=2, default=str) + "\n"
-    )
+    (opts.exp_dir / "recipe_options.json").write_text(json.dumps(asdict(opts), indent=2, default=str) + "\n")
     stages = [s for s in STAGES if s in opts.stages]
     if opts.init_models is not None:
         skipped = [s for s in stages if s in FINETUNE_SKIPS]
@@ -432,8 +447,7 @@ def run_recipe(opts: RecipeOptions) -> Path:
             log.info("fine-tuning %s: stages %s are not needed", opts.init_models, ",".join(skipped))
         stages = [s for s in stages if s not in FINETUNE_SKIPS]
     # a retrained decoder is the cloud's to finish before the device can adapt to it
-    side_by_side = (opts.init_models is not None and not opts.retrain_decoder
-                    and {"cloud", "device"} <= set(stages))
+    side_by_side = opts.init_models is not None and not opts.retrain_decoder and {"cloud", "device"} <= set(stages)
     for stage in stages:
         if side_by_side and stage == "device":  # ran beside the cloud
             continue
@@ -479,9 +493,22 @@ def _in_parallel(jobs: Sequence[Callable[[], None]]) -> None:
 # What a fine-tuned model takes from the model it continues: everything that makes
 # its weights fit (architecture, features, the loss it was trained with).
 _ARCHITECTURE_KEYS = (
-    "frontend", "frontend_conf", "normalize", "specaug", "specaug_conf", "preencoder",
-    "preencoder_conf", "encoder", "encoder_conf", "postencoder", "postencoder_conf",
-    "decoder", "decoder_conf", "ctc_conf", "model", "model_conf",
+    "frontend",
+    "frontend_conf",
+    "normalize",
+    "specaug",
+    "specaug_conf",
+    "preencoder",
+    "preencoder_conf",
+    "encoder",
+    "encoder_conf",
+    "postencoder",
+    "postencoder_conf",
+    "decoder",
+    "decoder_conf",
+    "ctc_conf",
+    "model",
+    "model_conf",
 )
 
 
@@ -499,8 +526,10 @@ def write_finetune_config(base: Path, init_config: Path, path: Path) -> dict[str
     # a warm start: half the from-scratch peak and a short warm-up (as v2 did)
     config["optim_conf"] = {**config.get("optim_conf", {}), "lr": 0.001}
     config["scheduler_conf"] = {**config.get("scheduler_conf", {}), "warmup_steps": 500}
-    header = (f"# Generated by pasu.tools.train.recipe: training settings from {base.name}, the "
-              f"architecture of {init_config}.\n")
+    header = (
+        f"# Generated by pasu.tools.train.recipe: training settings from {base.name}, the "
+        f"architecture of {init_config}.\n"
+    )
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))
     return config
 
@@ -651,12 +680,18 @@ def _package_notes(opts: RecipeOptions, role: str) -> dict[str, Any]:
         init = yaml.safe_load((opts.init_model(role) / "config.yaml").read_text()).get("pasu", {})
         if "bootstrap_attention_branch_weights" in init:
             notes["bootstrap_attention_branch_weights"] = init["bootstrap_attention_branch_weights"]
-        notes["history"] = [*init.get("history", []), (
-            f"v{opts.version}: continued from {init.get('name', role)} version {init.get('version', '?')} "
-            f"for {opts.epochs(role)} epochs on {opts.data_dir}, "
-            + ("the shared decoder retrained by the cloud" if opts.retrain_decoder else "the shared decoder frozen")
-            + " (pasu train --init-from" + (" --retrain-decoder" if opts.retrain_decoder else "")
-            + "".join(f" {a}" for a in opts.extra_args) + ").")]
+        notes["history"] = [
+            *init.get("history", []),
+            (
+                f"v{opts.version}: continued from {init.get('name', role)} version {init.get('version', '?')} "
+                f"for {opts.epochs(role)} epochs on {opts.data_dir}, "
+                + ("the shared decoder retrained by the cloud" if opts.retrain_decoder else "the shared decoder frozen")
+                + " (pasu train --init-from"
+                + (" --retrain-decoder" if opts.retrain_decoder else "")
+                + "".join(f" {a}" for a in opts.extra_args)
+                + ")."
+            ),
+        ]
     timings = opts.exp_dir / "timings.json"
     if timings.is_file():
         t = json.loads(timings.read_text())
@@ -673,30 +708,47 @@ def _package_notes(opts: RecipeOptions, role: str) -> dict[str, Any]:
 def _data_args(opts: RecipeOptions, shapes: bool) -> list[str]:
     tr, va = opts.data_dir / opts.train_set, opts.data_dir / opts.valid_set
     args = [
-        "--use_preprocessor", "true",
-        "--token_type", "bpe",
-        "--bpemodel", str(opts.token_dir / "bpe.model"),
-        "--token_list", str(opts.token_dir / "tokens.txt"),
-        "--train_data_path_and_name_and_type", f"{tr / 'wav.scp'},speech,sound",
-        "--train_data_path_and_name_and_type", f"{tr / 'text'},text,text",
-        "--valid_data_path_and_name_and_type", f"{va / 'wav.scp'},speech,sound",
-        "--valid_data_path_and_name_and_type", f"{va / 'text'},text,text",
-        "--ngpu", "0",
-        "--num_workers", str(opts.num_workers),
-        "--seed", str(opts.seed),
+        "--use_preprocessor",
+        "true",
+        "--token_type",
+        "bpe",
+        "--bpemodel",
+        str(opts.token_dir / "bpe.model"),
+        "--token_list",
+        str(opts.token_dir / "tokens.txt"),
+        "--train_data_path_and_name_and_type",
+        f"{tr / 'wav.scp'},speech,sound",
+        "--train_data_path_and_name_and_type",
+        f"{tr / 'text'},text,text",
+        "--valid_data_path_and_name_and_type",
+        f"{va / 'wav.scp'},speech,sound",
+        "--valid_data_path_and_name_and_type",
+        f"{va / 'text'},text,text",
+        "--ngpu",
+        "0",
+        "--num_workers",
+        str(opts.num_workers),
+        "--seed",
+        str(opts.seed),
     ]
     if shapes:
         s = opts.stats_dir
         args += [
-            "--train_shape_file", str(s / "train" / "speech_shape"),
-            "--train_shape_file", str(s / "train" / "text_shape.bpe"),
-            "--valid_shape_file", str(s / "valid" / "speech_shape"),
-            "--valid_shape_file", str(s / "valid" / "text_shape.bpe"),
+            "--train_shape_file",
+            str(s / "train" / "speech_shape"),
+            "--train_shape_file",
+            str(s / "train" / "text_shape.bpe"),
+            "--valid_shape_file",
+            str(s / "valid" / "speech_shape"),
+            "--valid_shape_file",
+            str(s / "valid" / "text_shape.bpe"),
         ]
     else:  # collect_stats reads the utterance ids from the "shape" (key) files
         args += [
-            "--train_shape_file", str(tr / "wav.scp"),
-            "--valid_shape_file", str(va / "wav.scp"),
+            "--train_shape_file",
+            str(tr / "wav.scp"),
+            "--valid_shape_file",
+            str(va / "wav.scp"),
         ]
     return args
 

@@ -84,4 +84,3 @@ def train_bpe(
         raise RuntimeError(f"intent labels not single BPE pieces: {missing[:5]}")
     log.info("BPE: %d pieces (%d intent labels) -> %s", len(pieces), len(intents), token_file)
     return Path(str(prefix) + ".model"), token_file
-
