@@ -43,7 +43,7 @@ class LatencyBenchOptions:
     realtime: bool = False
     ablation: bool = True  # one extra run per technique alone
     warmup: int = 1
-    # "wall": compute measured as elapsed time; "cpu": as the calling thread's CPU time,
+    # "wall": compute counted as elapsed time; "cpu": as the calling thread's CPU time,
     # which other jobs on a shared machine do not inflate (right with one torch thread)
     clock: str = "wall"
 

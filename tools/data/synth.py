@@ -63,7 +63,7 @@ BABBLE_BANK = 24
 # share of training utterances per engine (espeak-ng has 648 voices, flite 2). flite's
 # two are the only natural-sounding (statistical parametric) training voices, and
 # the test voices are all natural-sounding, so flite gets a large share, most of it
-# pitch- and formant-shifted into other speakers (see _train_aug). Why, measured:
+# pitch- and formant-shifted into other speakers (see _train_aug). Why, with the figures:
 # docs/data.md ("Why the voice shift and the channel").
 ENGINE_WEIGHTS = {"espeak-ng": 0.55, "flite": 0.45}
 
