@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 
-from pasu.audio import AudioError
+from pasu.audio import AudioError, min_encodable_samples
 from pasu.cloud import reuse as reuse_mod
 from pasu.cloud.audio_input import InvalidRequest
 from pasu.cloud.config import WorkerConfig
@@ -44,8 +44,7 @@ INPUT_ERRORS: tuple[type[Exception], ...] = (InvalidRequest, AudioError, TooShor
 
 def check_encodable(samples: np.ndarray, model: LoadedModel) -> None:
     """InvalidRequest for audio too short for the model's STFT (where torch fails with a RuntimeError)."""
-    stft = getattr(getattr(model.model, "frontend", None), "stft", None)
-    min_samples = stft.n_fft // 2 + 1 if stft is not None and stft.center else 1
+    min_samples = min_encodable_samples(model.model)
     if samples.ndim != 1 or samples.size < min_samples:
         raise InvalidRequest(f"{samples.size} samples of shape {samples.shape}; the STFT needs {min_samples} or more")
 

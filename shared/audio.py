@@ -143,3 +143,10 @@ def read_wav_scp(data_dir: str | Path) -> dict[str, str]:
                 out[key] = str(base / p)
                 break
     return out
+
+
+def min_encodable_samples(asr_model: object) -> int:
+    """The fewest samples the model's front end takes: torch.stft's reflect padding (``center``)
+    needs more than ``n_fft // 2``; shorter audio fails with a plain RuntimeError."""
+    stft = getattr(getattr(asr_model, "frontend", None), "stft", None)
+    return stft.n_fft // 2 + 1 if stft is not None and stft.center else 1

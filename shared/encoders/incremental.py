@@ -27,6 +27,7 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.layers.global_mvn import GlobalMVN
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 
+from pasu.audio import min_encodable_samples
 from pasu.encoders.late import LateContextEncoder, subsampling_convs
 from pasu.encoders.local_block import LocalBlock
 from pasu.encoders.stages import LocalBlockStage, StftFeatureStage, SubsamplingStage
@@ -186,9 +187,8 @@ class IncrementalEncoder:
             return None
         speech = torch.cat(self._samples)
         self._samples = [speech]
-        stft = getattr(self.model.frontend, "stft", None)
-        if stft is not None and stft.center and speech.numel() <= stft.n_fft // 2:
-            return None  # torch.stft's reflect padding needs more samples
+        if speech.numel() < min_encodable_samples(self.model):
+            return None
         try:
             with forward_lock(self.model):
                 return cast(ESPnetASRModel, self.model).encode(

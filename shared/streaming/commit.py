@@ -90,7 +90,7 @@ class PrefixCommitter:
                 return self._refuse("unconfirmed")
             if keep < len(prefix):
                 prefix = prefix[:keep]
-            hint = self._cache.update(prefix, lp, leap=True)  # a cut: the rows are there already
+                hint = self._cache.update(prefix, lp, leap=True)  # a cut: the rows are there already
         return Seed(prefix, hint if self.o.ctc_leap else None, leapt)
 
     def _agreed(self, pilots: Sequence[Sequence[NBestEntry]], frames: int) -> list[int] | None:

@@ -22,7 +22,7 @@ import torch
 from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 from rapidfuzz.distance import Levenshtein
 
-from pasu.audio import check_samples
+from pasu.audio import check_samples, min_encodable_samples
 from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.decoding.scorers import EncoderBatch
 from pasu.streaming.commit import PrefixCommitter, Seed
@@ -177,9 +177,8 @@ class StreamingSession:
             return None
         audio = np.concatenate(self._audio)
         self._audio = [audio]
-        stft = getattr(self.rec.model.model.frontend, "stft", None)
-        if stft is not None and stft.center and len(audio) <= stft.n_fft // 2:
-            return None  # torch.stft's reflect padding needs more samples
+        if len(audio) < min_encodable_samples(self.rec.model.model):
+            return None
         try:
             return self.rec.encode([audio])
         except TooShortUttError as e:  # too short for the subsampling yet

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -176,7 +177,7 @@ class LatencyBenchResult:
             "utterances": len(rows),
             # how many utterances each technique fired in (all-on run)
             "fired": {k: sum(bool(r.pasu.fired.get(k)) for r in rows) for k in FIRED},
-            "refused": _sum_dicts(r.pasu.refused for r in rows),
+            "refused": dict(sum((Counter(r.pasu.refused) for r in rows), Counter())),
             "after_speech_decoder_s": round(_p([r.pasu.decoder_s for r in rows], 50), 4),
         }
         offs = [r.off for r in rows if r.off is not None]
@@ -215,14 +216,6 @@ class LatencyBenchResult:
 def _share(flags) -> float:
     flags = list(flags)
     return round(sum(flags) / max(1, len(flags)), 4)
-
-
-def _sum_dicts(dicts) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 def _starts_with(ref: list[int], hyp: list[int], n: int) -> bool:
