@@ -76,6 +76,7 @@ class Batcher:
         self.batches = 0  # batched searches run (for tests and the benchmark)
         self.searched = 0  # utterances that went through a beam search
         self.busy_s = 0.0  # time the thread spent computing (encode + search + rescoring)
+        self.busy_cpu_s = 0.0  # the same in the thread's CPU time (robust to a loaded machine)
         self.decode_busy_s = 0.0  # of which beam search and rescoring: what decoder reuse saves
 
     # -- public ----------------------------------------------------------
@@ -138,7 +139,7 @@ class Batcher:
             batch = self._take_batch()
             if batch is None:
                 return
-            t = time.monotonic()
+            t, c = time.monotonic(), time.thread_time()
             try:
                 self._process(batch)
             except Exception as e:  # a bug or a torch error: fail the batch, keep serving
@@ -147,6 +148,7 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(e)
             self.busy_s += time.monotonic() - t
+            self.busy_cpu_s += time.thread_time() - c
 
     def _take_batch(self) -> list[Job] | None:
         cfg = self.config
@@ -232,8 +234,15 @@ class Batcher:
         for job in jobs:
             if job.device_seqs is None:
                 search.append(job)
-            elif job.device_seqs and self.config.reuse == "rescore":
+            elif job.device_seqs and self.config.reuse == "rescore" and job.device_complete:
                 reusable.append(job)
+            elif (
+                job.device_seqs
+                and self.config.reuse == "seed"
+                and len(jobs) == 1  # a seed's CTC state covers one utterance: never break up a batch
+                and self._seeded(rec, job, encoded, outcomes)
+            ):
+                continue
             else:
                 outcomes[id(job)].reuse = reuse_mod.FULL_DECODE
                 self.metrics.reuse.labels("full_decode").inc()
@@ -274,6 +283,28 @@ class Batcher:
             out.nbest, out.batch_size = nbest, len(search)
             out.decode_s += decode_s
             self._resolve(job, out)
+
+    def _seeded(
+        self, rec: Recognizer, job: Job, encoded: dict[int, EncoderBatch], outcomes: dict[int, Outcome]
+    ) -> bool:
+        """Search ``job`` from the prefix of its device hypothesis that this model confirms;
+        False: nothing confirmed."""
+        enc, out = encoded[id(job)], outcomes[id(job)]
+        t = time.monotonic()
+        seed = reuse_mod.seed(rec, enc, job.device_seqs or [])
+        if seed is None or len(seed.prefix) >= int(enc.lengths[0]) - 1:
+            out.decode_s = time.monotonic() - t
+            self.decode_busy_s += out.decode_s
+            return False
+        out.nbest = rec.decode(enc, prefixes=[seed.prefix], prime_hints=seed.prime_hints())[0]
+        out.decode_s, out.reuse, out.seed_tokens = time.monotonic() - t, reuse_mod.SEEDED, len(seed.prefix)
+        self.decode_busy_s += out.decode_s
+        self.searched += 1
+        self.batches += 1
+        self.metrics.reuse.labels("seeded").inc()
+        self.metrics.decoded.inc()
+        self._resolve(job, out)
+        return True
 
     def _resolve(self, job: Job, out: Outcome) -> None:
         for stage, s in (("queue", out.queue_s), ("encode", out.encode_s), ("decode", out.decode_s)):

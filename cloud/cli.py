@@ -13,6 +13,7 @@ import signal
 import threading
 from pathlib import Path
 
+from pasu.cli import flag_values
 from pasu.cloud.config import REUSE_POLICIES, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,13 @@ def add_worker_args(p: argparse.ArgumentParser, serve: bool = True) -> None:
     g.add_argument("--max-beam-size", type=int, default=d.max_beam_size)
     g.add_argument("--nbest", type=int, default=d.default_nbest, help="default n-best")
     g.add_argument("--ctc-weight", type=float, default=d.ctc_weight)
+    g.add_argument("--lm-weight", type=float, default=d.lm_weight, help="LM shallow fusion (needs the model's LM)")
     g.add_argument(
         "--reuse",
         choices=REUSE_POLICIES,
         default=d.reuse,
-        help="Offload decoder reuse: rescore the device n-best, or always decode",
+        help="Offload decoder reuse: rescore the device's complete n-best, seed the search with "
+        "the device's latest hypothesis as far as this model confirms it, or off (always search)",
     )
     g.add_argument("--reuse-margin", type=float, default=d.reuse_margin)
     g.add_argument(
@@ -108,29 +111,18 @@ def read_tokens(path: Path | None) -> tuple[str, ...]:
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
-        device=args.device,
-        max_batch_size=args.max_batch_size,
-        max_batch_wait_ms=args.max_batch_wait_ms,
-        max_queue=args.max_queue,
-        max_message_bytes=args.max_message_bytes,
-        max_audio_seconds=args.max_audio_seconds,
+        **flag_values(
+            args,
+            "host port metrics_port device max_batch_size max_batch_wait_ms max_queue max_message_bytes "
+            "max_audio_seconds ctc_weight lm_weight reuse reuse_margin rejection_threshold idempotency_cache_size "
+            "tls_cert tls_key tls_client_ca",
+        ),
         allowed_sample_rates=tuple(int(r) for r in args.sample_rates.split(",") if r.strip()),
         default_beam_size=args.beam_size,
         max_beam_size=max(args.max_beam_size, args.beam_size),
         default_nbest=args.nbest,
         max_nbest=max(WorkerConfig().max_nbest, args.nbest),
-        ctc_weight=args.ctc_weight,
-        reuse=args.reuse,
-        reuse_margin=args.reuse_margin,
-        rejection_threshold=args.rejection_threshold,
         idempotency_window_s=args.idempotency_window,
-        idempotency_cache_size=args.idempotency_cache_size,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
         bearer_tokens=read_tokens(args.bearer_token_file),
         grace_s=args.grace,
         drain_s=args.drain,

@@ -79,7 +79,10 @@ def offload_requests(
     beam_size: int | None = None,
     nbest: int | None = None,
     chunk_bytes: int = 3200,
+    update: speech_service_pb2.DeviceResult | None = None,
 ) -> Iterator[speech_service_pb2.OffloadRequest]:
+    """An Offload stream: config (with the device's n-best), the audio, then the device's
+    newer n-best ``update`` if any (what an agent that keeps its pilots running sends)."""
     cfg = speech_service_pb2.OffloadConfig(
         request_id=request_id,
         audio_format=audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=rate),
@@ -91,6 +94,8 @@ def offload_requests(
     yield speech_service_pb2.OffloadRequest(config=cfg)
     for c in chunks(audio_bytes(samples, rate, encoding), chunk_bytes):
         yield speech_service_pb2.OffloadRequest(audio=c)
+    if update is not None:
+        yield speech_service_pb2.OffloadRequest(device_update=update)
 
 
 def streaming_requests(

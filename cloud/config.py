@@ -13,8 +13,8 @@ from typing import Literal
 
 from pasu.decoding.options import DecodingOptions
 
-ReusePolicy = Literal["off", "rescore"]
-REUSE_POLICIES: tuple[str, ...] = ("off", "rescore")
+ReusePolicy = Literal["off", "rescore", "seed"]
+REUSE_POLICIES: tuple[str, ...] = ("off", "rescore", "seed")
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,14 @@ class WorkerConfig:
     max_nbest: int = 10
     ctc_weight: float = DecodingOptions().ctc_weight
     penalty: float = 0.0
+    lm_weight: float = 0.0  # shallow fusion with the model's own LM (its lm/ folder); 0: none
     interim_beam_size: int = 1  # pilot inference for StreamingRecognize interim results
     interim_interval_s: float = 1.0  # audio between two interim results
 
-    # decoder reuse (Offload): rescore the device n-best instead of searching
-    reuse: ReusePolicy = "rescore"
+    # decoder reuse (Offload): "rescore" the device's complete n-best instead of searching,
+    # "seed" the search with the device's latest hypothesis as far as this model confirms it
+    # (pasu.cloud.reuse), or "off"; the default and why: docs/cloud.md, "Decoder reuse"
+    reuse: ReusePolicy = "seed"
     # answer the (cloud-re-ranked) best device hypothesis only if its CTC
     # log-probability trails the CTC best path by at most this many nats
     reuse_margin: float = 5.0

@@ -41,6 +41,7 @@ class Outcome:
     encode_s: float = 0.0
     decode_s: float = 0.0
     batch_size: int = 1
+    seed_tokens: int = 0  # reuse "seed": device tokens the cloud's search started from
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Job:
     request_id: str = ""
     rpc: str = ""
     device_seqs: list[list[int]] | None = None  # Offload: device n-best as cloud token ids
+    device_complete: bool = False  # they cover the whole segment (rescoring needs that)
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
     _waiters: int = 0

@@ -37,6 +37,9 @@ class WorkerMetrics:
         self.dropped = Counter("pasu_cloud_dropped", "Jobs dropped before decoding", ("reason",), registry=r)
         self.rejected = Counter("pasu_cloud_queue_rejected", "Requests refused because the queue was full", registry=r)
         self.reuse = Counter("pasu_cloud_decoder_reuse", "Offload decoder-reuse outcomes", ("outcome",), registry=r)
+        self.device_updates = Counter(
+            "pasu_cloud_device_updates", "Newer device n-best lists received in Offload streams", registry=r
+        )
         self.idempotent = Counter(
             "pasu_cloud_idempotent_hits", "Retries answered without a new decode", ("kind",), registry=r
         )

@@ -1,4 +1,12 @@
-"""Decoder reuse: rescore the device's n-best with the cloud model instead of searching.
+"""Decoder reuse: the cloud continues the device's hypotheses instead of starting afresh.
+
+Two policies (``WorkerConfig.reuse``). ``seed``: the device's latest best
+hypothesis — from the pilot that decided to offload, or a newer one the device
+sent while audio still streamed (``OffloadRequest.device_update``) — is cut
+where the cloud's own decoder and CTC stop confirming it
+(:func:`pasu.streaming.commit.confirm`, the rule the device's pilots use), and
+the cloud's beam search runs only beyond it, from that prefix's CTC forward
+variables. ``rescore``, for a device result that covers the whole segment:
 
 A beam search runs ``beam`` rows per utterance through a pruning loop until
 end detection; scoring a few given token sequences teacher-forced runs ``n``
@@ -25,14 +33,16 @@ import torch
 from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.decoding.scorers import EncoderBatch
 from pasu.models import LoadedModel, forward_lock, token_list_id  # noqa: F401  (token_list_id: re-exported)
-from pasu.v1 import hypothesis_pb2, speech_service_pb2
+from pasu.streaming.commit import Seed, confirm, decoder_logp
+from pasu.v1 import speech_service_pb2
 
 log = logging.getLogger(__name__)
 
 ACCEPTED = speech_service_pb2.DECODER_REUSE_ACCEPTED_DEVICE_HYPOTHESIS
 RESCORED = speech_service_pb2.DECODER_REUSE_RESCORED
+SEEDED = speech_service_pb2.DECODER_REUSE_SEEDED_BEAM
 FULL_DECODE = speech_service_pb2.DECODER_REUSE_FULL_DECODE
-OUTCOME_NAMES = {ACCEPTED: "accepted", RESCORED: "rescored", FULL_DECODE: "full_decode"}
+OUTCOME_NAMES = {ACCEPTED: "accepted", RESCORED: "rescored", SEEDED: "seeded", FULL_DECODE: "full_decode"}
 
 
 def device_token_ids(
@@ -199,6 +209,27 @@ def decide(
     return out
 
 
+@torch.inference_mode()
+def seed(recognizer: Recognizer, enc: EncoderBatch, device_seqs: Sequence[Sequence[int]]) -> Seed | None:
+    """The prefix of the device's best hypothesis that this model confirms on ``enc`` (one
+    utterance), with its CTC forward variables; None when it confirms not even one token.
+
+    One teacher-forced decoder pass and one CTC forward scan over the prefix: each token
+    must still be the cloud's own best next token under its search's weighting.
+    """
+    if not device_seqs or not device_seqs[0]:
+        return None
+    model: Any = recognizer.model.model
+    with forward_lock(model):  # the decoder's attention keeps per-call state
+        lp = model.ctc.log_softmax(enc.enc)[0, : int(enc.lengths[0])]
+        return confirm(
+            list(device_seqs[0]),
+            lp,
+            lambda prefix: decoder_logp(recognizer, enc, prefix),
+            recognizer.options.ctc_weight,
+        )
+
+
 def confidences(scores: Sequence[float]) -> list[float]:
     """A posterior over the n-best from their total scores (softmax)."""
     if not scores:
@@ -207,11 +238,3 @@ def confidences(scores: Sequence[float]) -> list[float]:
     w = [math.exp(s - top) for s in scores]
     z = sum(w)
     return [x / z for x in w]
-
-
-def to_proto_scores(entry: NBestEntry) -> hypothesis_pb2.ScorerScores:
-    s = hypothesis_pb2.ScorerScores(total=entry.score)
-    for k in ("decoder", "ctc", "length_bonus"):
-        if k in entry.scores:
-            setattr(s, k, entry.scores[k])
-    return s

@@ -129,6 +129,8 @@ class CloudWorker:
                 model = src()
             else:
                 model = load_model(src, self.config.device)
+            if self.config.lm_weight > 0 and model.lm is None:
+                raise ValueError(f"lm_weight {self.config.lm_weight} but {model.name} came with no LM (its lm/ folder)")
             batcher = Batcher(model, self.config, self.metrics)
             batcher.start()
             tid = token_list_id(model.token_list)

@@ -29,6 +29,7 @@ from pasu.models import LoadedModel
 from pasu.slu import answer_score, model_rejection_threshold, rejection_reason, split_intent
 from pasu.v1 import hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
 from pasu.wire import duration as _duration
+from pasu.wire import scorer_scores
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
                 )
                 if o.reuse is not None:
                     extra["reuse"] = reuse_mod.OUTCOME_NAMES.get(o.reuse, str(o.reuse))
+                if o.seed_tokens:
+                    extra["seed_tokens"] = o.seed_tokens
             log.info("request", extra=extra)
 
     def _check_size(self, msg, where: str) -> None:
@@ -158,7 +161,13 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
             if opts.nbest < 1:
                 raise InvalidRequest(f"decoding_options.nbest must be >= 1, got {opts.nbest}")
             nbest = min(opts.nbest, cfg.max_nbest)
-        return DecodingOptions(beam_size=beam, nbest=min(nbest, beam), ctc_weight=cfg.ctc_weight, penalty=cfg.penalty)
+        return DecodingOptions(
+            beam_size=beam,
+            nbest=min(nbest, beam),
+            ctc_weight=cfg.ctc_weight,
+            penalty=cfg.penalty,
+            lm_weight=cfg.lm_weight,
+        )
 
     def _wait(self, job: Job, context: grpc.ServicerContext) -> Outcome:
         """Block until ``job`` is done, or the caller has gone (then let the batcher drop it)."""
@@ -186,13 +195,19 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
         options: DecodingOptions,
         context: grpc.ServicerContext,
         device_seqs: list[list[int]] | None = None,
+        device_complete: bool = False,
     ) -> Outcome:
         """Decode once per request_id: join an attempt in flight, or queue a new job."""
         key = (call.rpc, call.request_id)
 
         def submit() -> Job:
             job = Job(
-                samples=samples, options=options, request_id=call.request_id, rpc=call.rpc, device_seqs=device_seqs
+                samples=samples,
+                options=options,
+                request_id=call.request_id,
+                rpc=call.rpc,
+                device_seqs=device_seqs,
+                device_complete=device_complete,
             )
             state.batcher.submit(job)
             return job
@@ -248,8 +263,9 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
             raise InvalidRequest(f"audio before config: the first message of a {what} stream must carry `config`")
         return first.config
 
-    def _read_audio(self, requests, asm: AudioAssembler, what: str) -> Iterator[None]:
-        """Feed the rest of a stream into ``asm``, yielding after each chunk (for interim results)."""
+    def _read_audio(self, requests, asm: AudioAssembler, what: str, updates: list | None = None) -> Iterator[None]:
+        """Feed the rest of a stream into ``asm``, yielding after each chunk (for interim results);
+        an Offload stream's latest ``device_update`` is kept in ``updates`` (the rest are dropped)."""
         for n, msg in enumerate(requests, start=2):
             self._check_size(msg, f"message {n}")
             kind = msg.WhichOneof("request")
@@ -257,6 +273,10 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
                 raise InvalidRequest(
                     f"second config in the {what} stream (message {n}); only the first message may carry `config`"
                 )
+            if kind == "device_update" and updates is not None:
+                updates[:] = [msg.device_update]
+                self.metrics.device_updates.inc()
+                continue
             if kind != "audio":
                 raise InvalidRequest(f"message {n} of the {what} stream carries neither config nor audio")
             asm.add(msg.audio)
@@ -290,15 +310,18 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
             out = self._cached(call)  # a retry of a finished segment: answer before its audio
             if out is None:
                 asm = AudioAssembler(cfg.audio_format, self.config, state.model.sample_rate)
-                for _ in self._read_audio(requests, asm, "Offload"):
+                updates: list[speech_service_pb2.DeviceResult] = []
+                for _ in self._read_audio(requests, asm, "Offload", updates):
                     pass
                 samples = asm.samples()
-                seqs: list[list[int]] = []
-                _check_device_result(cfg.device_result, samples.size / state.model.sample_rate)
-                if cfg.device_result.complete:
-                    seqs, how = reuse_mod.device_token_ids(cfg.device_result, state.model, state.token_list_id)
-                    log.debug("device hypotheses via %s", how, extra={"request_id": call.request_id})
-                out = self._decode(state, call, samples, options, context, device_seqs=seqs)
+                device = updates[-1] if updates else cfg.device_result  # the latest the device sent
+                for d in (cfg.device_result, *updates):
+                    _check_device_result(d, samples.size / state.model.sample_rate)
+                seqs, how = reuse_mod.device_token_ids(device, state.model, state.token_list_id)
+                log.debug("device hypotheses via %s", how, extra={"request_id": call.request_id})
+                out = self._decode(
+                    state, call, samples, options, context, device_seqs=seqs, device_complete=device.complete
+                )
             return speech_service_pb2.OffloadResponse(
                 request_id=call.request_id,
                 result=self.result(state, out, call),
@@ -364,7 +387,7 @@ def _hypothesis(e, confidence: float) -> hypothesis_pb2.Hypothesis:
         text=transcript,
         intent=intent or "",
         token_ids=e.token_ids,
-        scores=reuse_mod.to_proto_scores(e),
+        scores=scorer_scores(e),
         confidence=confidence,
     )
 

@@ -33,7 +33,7 @@ from pasu.device.config import AgentConfig
 from pasu.device.offload import CloudClient, OffloadCall, OffloadError, device_result, new_request_id, offload_config
 from pasu.device.output import SegmentOutcome, interim_record, segment_record
 from pasu.device.policy import DecisionContext, OffloadPolicy
-from pasu.device.vad import VadSegmenter, to_int16
+from pasu.device.vad import VadSegmenter, not_speech_reason, to_int16
 from pasu.models import LoadedModel, load_model
 from pasu.slu import rejection_reason, split_intent
 from pasu.streaming.session import FinalResult, StreamingSession
@@ -116,7 +116,7 @@ class DeviceAgent:
                     out.extend(runs[ev.segment].feed(ev.audio))
                 else:
                     run = runs.pop(ev.segment)
-                    run.end(ev.at / self.rate, ev.cut)
+                    run.end(ev.at / self.rate, ev.cut, ev.speech_s)
                     pending.append(self._finisher.submit(run.finish))
 
         failure: Exception | None = None
@@ -152,6 +152,8 @@ class _SegmentRun:
         self.start_s = start_s
         self.end_s: float | None = None
         self.cut = False
+        self.speech_s: float | None = None  # the VAD's speech in the segment, once it ended
+        self.not_speech: str | None = None  # the VAD's verdict on the segment's audio (at the end)
         cfg = agent.config
         self.session = StreamingSession(agent.recognizer, cfg.streaming, background=cfg.background)
         self.tracker = FeatureTracker()
@@ -174,7 +176,10 @@ class _SegmentRun:
         self.samples += audio.size
         if self.call is not None:
             self.call.push(pcm)
-        return self._new_pilots(decide=True)
+        out = self._new_pilots(decide=True)
+        if self.call is None:  # the slo policy's capacity check (the others stay here)
+            self._decide(DecisionContext("chunk", None, self.samples / self.a.rate, self._seen_pilots))
+        return out
 
     def _new_pilots(self, decide: bool) -> list[dict]:
         out = []
@@ -189,13 +194,18 @@ class _SegmentRun:
                 out.append(interim_record(self.name, self.index, self.start_s, rec.audio_s, rec.nbest[0].text, conf))
             if decide and self.call is None:
                 self._decide(DecisionContext("pilot", conf, rec.audio_s, self._seen_pilots), rec.nbest)
+            elif self.call is not None and rec.nbest:  # offloaded: the cloud may continue this pilot's
+                m = self.a.model
+                self.call.update(device_result(rec.nbest, m.name, m.version, m.token_list, conf, complete=False))
         return out
 
-    def end(self, end_s: float, cut: bool) -> None:
-        self.end_s, self.cut = end_s, cut
+    def end(self, end_s: float, cut: bool, speech_s: float | None = None) -> None:
+        self.end_s, self.cut, self.speech_s = end_s, cut, speech_s
         self.t_end = time.perf_counter()
         if self.call is not None:
             self.call.finish()
+        else:  # end of speech, before the final pass: the slo policy's last capacity check
+            self._decide(DecisionContext("end", None, self.samples / self.a.rate, self._seen_pilots))
 
     def _decide(self, ctx: DecisionContext, nbest=None, final: FinalResult | None = None) -> None:
         d = self.a.policy.decide(ctx)
@@ -258,13 +268,16 @@ class _SegmentRun:
         else:
             self.confidence = 0.0
         self.breakdown["confidence_ms"] = 1000 * (time.perf_counter() - t0) - self.breakdown["local_final_ms"]
+        if self.speech_s is not None:  # the segment ended (not cut off by a failing input)
+            self.not_speech = not_speech_reason(self.speech_s, np.frombuffer(b"".join(self._pcm), dtype="<i2"))
         best = final.best if final is not None else None
         text = best.text if best else ""
         if self.call is None:
             heard = self.samples / self.a.rate
-            words = bool(split_intent(text)[1].strip())  # no words: non-speech, never the cloud's to answer
+            # no words, or audio the VAD judged no command: never the cloud's to answer
+            words = bool(split_intent(text)[1].strip()) and self.not_speech is None
             self._decide(DecisionContext("final", self.confidence, heard, self._seen_pilots, words=words), final=final)
-        local_reject = rejection_reason(text, self.confidence, self.a.reject_below)
+        local_reject = rejection_reason(text, self.confidence, self.a.reject_below, self.not_speech)
         if self.call is None:
             self.a.policy.segment_done(False)
             return self._outcome(text, self.confidence, error=error, reject_reason=local_reject)
@@ -291,7 +304,7 @@ class _SegmentRun:
         top = ans.nbest[0]
         # The cloud applies the same rule with its own threshold and says so in the result's
         # `understood`; the words part needs no threshold and is checked here too.
-        cloud_reject = rejection_reason(top.text, top.confidence, 0.0)
+        cloud_reject = rejection_reason(top.text, top.confidence, 0.0, self.not_speech)
         if cloud_reject is None and getattr(ans, "understood", None) is False:
             cloud_reject = "low_confidence"
         return self._outcome(

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from pasu.cli import flag_values
 from pasu.device.config import POLICY_KINDS, VAD_BACKENDS, AgentConfig, CloudClientConfig, PolicyConfig, VadOptions
 from pasu.streaming.options import StreamingOptions
 from pasu.tools.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
@@ -112,12 +113,7 @@ def add_agent_args(p: argparse.ArgumentParser) -> None:
     add_streaming_args(p)
     v = VadOptions()
     g = p.add_argument_group("voice activity detection")
-    g.add_argument(
-        "--vad",
-        choices=VAD_BACKENDS,
-        default=v.backend,
-        help="frame classifier: silero (trained, default) or webrtc (default: %(default)s)",
-    )
+    g.add_argument("--vad", choices=VAD_BACKENDS, default=v.backend, help="frame classifier (default: %(default)s)")
     g.add_argument(
         "--vad-aggressiveness", type=int, choices=(0, 1, 2, 3), default=v.aggressiveness, help="webrtcvad's mode"
     )
@@ -143,17 +139,19 @@ def add_agent_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--target-rate", type=float, default=pc.target_rate, help="budget policy: offload rate to keep")
     g.add_argument("--min-pilots", type=int, default=pc.min_pilots, help="earliest pilot that may offload")
+    g.add_argument("--slo-ms", type=float, default=pc.slo_ms, help="slo policy: response budget after speech (ms)")
+    g.add_argument(
+        "--local-rtf",
+        type=float,
+        default=pc.local_rtf,
+        help="slo/latency: the device's compute s per s of audio, fixed (default: measured as it runs)",
+    )
     g.add_argument("--no-early", action="store_true", help="decide only at the end of each segment")
     cc = CloudClientConfig()
     g = p.add_argument_group("cloud")
     g.add_argument("--cloud", default=None, help="HOST:PORT or dns:///host:port of the cloud (default: local only)")
     g.add_argument("--deadline", type=float, default=cc.deadline_s, help="seconds per attempt after the segment ends")
-    g.add_argument(
-        "--total-deadline",
-        type=float,
-        default=cc.total_deadline_s,
-        help="seconds after the segment ends before answering locally",
-    )
+    g.add_argument("--total-deadline", type=float, default=cc.total_deadline_s, help="s for all attempts, then local")
     g.add_argument("--attempts", type=int, default=cc.max_attempts)
     g.add_argument("--tls-root-cert", type=Path, default=None, help="CA certificate: use TLS")
     g.add_argument("--tls-client-cert", type=Path, default=None)
@@ -183,40 +181,25 @@ def agent_config(args: argparse.Namespace, realtime: bool, background: bool) -> 
     kind = args.policy or ("threshold" if args.cloud else "never")
     return AgentConfig(
         vad=VadOptions(
-            backend=args.vad,
-            aggressiveness=args.vad_aggressiveness,
-            padding_ms=args.vad_padding_ms,
-            min_silence_ms=args.vad_min_silence_ms,
-            max_segment_s=args.vad_max_segment_s,
+            backend=args.vad, **flag_values(args, "aggressiveness padding_ms min_silence_ms max_segment_s", "vad_")
         ),
         streaming=streaming_options(args).with_(max_segment_s=args.vad_max_segment_s + 1),
         decoding=decoding_options(args),
         policy=PolicyConfig(
-            kind=kind,
-            threshold=args.threshold,
-            target_rate=args.target_rate,
-            min_pilots=args.min_pilots,
-            early=not args.no_early,
+            kind=kind, early=not args.no_early, **flag_values(args, "threshold target_rate min_pilots slo_ms local_rtf")
         ),
         cloud=CloudClientConfig(
             target=args.cloud,
             deadline_s=args.deadline,
             total_deadline_s=max(args.total_deadline, args.deadline),
             max_attempts=args.attempts,
-            root_cert=args.tls_root_cert,
-            client_cert=args.tls_client_cert,
-            client_key=args.tls_client_key,
-            server_name=args.tls_server_name,
             bearer_token=read_token(args.bearer_token_file),
             nbest=args.cloud_nbest,
+            **flag_values(args, "root_cert client_cert client_key server_name", "tls_"),
         ),
-        confidence=args.confidence,
-        rejection_threshold=args.rejection_threshold,
-        chunk_ms=args.chunk_ms,
         realtime=realtime,
         background=background,
-        interim=args.interim,
-        device=args.device,
+        **flag_values(args, "confidence rejection_threshold chunk_ms interim device"),
     )
 
 
@@ -302,18 +285,9 @@ def run_train(args: argparse.Namespace) -> int:
     from pasu.tools.train.confidence import TrainOptions, train
 
     options = TrainOptions(
-        kind=args.kind,
-        features=args.features,
-        hidden=args.hidden,
-        epochs=args.epochs,
-        lr=args.lr,
-        eval_fraction=args.eval_fraction,
-        seed=args.seed,
-        label=args.label,
-        chunk_ms=args.chunk_ms,
-        limit=args.limit,
         decoding=decoding_options(args),
         streaming=streaming_options(args),
+        **flag_values(args, "kind features hidden epochs lr eval_fraction seed label chunk_ms limit"),
     )
     if args.cloud_model and args.label != "cloud":
         print("error: --cloud-model is for --label cloud", file=sys.stderr)

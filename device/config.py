@@ -14,8 +14,8 @@ from typing import Literal
 from pasu.decoding.options import DecodingOptions
 from pasu.streaming.options import StreamingOptions
 
-PolicyKind = Literal["never", "always", "threshold", "budget", "latency"]
-POLICY_KINDS: tuple[str, ...] = ("never", "always", "threshold", "budget", "latency")
+PolicyKind = Literal["never", "always", "threshold", "budget", "latency", "slo"]
+POLICY_KINDS: tuple[str, ...] = ("never", "always", "threshold", "budget", "latency", "slo")
 VadBackend = Literal["silero", "webrtc"]
 VAD_BACKENDS: tuple[str, ...] = ("silero", "webrtc")
 
@@ -108,6 +108,10 @@ class PolicyConfig:
       confidence distribution is.
     * ``latency``: confidence < ``threshold`` *and* the cloud is expected to
       answer sooner than the device would (measured RTT, bandwidth, cloud time).
+    * ``slo``: answer within ``slo_ms`` after the end of speech: offload as soon
+      as the expected local finish (audio so far x the device's compute rate,
+      ``local_rtf`` or its running estimate) would miss it, else as ``threshold``
+      (``pasu.device.policy.slo_decision``; docs/experiments/README.md).
 
     Decisions are taken at pilots from ``min_pilots`` on (the offramp), and once
     more at the end of the segment.
@@ -124,6 +128,8 @@ class PolicyConfig:
     prior_bandwidth_bps: float = 1e6  # bytes/s upstream
     prior_cloud_s: float = 0.2  # server-side time per segment
     prior_local_rtf: float = 0.3  # device final-pass seconds per second of audio
+    slo_ms: float = 300.0  # slo: the response budget after the end of speech
+    local_rtf: float | None = None  # slo/latency: a profiled compute rate, fixed; None: measured (EWMA)
 
     def __post_init__(self) -> None:
         _need(self.kind in POLICY_KINDS, f"policy must be one of {POLICY_KINDS}, got {self.kind!r}")
@@ -131,6 +137,8 @@ class PolicyConfig:
         _need(0.0 <= self.target_rate <= 1.0, f"target_rate must be in [0, 1], got {self.target_rate}")
         _need(self.budget_gain > 0, "budget_gain must be > 0")
         _need(self.min_pilots >= 1, "min_pilots must be >= 1")
+        _need(self.slo_ms > 0, f"slo_ms must be > 0, got {self.slo_ms}")
+        _need(self.local_rtf is None or self.local_rtf >= 0, f"local_rtf must be >= 0, got {self.local_rtf}")
         _need(
             self.prior_bandwidth_bps > 0 and self.prior_rtt_s >= 0 and self.prior_cloud_s >= 0,
             "latency priors must be positive",

@@ -174,6 +174,8 @@ class OffloadCall:
         self.tail_bytes = 0  # audio not yet sent when the segment ended
         self._buf = bytearray()
         self._sent = 0  # bytes the current attempt has yielded
+        self._update: speech_service_pb2.DeviceResult | None = None  # the device's latest n-best
+        self._updates = 0  # how many update() calls so far (each attempt sends the latest once)
         self._cond = threading.Condition()
         self._done = threading.Event()
         self._answer: CloudAnswer | None = None
@@ -190,6 +192,16 @@ class OffloadCall:
             if self.finished_at is not None:
                 raise RuntimeError("push() after finish()")
             self._buf += pcm16
+            self._cond.notify_all()
+
+    def update(self, device: speech_service_pb2.DeviceResult) -> None:
+        """A newer device n-best (a later pilot's): sent before the audio that follows, so the
+        cloud can seed its search with the device's latest hypothesis (``reuse=seed``)."""
+        with self._cond:
+            if self.finished_at is not None:
+                return  # the segment is over: the cloud may be decoding already
+            self._update = device
+            self._updates += 1
             self._cond.notify_all()
 
     def finish(self) -> None:
@@ -227,21 +239,34 @@ class OffloadCall:
 
     # -- the sender thread -------------------------------------------------
     def _requests(self, attempt: _Attempt) -> Iterator[speech_service_pb2.OffloadRequest]:
-        """Config, then the whole segment from its start (a retry replays it), as it arrives."""
+        """Config, then the whole segment from its start (a retry replays it), as it arrives,
+        with the device's latest n-best whenever it has a newer one."""
         yield speech_service_pb2.OffloadRequest(config=self.config)
-        pos = 0
+        pos = sent_updates = 0
         while True:
             with self._cond:
-                while pos >= len(self._buf) and self.finished_at is None and not attempt.stop.is_set():
+                while (
+                    pos >= len(self._buf)
+                    and sent_updates == self._updates
+                    and self.finished_at is None
+                    and not attempt.stop.is_set()
+                ):
                     self._cond.wait(0.05)
                 if attempt.stop.is_set() or self._cancelled.is_set():
                     return
-                if pos >= len(self._buf) and self.finished_at is not None:
+                update = self._update if sent_updates != self._updates else None
+                sent_updates = self._updates
+                if update is None and pos >= len(self._buf) and self.finished_at is not None:
                     return
-                chunk = bytes(self._buf[pos : pos + self.chunk_bytes])
-                pos += len(chunk)
-                self._sent = max(self._sent, pos)
-            yield speech_service_pb2.OffloadRequest(audio=chunk)
+                chunk = b""
+                if update is None:
+                    chunk = bytes(self._buf[pos : pos + self.chunk_bytes])
+                    pos += len(chunk)
+                    self._sent = max(self._sent, pos)
+            if update is not None:
+                yield speech_service_pb2.OffloadRequest(device_update=update)
+            else:
+                yield speech_service_pb2.OffloadRequest(audio=chunk)
 
     def _attempt_deadline(self, started: float) -> float:
         base = started if self.finished_at is None else max(started, self.finished_at)

@@ -6,6 +6,14 @@ offramp: the upload starts while the user still talks), and once at the end.
 The budget policy's controller and the latency policy's link estimates learn
 from every segment, through :meth:`OffloadPolicy.segment_done` and
 :class:`LinkEstimator`.
+
+The ``slo`` policy answers within a response budget: :func:`slo_decision` is
+the one implementation of its rule, called by the agent here and by the
+offline replay (``pasu experiment offload --slo-ms``), so that what the replay
+measures is what the agent does. It is asked at every chunk too (``chunk``)
+and once at the end of speech before the local final pass (``end``): a
+capacity check needs no confidence, and waiting for the final pass to learn
+that the device is too slow would already spend the budget.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Literal
 from pasu.device.config import PolicyConfig
 
 Reason = Literal["low_confidence", "policy_always", "latency"]
-Stage = Literal["start", "pilot", "final"]
+Stage = Literal["start", "chunk", "pilot", "end", "final"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,37 @@ class DecisionContext:
     audio_s: float  # audio heard so far in the segment
     pilots: int  # pilots run so far
     words: bool = True  # the hypothesis has words after its intent label (False: judged non-speech)
+    backlog_s: float = 0.0  # how far the device's compute is behind the audio (seconds)
+
+
+def expected_local_finish_s(audio_s: float, rate: float, backlog_s: float = 0.0) -> float:
+    """When the local answer would come, in seconds after the end of speech: the backlog
+    plus the final pass at ``rate`` seconds of compute per second of audio. Before the
+    end it is a lower bound (more audio only adds), so exceeding the budget is certain."""
+    return backlog_s + rate * audio_s
+
+
+def slo_decision(
+    ctx: DecisionContext, threshold: float, rate: float, slo_s: float, min_pilots: int = 1, early: bool = True
+) -> Decision:
+    """The response-budget rule (one implementation: the agent and the replay call it).
+
+    Capacity first, at every chunk, pilot and the end of speech: offload as soon as
+    the expected local finish would miss ``slo_s`` (reason ``latency``). Then
+    confidence, as the offramp does: below ``threshold`` at a pilot from
+    ``min_pilots`` on, or at the final pass (reason ``low_confidence``).
+    """
+    if ctx.stage == "start":
+        return STAY
+    if ctx.stage in ("chunk", "pilot", "end") and expected_local_finish_s(ctx.audio_s, rate, ctx.backlog_s) > slo_s:
+        return Decision(True, "latency")
+    if ctx.stage in ("chunk", "end") or ctx.confidence is None:
+        return STAY
+    if ctx.stage == "final" and not ctx.words:
+        return STAY
+    if ctx.stage == "pilot" and (not early or ctx.pilots < min_pilots):
+        return STAY
+    return Decision(True, "low_confidence") if ctx.confidence < threshold else STAY
 
 
 class LinkEstimator:
@@ -51,7 +90,8 @@ class LinkEstimator:
         self.rtt_s = config.prior_rtt_s
         self.bandwidth_bps = config.prior_bandwidth_bps
         self.cloud_s = config.prior_cloud_s
-        self.local_rtf = config.prior_local_rtf
+        self.local_rtf = config.local_rtf if config.local_rtf is not None else config.prior_local_rtf
+        self._fixed_rtf = config.local_rtf is not None  # a profiled rate: not re-estimated
         self._lock = threading.Lock()
 
     def _mix(self, old: float, new: float) -> float:
@@ -79,7 +119,7 @@ class LinkEstimator:
                 self.bandwidth_bps = self._mix(self.bandwidth_bps, n_bytes / seconds)
 
     def observe_local(self, final_s: float, audio_s: float) -> None:
-        if audio_s > 0:
+        if audio_s > 0 and not self._fixed_rtf:
             with self._lock:
                 self.local_rtf = self._mix(self.local_rtf, final_s / audio_s)
 
@@ -109,6 +149,10 @@ class OffloadPolicy:
             return STAY
         if c.kind == "always":
             return Decision(True, "policy_always")
+        if c.kind == "slo":
+            return slo_decision(ctx, self.threshold, self.link.local_rtf, c.slo_ms / 1000, c.min_pilots, c.early)
+        if ctx.stage in ("chunk", "end"):  # only the slo policy decides there
+            return STAY
         if ctx.stage == "start" or ctx.confidence is None:
             return STAY
         if ctx.stage == "final" and not ctx.words:  # non-speech: nothing for the cloud to understand

@@ -40,6 +40,7 @@ class VadEvent:
     at: int  # absolute sample index in the stream
     audio: np.ndarray | None = None
     cut: bool = False  # end: the segment hit max_segment_s, speech goes on in the next one
+    speech_s: float = 0.0  # end: how much of the segment its frames called speech (seconds)
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
@@ -73,6 +74,42 @@ class WebrtcFrames:
 
     def is_speech(self, frame: np.ndarray) -> bool:
         return self._vad.is_speech(frame.tobytes(), self._rate)
+
+
+# Less speech than this in a whole segment is no command: the segment opens on 200 ms of
+# speech-like frames, which music-like tones and short sounds reach (``no_speech``).
+MIN_SPEECH_S = 0.5
+# A segment whose level moves less than this (level_spread_db) is many voices at once
+# (``babble``): one talker's level falls between syllables and words, babble's voices fill
+# those gaps. Set on held-out commands in noise; the figures: docs/rejection/README.md.
+MIN_LEVEL_SPREAD_DB = 3.8
+NOT_SPEECH = ("no_speech", "babble")  # not_speech_reason's verdicts
+_LEVEL_FRAME, _LEVEL_HOP = 400, 160  # 25 ms frames every 10 ms (16 kHz)
+
+
+def level_spread_db(samples: np.ndarray) -> float:
+    """The standard deviation (dB) of a segment's frame levels, over the frames within
+    30 dB of its loudest (quieter ones are silence around the speech); 0 when too short."""
+    x = np.asarray(samples, dtype=np.float64)
+    if np.issubdtype(np.asarray(samples).dtype, np.integer):
+        x = x / 32768.0
+    starts = np.arange(0, max(0, x.size - _LEVEL_FRAME), _LEVEL_HOP)
+    if starts.size < 5:
+        return 0.0
+    frames = np.lib.stride_tricks.sliding_window_view(x, _LEVEL_FRAME)[starts]
+    level = 10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
+    return float(level[level > level.max() - 30.0].std())
+
+
+def not_speech_reason(speech_s: float, samples: np.ndarray) -> str | None:
+    """The VAD's verdict on a closed segment's audio, or None when it may hold a command:
+    ``no_speech`` (less than :data:`MIN_SPEECH_S` of speech frames) or ``babble``
+    (a level that never dips, :data:`MIN_LEVEL_SPREAD_DB`)."""
+    if speech_s < MIN_SPEECH_S:
+        return "no_speech"
+    if level_spread_db(samples) < MIN_LEVEL_SPREAD_DB:
+        return "babble"
+    return None
 
 
 SILERO_CONTEXT = 64  # samples of the previous frame silero sees before each 512-sample frame
@@ -161,6 +198,7 @@ class VadSegmenter:
         self._emitted = 0  # frames of the open segment emitted
         self._tail: list[np.ndarray] = []  # unvoiced frames past the padding, held back
         self._silence_run = 0
+        self._voiced = 0  # voiced frames of the open segment
         self._end = 0  # sample index just after the last emitted frame
 
     @property
@@ -214,6 +252,7 @@ class VadSegmenter:
             return
         if voiced:
             self._silence_run = 0
+            self._voiced += 1
             if self._tail:
                 self._emit(np.concatenate(self._tail), len(self._tail), events)
                 self._tail = []
@@ -241,6 +280,7 @@ class VadSegmenter:
         self._emitted = 0
         self._tail = []
         self._silence_run = 0
+        self._voiced = sum(v for _, v in keep)
         for _, v in reversed(keep):  # trailing unvoiced frames of the pre-roll count as silence
             if v:
                 break
@@ -256,7 +296,8 @@ class VadSegmenter:
         self._emitted += frames
 
     def _close(self, events: list[VadEvent], cut: bool = False) -> None:
-        events.append(VadEvent("end", self._segment, self._end, cut=cut))
+        speech_s = self._voiced * self._n / self.o.sample_rate
+        events.append(VadEvent("end", self._segment, self._end, cut=cut, speech_s=speech_s))
         # Held-back silence is not part of this segment but may pre-roll the next.
         for f in self._tail[-self._pre.maxlen :] if self._pre.maxlen else []:
             self._pre.append((f, False))
@@ -274,6 +315,7 @@ class Segment:
     end: int
     audio: np.ndarray  # int16
     cut: bool
+    speech_s: float = 0.0  # of it, what the frames called speech (seconds)
 
 
 def segment_audio(samples: np.ndarray, options: VadOptions = VadOptions(), chunk: int = 1600) -> list[Segment]:
@@ -291,5 +333,5 @@ def segment_audio(samples: np.ndarray, options: VadOptions = VadOptions(), chunk
             parts[e.segment].append(e.audio)
         else:
             audio = np.concatenate(parts.pop(e.segment)) if parts.get(e.segment) else np.zeros(0, np.int16)
-            out.append(Segment(e.segment, starts.pop(e.segment), e.at, audio, e.cut))
+            out.append(Segment(e.segment, starts.pop(e.segment), e.at, audio, e.cut, e.speech_s))
     return out

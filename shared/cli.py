@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pasu import __version__
 
@@ -25,10 +26,18 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pasu.tools.commands.bench",  # pasu bench decoder|latency|cloud|soak
     "pasu.tools.data.cli",  # pasu data synth
     "pasu.tools.train.cli",  # pasu train, pasu eval
+    "pasu.tools.convert.cli",  # pasu convert
     "pasu.cloud.cli",  # pasu cloud serve
     "pasu.device.cli",  # pasu device transcribe|run|train-confidence
     "pasu.tools.experiment.cli",  # pasu experiment offload
+    "pasu.tools.export.cli",  # pasu export
 )
+
+
+def flag_values(args: argparse.Namespace, names: str, prefix: str = "") -> dict[str, Any]:
+    """``{name: args.<prefix><name>}`` for each of the space-separated ``names``: the options
+    whose flag is named after the field it sets, so a CLI maps them without a line each."""
+    return {name: getattr(args, prefix + name) for name in names.split()}
 
 
 def _present(module: str) -> bool:

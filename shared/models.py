@@ -85,8 +85,13 @@ def find_model_files(path: str | Path, weights: str | Path | None = None) -> Mod
     elif p.is_file():
         config = p
     else:
-        candidates = [p / "config.yaml"] + sorted(p.glob("exp/*/config.yaml")) + sorted(p.glob("exp/**/config.yaml"))
-        config = next((c for c in candidates if c.is_file()), p / "config.yaml")
+        packed = None if (p / "config.yaml").is_file() else _packed_asr_files(p)
+        if packed is not None:  # an ESPnet pack (meta.yaml), which may also hold an LM under exp/
+            config, weights = packed[0], weights or packed[1]
+        else:
+            found = [*sorted(p.glob("exp/*/config.yaml")), *sorted(p.glob("exp/**/config.yaml"))]
+            candidates = [p / "config.yaml", *found]
+            config = next((c for c in candidates if c.is_file()), p / "config.yaml")
     if not config.is_file():
         raise ModelLoadError(f"model config not found: {config}")
     if weights is None:
@@ -95,6 +100,22 @@ def find_model_files(path: str | Path, weights: str | Path | None = None) -> Mod
     if not weights.is_file():
         raise ModelLoadError(f"model weights not found: {weights}")
     return ModelFiles(config=config.resolve(), weights=weights.resolve())
+
+
+def _packed_asr_files(directory: Path) -> tuple[Path, Path | None] | None:
+    """The ASR config and weights an ESPnet ``meta.yaml`` (``espnet2.bin.pack``) names, if any."""
+    meta_path = directory / "meta.yaml"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ModelLoadError(f"malformed YAML in {meta_path}: {e}") from e
+    config = (meta.get("yaml_files") or {}).get("asr_train_config") if isinstance(meta, dict) else None
+    if not config:
+        return None
+    weights = (meta.get("files") or {}).get("asr_model_file")
+    return directory / str(config), (directory / str(weights)) if weights else None
 
 
 def _pick_weights(directory: Path) -> Path:
@@ -163,6 +184,19 @@ def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str,
 
 
 @dataclass
+class LoadedLM:
+    """An ESPnet language model (``LMTask``) for shallow fusion in the search."""
+
+    lm: torch.nn.Module  # ESPnetLanguageModel.lm: what ESPnet's Speech2Text scores with
+    config: dict[str, Any]
+    files: ModelFiles
+
+    @property
+    def kind(self) -> str:
+        return str(self.config.get("lm", ""))
+
+
+@dataclass
 class LoadedModel:
     """An ESPnet model ready for inference, with what it needs to turn ids into text."""
 
@@ -175,6 +209,7 @@ class LoadedModel:
     device: torch.device
     name: str = ""
     version: str = ""
+    lm: LoadedLM | None = None  # the language model that came with it, if any
     _resolved_config: Path | None = field(default=None, repr=False)
 
     @property
@@ -214,12 +249,106 @@ class LoadedModel:
         return self._resolved_config
 
 
+def find_lm_files(files: ModelFiles, config: dict[str, Any]) -> ModelFiles | None:
+    """The language model that comes with a model, named as ESPnet names it, or None.
+
+    In order: ``lm_train_config``/``lm_file`` keys in the model's config (top
+    level or under ``pasu``); the same keys in an ESPnet ``meta.yaml``
+    (``espnet2.bin.pack``: ``yaml_files``/``files``) in the model directory or
+    up to two levels above it (a model-zoo archive); an ``lm/`` directory beside
+    the model that is itself an ESPnet LM experiment directory (``config.yaml`` +
+    ``*.pth``). A key without ``lm_file`` takes the weights beside the LM config.
+    A ``meta.yaml`` that names another ASR config is not this model's.
+    """
+    root = files.root
+    for holder in (config, config.get("pasu") or {}):
+        if holder.get("lm_train_config"):
+            lm_config = Path(_resolve(str(holder["lm_train_config"]), root))
+            lm_file = holder.get("lm_file")
+            weights = Path(_resolve(str(lm_file), root)) if lm_file else _pick_weights(lm_config.parent)
+            return ModelFiles(config=lm_config, weights=weights)
+    for d in (root, *list(root.parents)[:2]):
+        meta_path = d / "meta.yaml"
+        if not meta_path.is_file():
+            continue
+        try:
+            meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ModelLoadError(f"malformed YAML in {meta_path}: {e}") from e
+        asr_config = (meta.get("yaml_files") or {}).get("asr_train_config")
+        if asr_config and (d / str(asr_config)).resolve() != files.config:
+            continue
+        lm_config = (meta.get("yaml_files") or {}).get("lm_train_config")
+        lm_file = (meta.get("files") or {}).get("lm_file")
+        if lm_config:
+            c = Path(_resolve(str(lm_config), d))
+            return ModelFiles(config=c, weights=Path(_resolve(str(lm_file), d)) if lm_file else _pick_weights(c.parent))
+    if (root / "lm" / "config.yaml").is_file():
+        return find_model_files(root / "lm")
+    return None
+
+
+def load_lm(
+    lm_train_config: str | Path,
+    lm_file: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    token_list: list[str] | None = None,
+) -> LoadedLM:
+    """Build an ESPnet ``LMTask`` language model from its config and load its weights safely.
+
+    With ``token_list`` (the ASR model's), an LM over other token ids is refused:
+    its scores would be for the wrong tokens.
+    """
+    from espnet2.tasks.lm import LMTask
+
+    files = find_model_files(lm_train_config, lm_file)
+    try:
+        raw = yaml.safe_load(files.config.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ModelLoadError(f"malformed YAML in {files.config}: {e}") from e
+    if not isinstance(raw, dict) or "lm" not in raw or "token_list" not in raw:
+        raise ModelLoadError(f"{files.config} is not an ESPnet LM training config (needs 'lm' and 'token_list')")
+    # only the token list matters to scoring: a BPE model or symbol list that did not travel is no error
+    unused = {k: raw.pop(k) for k in ("bpemodel", "non_linguistic_symbols") if k in raw}
+    config = {**resolve_config(raw, files.root), **unused}
+    args = argparse.Namespace(**{"model": "lm", "model_conf": {}, "lm_conf": {}, **copy.deepcopy(config)})
+    args.init = None
+    try:
+        model = LMTask.build_model(args)
+    except Exception as e:
+        raise ModelLoadError(f"cannot build the language model described by {files.config}: {e}") from e
+    result = model.load_state_dict(load_state_dict(files.weights, "cpu"), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(
+            f"{files.weights} does not match {files.config}: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    config["token_list"] = list(args.token_list)
+    if token_list is not None and list(args.token_list) != list(token_list):
+        raise ModelLoadError(
+            f"the language model {files.config} has other tokens than the ASR model "
+            f"({len(args.token_list)} vs {len(token_list)} tokens, or another order); "
+            "train it on the ASR model's token list"
+        )
+    model.to(torch.device(device)).eval()
+    return LoadedLM(lm=cast(Any, model).lm, config=config, files=files)
+
+
 def load_model(
     path: str | Path,
     device: str | torch.device = "cpu",
     weights: str | Path | None = None,
+    *,
+    lm_train_config: str | Path | None = None,
+    lm_file: str | Path | None = None,
+    with_lm: bool = True,
 ) -> LoadedModel:
-    """Build an ESPnet2 ASR/SLU model from its config and load its weights safely."""
+    """Build an ESPnet2 ASR/SLU model from its config and load its weights safely.
+
+    Its language model is loaded too: the one named by ``lm_train_config``/``lm_file``,
+    else the one that comes with the model (:func:`find_lm_files`); ``with_lm=False``
+    skips it. Loading an LM changes nothing until a search gives it a weight.
+    """
     from espnet2.text.build_tokenizer import build_tokenizer
     from espnet2.text.token_id_converter import TokenIDConverter
 
@@ -266,6 +395,14 @@ def load_model(
     else:
         tokenizer = build_tokenizer(token_type=token_type)
     meta = config.get("pasu") or {}
+    lm = None
+    if with_lm:
+        if lm_train_config is not None:
+            lm = load_lm(lm_train_config, lm_file, device, token_list)
+        elif (lm_files := find_lm_files(files, config)) is not None:
+            lm = load_lm(lm_files.config, lm_files.weights, device, token_list)
+        if lm is not None:
+            log.info("language model %s (%s) loaded with %s", lm.files.config, lm.kind, files.root)
     return LoadedModel(
         model=model,
         config=config,
@@ -276,4 +413,5 @@ def load_model(
         device=device,
         name=str(meta.get("name", files.root.name)),
         version=str(meta.get("version", "0")),
+        lm=lm,
     )

@@ -39,10 +39,12 @@ def join_intent(intent: str | None, transcript: str) -> str:
     return f"{intent} {transcript}".strip() if intent else transcript
 
 
-def rejection_reason(text: str, confidence: float, threshold: float) -> str | None:
+def rejection_reason(text: str, confidence: float, threshold: float, not_speech: str | None = None) -> str | None:
     """Why an answer is *not* understood, or None when it is: the one rule the device
     and the cloud both apply to their own answers (issue 28).
 
+    * ``not_speech`` first: the device VAD's verdict that the segment's audio holds no
+      command (``no_speech``, ``babble``: pasu.device.vad.not_speech_reason), whoever answered;
     * ``no_intent``: the hypothesis names no intent (nothing to act on);
     * ``no_words``: an intent label with no transcript after it. Models that
       always emit a label first produce exactly that on noise (``general_joke``
@@ -50,6 +52,8 @@ def rejection_reason(text: str, confidence: float, threshold: float) -> str | No
     * ``low_confidence``: below the rejection threshold, calibrated per model on
       in-domain commands to a stated false-reject rate (docs/device.md).
     """
+    if not_speech is not None:
+        return not_speech
     intent, words = split_intent(text)
     if intent is None:
         return "no_intent"

@@ -29,6 +29,18 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+def scorer_scores(entry: NBestEntry) -> hypothesis_pb2.ScorerScores:
+    """An n-best entry's per-scorer scores as ``hypothesis.proto`` carries them: the three
+    named fields, any other scorer (e.g. ``lm``) in ``other``."""
+    scores = hypothesis_pb2.ScorerScores(total=entry.score)
+    for k, v in entry.scores.items():
+        if k in SCORERS:
+            setattr(scores, k, v)
+        else:
+            scores.other[k] = v
+    return scores
+
+
 def device_result(
     nbest: Sequence[NBestEntry],
     model_name: str,
@@ -45,10 +57,7 @@ def device_result(
     hyps = []
     for e in nbest:
         intent, text = split_intent(e.text)
-        scores = hypothesis_pb2.ScorerScores(total=e.score)
-        for k in SCORERS:
-            if k in e.scores:
-                setattr(scores, k, e.scores[k])
+        scores = scorer_scores(e)
         # proto3: no label is the empty string
         hyps.append(hypothesis_pb2.Hypothesis(text=text, intent=intent or "", token_ids=e.token_ids, scores=scores))
     if hyps:

@@ -226,7 +226,7 @@ def test_bench_cloud_in_process(capsys, tmp_path, tiny_model_dirs):
     assert {"requests", "errors", "throughput_rps", "p50_s", "p99_s"} <= set(last)
     assert last["requests"] == 3 and last["errors"] == 0 and "reuse_compare" in last
     reuse = last["reuse_compare"]  # scored against the clips' transcripts
-    assert reuse["scored"] == 2 and "accuracy_cost_points" in reuse and 0 <= reuse["intent_acc_off"] <= 1
+    assert reuse["scored"] == 2 and "accuracy_cost_points_rescore" in reuse and 0 <= reuse["intent_acc_off"] <= 1
 
 
 def test_bench_refuses_non_loopback_targets():

@@ -5,6 +5,9 @@ benchmark's summary (``docs/benchmarks/*.json``), the offload experiments'
 ``summary.json``, and RESULTS.md — whose own tables are checked here against those files.
 A figure matches a source value when the value, as a fraction or in percent, rounds to it
 at the figure's precision (``90.2%`` matches 0.9017; ``0.75x`` matches 0.7547).
+
+And the docs stay short (README.md + docs/**/*.md under 60 KB) with every relative link,
+and the heading it points at, there.
 """
 
 from __future__ import annotations
@@ -151,10 +154,12 @@ def test_results_model_table_is_the_model_cards(results_md) -> None:
     [
         ("**Pilot inference latency**", "docs/benchmarks/latency_test_*200.json"),
         ("**Offload experiment**", "docs/experiments/*/summary.json"),
+        ("The ablation, first 60 utterances", "docs/benchmarks/latency_test_hard60.json"),
+        ("## VAD on noise and commands", "docs/rejection/vad.json"),
     ],
 )
 def test_results_tables_are_their_json(results_md, heading, source) -> None:
-    """Each figure of RESULTS.md's latency and offload tables is a value of the JSON they cite."""
+    """Each figure of RESULTS.md's latency, ablation, offload and VAD tables is a value of the JSON they cite."""
     lines = results_md[results_md.index(heading) :].splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("|"))
     end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
@@ -164,3 +169,55 @@ def test_results_tables_are_their_json(results_md, heading, source) -> None:
     assert len(found) > 10
     missing = [f"{n}{u}" for n, u in found if not matches(n, u, values, set())]
     assert missing == []
+
+
+# The docs a newcomer reads: reference only, short, every link live.
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+DOCS_BUDGET = 60_000  # bytes, README.md + docs/**/*.md (issue 27)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+
+
+def anchors(md: Path) -> set[str]:
+    """GitHub's heading anchors: lowercase, punctuation dropped, spaces to hyphens."""
+    text = FENCE.sub("", md.read_text())
+    heads = re.findall(r"^#+\s+(.+?)\s*$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def broken_links(md: Path, text: str) -> list[str]:
+    """The relative links in ``text`` (of file ``md``) whose file, or heading anchor, is missing."""
+    bad = []
+    for target in LINK.findall(INLINE_CODE.sub("", FENCE.sub("", text))):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (md.parent / path).resolve() if path else md
+        if not dest.exists():
+            bad.append(target)
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            bad.append(target)
+    return bad
+
+
+def test_docs_fit_the_budget() -> None:
+    sizes = {p.relative_to(ROOT).as_posix(): p.stat().st_size for p in DOCS}
+    assert "docs/device.md" in sizes and len(sizes) >= 7
+    assert sum(sizes.values()) < DOCS_BUDGET, sizes
+
+
+@pytest.mark.parametrize(
+    "md", [*DOCS, ROOT / "RESULTS.md", ROOT / "CHANGELOG.md"], ids=lambda p: p.relative_to(ROOT).as_posix()
+)
+def test_every_relative_link_resolves(md: Path) -> None:
+    assert broken_links(md, md.read_text()) == []
+
+
+def test_a_broken_link_is_caught() -> None:
+    readme = ROOT / "README.md"
+    text = "[a](docs/device.md) [b](docs/gone.md) [c](docs/device.md#not-understood) [d](docs/device.md#gone)"
+    assert broken_links(readme, text + " [e](https://example.org) `[f](x.md)`") == [
+        "docs/gone.md",
+        "docs/device.md#gone",
+    ]

@@ -216,9 +216,10 @@ def test_service_shape(v1: dict[str, ModuleType]) -> None:
         "Recognize": (False, False, "RecognizeRequest", "RecognizeResponse"),
         "StreamingRecognize": (True, True, "StreamingRecognizeRequest", "StreamingRecognizeResponse"),
     }
-    for name in ("OffloadRequest", "StreamingRecognizeRequest"):
+    fields = {"OffloadRequest": ["config", "audio", "device_update"], "StreamingRecognizeRequest": ["config", "audio"]}
+    for name, expected in fields.items():
         oneof = v1["speech_service_pb2"].DESCRIPTOR.message_types_by_name[name].oneofs_by_name["request"]
-        assert [f.name for f in oneof.fields] == ["config", "audio"]
+        assert [f.name for f in oneof.fields] == expected
 
 
 # --- over the wire -----------------------------------------------------------

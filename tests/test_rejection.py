@@ -17,7 +17,7 @@ import pytest
 
 from pasu.device.config import AgentConfig, CloudClientConfig, PolicyConfig, VadOptions
 from pasu.device.output import SegmentOutcome, human_line, segment_record
-from pasu.device.vad import segment_audio
+from pasu.device.vad import MIN_LEVEL_SPREAD_DB, MIN_SPEECH_S, level_spread_db, not_speech_reason, segment_audio
 from pasu.slu import answer_score, rejection_reason
 from pasu.tools.data.augment import colored_noise, db_to_amp
 
@@ -39,6 +39,13 @@ def test_rule_rejects_a_bare_label_no_intent_and_low_confidence():
     assert rejection_reason("hello there", 0.99, 0.0) == "no_intent"
     assert rejection_reason("alarm_set wake me up at seven", 0.29, 0.3) == "low_confidence"
     assert rejection_reason("alarm_set wake me up at seven", 0.30, 0.3) is None
+
+
+def test_rule_puts_the_vads_verdict_first():
+    cmd = "alarm_set wake me up at seven"
+    assert rejection_reason(cmd, 0.99, 0.0, not_speech="no_speech") == "no_speech"
+    assert rejection_reason("general_joke", 0.99, 0.0, not_speech="babble") == "babble"
+    assert rejection_reason(cmd, 0.99, 0.0, not_speech=None) is None
 
 
 def test_answer_score_is_a_per_token_probability():
@@ -109,6 +116,37 @@ def test_a_command_after_noise_onset_is_one_segment(audio):
     assert abs(segs[0].start - ref.start) <= 0.2 * SR and segs[0].end >= ref.end - 0.2 * SR
 
 
+def test_the_vad_counts_the_speech_in_a_segment(audio):
+    speech = audio["cmd02"]
+    x = np.concatenate([np.zeros(SR // 2, np.float32), speech, np.zeros(SR // 2, np.float32)])
+    (seg,) = segment_audio(x)
+    assert MIN_SPEECH_S <= seg.speech_s <= (seg.end - seg.start) / SR
+    assert seg.speech_s >= 0.5 * speech.size / SR  # most of a command is speech
+
+
+def test_babble_is_no_speech_one_talker_is(audio):
+    from pasu.tools.data.augment import babble, trim_silence
+
+    one = np.concatenate([np.zeros(SR // 2, np.float32), audio["cmd02"], np.zeros(SR // 2, np.float32)])
+    assert not_speech_reason(0.4, one) == "no_speech"  # too little speech, whatever it is
+    assert not_speech_reason(1.0, one) is None  # one talker: the level dips between words
+    bank = [trim_silence(x, SR) for x in audio.values()]
+    for seed in (0, 3):  # the recipe's babble of the committed commands: the level never dips
+        many = babble(3 * SR, bank, np.random.default_rng(seed)) * 0.05
+        assert level_spread_db(many) < MIN_LEVEL_SPREAD_DB <= level_spread_db(one)
+        assert not_speech_reason(2.0, many) == "babble"
+    assert level_spread_db(np.zeros(100, np.int16)) == 0.0  # too short to say
+
+
+TONE_SEED = 19  # a music-like clip of the recipe whose notes open a short segment
+
+
+def tone_clip() -> np.ndarray:
+    from pasu.tools.data.rejection import tones
+
+    return (tones(3 * SR, SR, np.random.default_rng(TONE_SEED)) * db_to_amp(-26.0)).astype(np.float32)
+
+
 def test_vad_options_check_the_backend():
     with pytest.raises(ValueError, match="backend"):
         VadOptions(backend="energy")  # type: ignore[arg-type]
@@ -161,6 +199,17 @@ def test_noise_only_gets_no_answer(device_model):
         for i, (kind, lvl, lead) in enumerate(NOISE_CASES[::3]):
             recs = answers(agent, with_silence(noise(kind, 3.0, lvl, seed=10 + i), 0.5 * lead))
             assert not [r for r in recs if r["understood"]], (kind, lvl, recs)
+
+
+def test_tones_that_open_a_segment_are_no_speech(device_model):
+    from pasu.device.agent import DeviceAgent
+
+    x = tone_clip()
+    segs = segment_audio(x)
+    assert segs and all(s.speech_s < MIN_SPEECH_S for s in segs)  # the VAD opened on the notes
+    with DeviceAgent(AgentConfig(rejection_threshold=0.0), device_model) as agent:
+        recs = answers(agent, x)
+    assert recs and all(not r["understood"] and r["reject_reason"] == "no_speech" for r in recs), recs
 
 
 @pytest.mark.slow
@@ -253,6 +302,56 @@ def test_the_device_answers_with_the_clouds_verdict(worker_factory, device_model
         assert recs[0]["intent"] == (intent if understood else None)
 
 
+def test_figures_from_records_rejudge_with_another_threshold(tmp_path):
+    import json
+
+    from pasu.tools.train.rejection import figures_from_records
+
+    def rec(text, conf, reason=None):
+        r = {"segment": {"start": 0.0, "end": 1.0}, "text": text, "confidence": conf, "device_confidence": conf}
+        r |= {"source": "device", "offloaded": False, "understood": reason is None, "best_intent": text.split()[0]}
+        return r | ({"reject_reason": reason} if reason else {})
+
+    rows = [
+        ("test_voices", "u1", "alarm_set", [rec("alarm_set wake me up", 0.4)]),
+        ("test_voices", "u2", "alarm_set", [rec("alarm_set wake me", 0.2)]),
+        ("noise", "n1", None, [rec("general_quirky who", 0.9, "no_speech")]),  # the VAD's verdict stands
+        ("noise", "n2", None, [rec("alarm_query any alarms", 0.35)]),
+    ]
+    path = tmp_path / "records.jsonl"
+    lines = [{"mode": "device", "set": s, "utt": u, "ref": ref, "kind": "k", "records": r} for s, u, ref, r in rows]
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    low, high = (figures_from_records(path, t)["device"]["sets"] for t in (0.1, 0.3))
+    assert low["test_voices"]["false_rejects"] == 0 and low["noise"]["false_accepts"] == 1
+    assert high["test_voices"]["false_rejects"] == 1 and high["noise"]["false_accepts"] == 1
+    assert figures_from_records(path, 0.5)["device"]["sets"]["noise"]["false_accepts"] == 0
+
+
+def test_calibration_keeps_the_lowest_voice_engine_groups_threshold(tmp_path):
+    import json
+
+    from pasu.tools.train.rejection import calibrate, calibrate_by_group
+
+    def line(utt, conf, right=True):
+        rec = {"segment": {"start": 0.0, "end": 1.0}, "text": "alarm_set wake me up", "device_confidence": conf}
+        rec |= {"best_intent": "alarm_set", "understood": True}
+        ref = "alarm_set" if right else "alarm_query"
+        return json.dumps({"mode": "device", "set": "calib", "utt": utt, "ref": ref, "kind": "c", "records": [rec]})
+
+    sure = [line(f"espeakng_en_us-calib-{i:06d}", 0.5 + i / 200) for i in range(100)]  # the voices it knows
+    unsure = [line(f"flite_awb-calib-{i:06d}", 0.1 + i / 200) for i in range(100)]
+    wrong = [line("flite_awb-calib-999999", 0.01, right=False)]  # not a right answer: not counted
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(sure + unsure + wrong) + "\n")
+    cal = calibrate_by_group([path], 0.02)
+    assert cal["groups"]["calib/espeakng"]["threshold"] == pytest.approx(0.51)
+    assert cal["groups"]["calib/flite"]["threshold"] == pytest.approx(0.11)
+    assert cal["device"]["threshold"] == pytest.approx(0.11) and cal["device"]["right_answers"] == 200
+    assert cal["device"]["rejected"] == 2
+    pooled = [0.5 + i / 200 for i in range(100)] + [0.1 + i / 200 for i in range(100)]
+    assert calibrate(pooled, 0.02) == pytest.approx(0.12)  # one threshold over both: 4% of flite's lost
+
+
 def test_no_words_is_not_offloaded():
     from pasu.device.policy import DecisionContext, OffloadPolicy
 
@@ -262,6 +361,26 @@ def test_no_words_is_not_offloaded():
 
 
 # -- the recipe's sets -------------------------------------------------------------------
+def test_calib_voices_are_neither_training_nor_test_voices(tmp_path):
+    from pasu.tools.data.engines import detect_engines, is_test_voice, is_training_voice
+    from pasu.tools.data.grammar import Grammar
+    from pasu.tools.data.synth import SynthOptions, plan_corpus
+
+    engines = detect_engines()
+    if not engines.espeak_ng or not engines.test_voices():
+        pytest.skip("no TTS engines (tools/data/install_engines.sh)")
+    grammar = Grammar.load()
+    base = SynthOptions(out_dir=tmp_path, progress=False).with_per_split(4)
+    with_cv = dataclasses.replace(base, calib_voices=6, splits=("test_voices", "calib_voices"))
+    plans = plan_corpus(with_cv, grammar, engines)
+    cv = plans["calib_voices"]
+    assert len(cv) == 6 and not any(is_training_voice(p.voice) or is_test_voice(p.voice) for p in cv)
+    assert {p.voice.variant for p in cv} and not {p.text for p in cv} & {p.text for p in plans["test_voices"]}
+    # asking for it changes no other split
+    alone = plan_corpus(dataclasses.replace(base, splits=("test_voices",)), grammar, engines)
+    assert [p.utt_id for p in alone["test_voices"]] == [p.utt_id for p in plans["test_voices"]]
+
+
 def test_recipe_makes_the_rejection_sets(tmp_path):
     import soundfile as sf
 

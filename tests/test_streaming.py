@@ -118,6 +118,34 @@ def test_seeded_search_with_leap_hint_equals_replay(late_rec, audio):
     assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-3)
 
 
+def test_seeded_search_reuses_the_confirmations_decoder_pass_exactly(late_rec, audio):
+    """The decoder pass that confirmed a longer prefix primes the search from its start: the
+    same n-best, scores to the bit, and no second teacher-forced pass."""
+    from pasu.decoding.kv_decoder import KVCacheDecoderSession
+    from pasu.streaming.commit import decoder_logp
+
+    rec = late_rec
+    batch = rec.encode([audio[list(audio)[3]]])
+    best = rec.decode(batch)[0][0].token_ids
+    assert len(best) >= 4
+    with torch.inference_mode():
+        passed = decoder_logp(rec, batch, best)
+    assert passed is not None and passed.logp.size(0) == len(best)
+    prefix = best[:3]
+    a = rec.decode(batch, prefixes=[prefix], beam_size=3)[0]
+    calls = []
+    original = KVCacheDecoderSession.teacher_forced
+    KVCacheDecoderSession.teacher_forced = lambda self, *x: calls.append(1) or original(self, *x)
+    try:
+        b = rec.decode(batch, prefixes=[prefix], beam_size=3, prime_hints={"decoder": passed})[0]
+    finally:
+        KVCacheDecoderSession.teacher_forced = original
+    assert not calls  # the hint was used
+    assert [h.token_ids for h in a] == [h.token_ids for h in b]
+    assert [h.score for h in a] == [h.score for h in b]
+    assert [h.scores for h in a] == [h.scores for h in b]
+
+
 def test_background_worker_gives_the_same_answer(late_rec, audio):
     speech = audio[list(audio)[2]]
     opts = StreamingOptions.only("late_context")

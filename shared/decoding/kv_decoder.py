@@ -13,6 +13,7 @@ Transformer layout falls back to ``forward_one_step``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -57,6 +58,16 @@ def _attend(att, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     x = torch.matmul(p, v)
     n = x.size(0)
     return att.linear_out(x.transpose(1, 2).contiguous().view(n, -1, att.h * att.d_k))
+
+
+@dataclass
+class TeacherForced:
+    """One utterance's teacher-forced decoder pass over a prefix: its (U, V) log-probabilities
+    (row u: the prefix's token u given those before) and each layer's (1, h, U, d_k) keys/values
+    (positions ``<sos>`` .. token U-1), for a search that starts from the prefix or its start."""
+
+    logp: torch.Tensor
+    cache: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class KVCacheDecoderSession(ScorerSession):
@@ -132,11 +143,22 @@ class KVCacheDecoderSession(ScorerSession):
         return self._logp(x[:, -1])
 
     def prime(self, yseq, row_utt, hint=None):
-        """Teacher-force the prefix through the decoder in one parallel pass (causal mask)."""
+        """Teacher-force the prefix through the decoder in one parallel pass (causal mask).
+
+        ``hint`` may be a :class:`TeacherForced` pass over the same prefix (or a longer one
+        it starts with) on the same encoder output, e.g. beam collapse's confirmation:
+        its keys/values and log-probabilities are taken instead of a second pass.
+        """
         n, L = yseq.shape
         if L == 1:
             return torch.zeros(n)
-        logp = self.teacher_forced(yseq, row_utt)
+        if isinstance(hint, TeacherForced) and hint.logp.size(0) >= L - 1:
+            self.cache = [
+                (k[:, :, : L - 1].expand(n, -1, -1, -1), v[:, :, : L - 1].expand(n, -1, -1, -1)) for k, v in hint.cache
+            ]
+            logp = hint.logp[: L - 1].unsqueeze(0).expand(n, -1, -1)
+        else:
+            logp = self.teacher_forced(yseq, row_utt)
         return logp.gather(2, yseq[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
 
     def teacher_forced(self, yseq: torch.Tensor, row_utt: torch.Tensor) -> torch.Tensor:

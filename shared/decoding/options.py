@@ -33,6 +33,10 @@ class DecodingOptions:
     # once per utterance (True), or call ESPnet's forward_one_step, which redoes
     # both every step (False).
     decoder_kv_cache: bool = True
+    # Shallow fusion with the model's language model (ESPnet's ``lm_weight``): the
+    # LM's log-probability of each token, times this, joins the sum. 0 leaves the LM
+    # out of the search entirely (ESPnet drops a scorer whose weight is 0).
+    lm_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -41,6 +45,9 @@ class DecodingOptions:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.nbest < 1 or self.nbest > self.beam_size:
             raise ValueError(f"nbest must be in [1, beam_size], got {self.nbest}")
+        if not 0.0 <= self.lm_weight < float("inf"):
+            # negative weights would let a hypothesis gain score by growing (beam termination's bound)
+            raise ValueError(f"lm_weight must be a finite number >= 0, got {self.lm_weight}")
         if self.ctc_recursion not in ("scan", "loop"):
             raise ValueError(f"ctc_recursion must be 'scan' or 'loop', got {self.ctc_recursion!r}")
 

@@ -12,13 +12,14 @@ import torch
 
 from pasu.decoding.beam_search import BeamSearch, Hypothesis, StopRule
 from pasu.decoding.ctc import CTCPrefixScorer
+from pasu.decoding.lm import LanguageModelScorer
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.scorers import AttentionDecoderScorer, EncoderBatch, LengthBonus
 from pasu.models import LoadedModel, forward_lock
 
 log = logging.getLogger(__name__)
 
-SCORER_NAMES = ("decoder", "ctc", "length_bonus")
+SCORER_NAMES = ("decoder", "ctc", "length_bonus", "lm")
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,13 @@ class NBestEntry:
 
 
 def scorer_weights(options: DecodingOptions) -> dict[str, float]:
-    """ESPnet's weights: the decoder and CTC share 1, the length bonus is the penalty."""
-    return {"decoder": 1.0 - options.ctc_weight, "ctc": options.ctc_weight, "length_bonus": options.penalty}
+    """ESPnet's weights: the decoder and CTC share 1, the length bonus is the penalty, the LM its own."""
+    return {
+        "decoder": 1.0 - options.ctc_weight,
+        "ctc": options.ctc_weight,
+        "length_bonus": options.penalty,
+        "lm": options.lm_weight,
+    }
 
 
 class Recognizer:
@@ -50,6 +56,14 @@ class Recognizer:
             "ctc": CTCPrefixScorer(asr.ctc, eos=model.eos, recursion=options.ctc_recursion),
             "length_bonus": LengthBonus(model.vocab_size),
         }
+        # ESPnet's order (decoder, ctc, length_bonus, lm): the weighted sum adds in this order
+        if model.lm is not None:
+            self.scorers["lm"] = LanguageModelScorer(model.lm.lm)
+        elif options.lm_weight != 0.0:
+            raise ValueError(
+                f"lm_weight is {options.lm_weight} but {model.name} came without a language model "
+                "(give its directory lm_train_config/lm_file, an ESPnet meta.yaml, or an lm/ directory)"
+            )
         self.search = BeamSearch(self.scorers, scorer_weights(options), model.vocab_size, model.sos, model.eos, options)
 
     def with_options(self, options: DecodingOptions) -> Recognizer:

@@ -1,8 +1,10 @@
 """Encoders for pilot inference: late contextualization and its incremental runner.
 
 Importing this package registers ``encoder: late_context`` with ESPnet's ASR
-task (see :func:`register`), so ESPnet configs and ``ASRTask.build_model``
-can name it like any built-in encoder.
+task, and ``encoder: late_branchformer`` (a Branchformer/E-Branchformer that
+``pasu convert`` made late-contextualized) with its ASR and SLU tasks (see
+:func:`register`), so ESPnet configs and ``ASRTask.build_model`` can name
+them like any built-in encoder.
 """
 
 from pasu.encoders.incremental import (
@@ -23,7 +25,10 @@ def register() -> None:
     """
     from espnet2.tasks.asr import encoder_choices
 
+    from pasu.encoders import branch
+
     encoder_choices.classes[ENCODER_NAME] = LateContextEncoder
+    branch.register()
 
 
 register()

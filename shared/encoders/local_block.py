@@ -26,6 +26,8 @@ Two deliberate departures from ESPnet's Conformer ``ConvolutionModule``:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from espnet2.legacy.nets.pytorch_backend.transformer.layer_norm import LayerNorm
 from espnet2.legacy.nets.pytorch_backend.transformer.positionwise_feed_forward import (
@@ -94,7 +96,21 @@ class LocalConvModule(nn.Module):
         return self.project(self.depthwise(self.pad(g)))
 
 
-class LocalBlock(nn.Module):
+class ConvContext:
+    """A local block's receptive field: its ``conv_module``'s frames to the left and right."""
+
+    conv_module: Any
+
+    @property
+    def left_context(self) -> int:
+        return self.conv_module.left_context
+
+    @property
+    def right_context(self) -> int:
+        return self.conv_module.right_context
+
+
+class LocalBlock(ConvContext, nn.Module):
     """Macaron FF -> local conv module -> FF -> LayerNorm (no self-attention).
 
     The residual structure mirrors ESPnet's Conformer ``EncoderLayer``
@@ -136,14 +152,6 @@ class LocalBlock(nn.Module):
         self.norm_ff = LayerNorm(size)
         self.norm_final = LayerNorm(size)
         self.dropout = nn.Dropout(dropout_rate)
-
-    @property
-    def left_context(self) -> int:
-        return self.conv_module.left_context
-
-    @property
-    def right_context(self) -> int:
-        return self.conv_module.right_context
 
     def _residual(self, x: torch.Tensor, fn, norm: nn.Module, scale: float = 1.0) -> torch.Tensor:
         y = fn(norm(x) if self.normalize_before else x)

@@ -225,19 +225,19 @@ class LocalBlockStage:
         self.frames_pushed = 0
         self.frames_peeked = 0
 
-    def _state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(residual, gates), zero-initialized on the first call."""
+    def _extended(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual, gates) held so far with ``x``'s appended; the state is not changed
+        (zero-initialized on the first call)."""
         if self._gates is None or self._residual is None:
             self._gates = x.new_zeros(1, self.left, x.size(-1))
             self._residual = x.new_zeros(1, 0, x.size(-1))
-        return self._residual, self._gates
+        if x.size(1) == 0:
+            return self._residual, self._gates
+        r, g = self.block.pre(x)
+        return torch.cat([self._residual, r], 1), torch.cat([self._gates, g], 1)
 
     def push(self, x: torch.Tensor) -> torch.Tensor:
-        residual, gates = self._state(x)
-        if x.size(1) > 0:
-            r, g = self.block.pre(x)
-            residual = torch.cat([residual, r], 1)
-            gates = torch.cat([gates, g], 1)
+        residual, gates = self._extended(x)
         n = residual.size(1) - self.right
         if n <= 0:
             self._residual, self._gates = residual, gates
@@ -249,11 +249,7 @@ class LocalBlockStage:
         return out
 
     def peek(self, x: torch.Tensor) -> torch.Tensor:
-        residual, gates = self._state(x)
-        if x.size(1) > 0:
-            r, g = self.block.pre(x)
-            residual = torch.cat([residual, r], 1)
-            gates = torch.cat([gates, g], 1)
+        residual, gates = self._extended(x)
         if residual.size(1) == 0:
             return x[:, :0]
         gates = torch.nn.functional.pad(gates, (0, 0, 0, self.right))

@@ -20,13 +20,16 @@ across pilots (CTC leap): only frames that are new since the last pilot are run.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from pasu.decoding.recognizer import NBestEntry
+from pasu.decoding.interface import EncoderBatch
+from pasu.decoding.kv_decoder import KVCacheDecoderSession, TeacherForced
+from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.streaming.ctc_leap import PrefixForward, PrefixForwardCache
 from pasu.streaming.options import StreamingOptions
 
@@ -46,11 +49,21 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
 
 @dataclass
 class Seed:
-    """Where a search starts: a prefix and its CTC forward variables."""
+    """Where a search starts: a prefix, its CTC forward variables and its decoder pass."""
 
     prefix: list[int]
     hint: PrefixForward | None  # None: the search replays the prefix's CTC scores
     leapt: bool  # its forward variables were extended over new frames, not recomputed
+    decoder: TeacherForced | None = None  # the confirmation's pass: the search need not redo it
+
+    def prime_hints(self) -> dict[str, object]:
+        """What the search's scorer sessions start from (``Recognizer.decode(prime_hints=)``)."""
+        hints: dict[str, object] = {}
+        if self.hint is not None:
+            hints["ctc"] = self.hint
+        if self.decoder is not None:
+            hints["decoder"] = self.decoder
+        return hints
 
 
 class PrefixCommitter:
@@ -67,31 +80,31 @@ class PrefixCommitter:
         pilots: Sequence[Sequence[NBestEntry]],
         frames: int,
         ctc_logp: Callable[[], torch.Tensor],
-        decoder_logp: Callable[[list[int]], torch.Tensor | None],
+        decoder_logp: Callable[[list[int]], TeacherForced | None],
     ) -> Seed | None:
         """The seed for a search over ``frames`` frames, from the n-best lists of the pilots so far.
 
         ``ctc_logp()`` gives the (T, V) CTC log-posteriors now; ``decoder_logp(prefix)``
-        the decoder's (U, V) log-probabilities of each position of ``prefix``,
-        teacher-forced on the audio heard now (None where the decoder cannot).
+        the decoder teacher-forced over ``prefix`` on the audio heard now
+        (:func:`decoder_logp`; None where the decoder cannot).
         """
         prefix = self._agreed(pilots, frames)
         if prefix is None:
             return None
         if not self.o.ctc_leap and not self.o.collapse_confirm:
             return Seed(prefix, None, False)
-        lp = ctc_logp()
-        hint = self._cache.update(prefix, lp, leap=self.o.ctc_leap)
-        leapt = self._cache.reused_tokens > 0 and self._cache.extended_frames > 0
-        dec = decoder_logp(prefix) if self.o.collapse_confirm else None
-        if dec is not None and self._cache.R is not None:
-            keep = confirmed_length(prefix, dec, lp, self._cache.R, self.ctc_weight)
-            if keep == 0:
-                return self._refuse("unconfirmed")
-            if keep < len(prefix):
-                prefix = prefix[:keep]
-                hint = self._cache.update(prefix, lp, leap=True)  # a cut: the rows are there already
-        return Seed(prefix, hint if self.o.ctc_leap else None, leapt)
+        seed = confirm(
+            prefix,
+            ctc_logp(),
+            decoder_logp if self.o.collapse_confirm else None,
+            self.ctc_weight,
+            self._cache,
+            leap=self.o.ctc_leap,
+            margin=self.o.collapse_confirm_margin,
+        )
+        if seed is None:
+            return self._refuse("unconfirmed")
+        return seed if self.o.ctc_leap else Seed(seed.prefix, None, seed.leapt, seed.decoder)
 
     def _agreed(self, pilots: Sequence[Sequence[NBestEntry]], frames: int) -> list[int] | None:
         o = self.o
@@ -116,6 +129,51 @@ class PrefixCommitter:
         return None
 
 
+def confirm(
+    prefix: list[int],
+    ctc_logp: torch.Tensor,
+    decoder_logp: Callable[[list[int]], TeacherForced | None] | None,
+    ctc_weight: float,
+    cache: PrefixForwardCache | None = None,
+    leap: bool = True,
+    margin: float = 0.0,
+) -> Seed | None:
+    """``prefix`` cut where the audio of ``ctc_logp`` (T, V) stops confirming it, with its CTC
+    forward variables; None if not even its first token is confirmed.
+
+    The one rule both sides use: a device's pilots seed its next search with it, and the
+    cloud seeds its search with the device's hypothesis (:mod:`pasu.cloud.reuse`), judged
+    by the cloud's own decoder and CTC. ``cache`` carries forward variables from an earlier
+    call on the same utterance (CTC leap); without ``decoder_logp`` nothing is cut.
+    """
+    cache = cache if cache is not None else PrefixForwardCache()
+    hint = cache.update(prefix, ctc_logp, leap=leap)
+    leapt = cache.reused_tokens > 0 and cache.extended_frames > 0
+    dec = decoder_logp(prefix) if decoder_logp is not None else None
+    if dec is not None and cache.R is not None:
+        keep = confirmed_length(prefix, dec.logp, ctc_logp, cache.R, ctc_weight, margin=margin)
+        if keep == 0:
+            return None
+        if keep < len(prefix):
+            prefix = prefix[:keep]
+            hint = cache.update(prefix, ctc_logp, leap=True)  # a cut: the rows are there already
+    return Seed(prefix, hint, leapt, dec)
+
+
+def decoder_logp(recognizer: Recognizer, batch: EncoderBatch, prefix: list[int]) -> TeacherForced | None:
+    """The decoder teacher-forced over ``prefix`` on ``batch``'s one utterance in one pass: each
+    token's (U, V) log-probabilities, and the keys/values a search from the prefix starts with
+    (None for a decoder without a kv-cache session)."""
+    rows = torch.zeros(1, dtype=torch.long)
+    session = recognizer.scorers["decoder"].begin(batch, rows)
+    if not isinstance(session, KVCacheDecoderSession):
+        return None
+    yseq = torch.tensor([[recognizer.model.sos, *prefix]], device=batch.enc.device)
+    logp = session.teacher_forced(yseq, rows)[0]
+    assert session.cache is not None
+    return TeacherForced(logp, session.cache)
+
+
 def confirmed_length(
     prefix: list[int],
     dec_logp: torch.Tensor,
@@ -123,12 +181,13 @@ def confirmed_length(
     R: torch.Tensor,
     ctc_weight: float,
     candidates: int = 8,
+    margin: float = 0.0,
 ) -> int:
     """How many leading tokens of ``prefix`` the joint decoder + CTC score still picks first.
 
     At each position u the committed token must score at least as well as each of
-    the decoder's ``candidates`` best tokens, weighted as the beam search weighs
-    them: ``(1 - w) * decoder + w * CTC prefix score``. ``dec_logp`` (U, V) are
+    the decoder's ``candidates`` best other tokens (by ``margin`` more), weighted as
+    the beam search weighs them: ``(1 - w) * decoder + w * CTC prefix score``. ``dec_logp`` (U, V) are
     the decoder's log-probabilities of each position, ``R`` (>= U, T, 2) the CTC
     forward variables of every sub-prefix (:class:`PrefixForwardCache`),
     ``ctc_logp`` (T, V) the CTC log-posteriors (blank = 0).
@@ -154,6 +213,7 @@ def confirmed_length(
     psi = torch.logsumexp(torch.where(valid, phi_prev + x, torch.tensor(-1e30, dtype=torch.float64)), dim=1)
     psi[0] = torch.logaddexp(psi[0], x[0, 0])  # the first token may start at frame 0
     joint = (1 - ctc_weight) * dec.gather(1, cand) + ctc_weight * psi  # (U, K+1)
-    ok = joint[:, 0] >= joint[:, 1:].max(dim=1).values - 1e-9
+    others = torch.where(cand[:, 1:] == toks.unsqueeze(1), -math.inf, joint[:, 1:])  # not the token itself
+    ok = joint[:, 0] >= others.max(dim=1).values + margin - 1e-9
     bad = (~ok).nonzero()
     return int(bad[0]) if bad.numel() else U

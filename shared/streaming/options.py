@@ -36,6 +36,7 @@ class StreamingOptions:
     collapse_margin: float = 0.0
     collapse_beam_size: int = 10
     collapse_confirm: bool = True
+    collapse_confirm_margin: float = 0.0  # nats a confirmed token must beat the runner-up by
     # 4. beam termination: stop once no running hypothesis can beat the n-best
     #    (exact), or once the predicted length (pilots, CTC greedy) plus slack is
     #    reached with a finished hypothesis in hand (approximate).

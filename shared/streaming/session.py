@@ -25,7 +25,7 @@ from rapidfuzz.distance import Levenshtein
 from pasu.audio import check_samples, min_encodable_samples
 from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.decoding.scorers import EncoderBatch
-from pasu.streaming.commit import PrefixCommitter, Seed
+from pasu.streaming.commit import PrefixCommitter, Seed, decoder_logp
 from pasu.streaming.options import StreamingOptions
 from pasu.streaming.termination import BeamTermination
 
@@ -194,17 +194,8 @@ class StreamingSession:
             [p.nbest for p in self.pilots],
             int(batch.lengths[0]),
             lambda: self._ctc.log_softmax(batch.enc)[0],
-            lambda prefix: self._decoder_logp(batch, prefix),
+            lambda prefix: decoder_logp(self.rec, batch, prefix),
         )
-
-    def _decoder_logp(self, batch: EncoderBatch, prefix: list[int]) -> torch.Tensor | None:
-        """The decoder's (U, V) log-probabilities of each token of ``prefix`` on the audio heard now."""
-        rows = torch.zeros(1, dtype=torch.long)
-        session = self.rec.scorers["decoder"].begin(batch, rows)
-        if not hasattr(session, "teacher_forced"):
-            return None
-        yseq = torch.tensor([[self.rec.model.sos, *prefix]], device=batch.enc.device)
-        return session.teacher_forced(yseq, rows)[0]
 
     def _search(self, batch: EncoderBatch, seed: Seed | None, beam: int, nbest: int, stop) -> list[NBestEntry]:
         return self.rec.decode(
@@ -213,7 +204,7 @@ class StreamingSession:
             beam_size=beam,
             nbest=nbest,
             stop=stop,
-            prime_hints={"ctc": seed.hint} if seed and seed.hint else None,
+            prime_hints=seed.prime_hints() if seed else None,
         )[0]
 
     @torch.inference_mode()

@@ -63,14 +63,26 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
         default="same",
         help="offload: model that makes the device n-best ('same' = --serve-model; default)",
     )
-    c.add_argument("--device-beam", type=int, default=4, help="offload: device beam size")
+    c.add_argument("--device-beam", type=int, default=4, help="offload: device beam size (--device-from final)")
+    c.add_argument(
+        "--device-from",
+        choices=("final", "pilots"),
+        default="final",
+        help="offload: the device n-best sent is its final one over the whole clip (complete), or, as the "
+        "agent sends it, pilot --device-pilot's in the config and the last pilot's as an update (the "
+        "device's streaming session, default options)",
+    )
+    c.add_argument(
+        "--device-pilot", type=int, default=2, help="--device-from pilots: the pilot that decides (default 2)"
+    )
     c.add_argument("--threads", type=int, default=None, help="torch intra-op threads of an in-process worker")
+    c.add_argument("--json-out", type=Path, default=None, help="also write the last line's JSON here")
     add_worker_args(c, serve=False)
     c.set_defaults(func=run_cloud_bench)
     # `--reuse compare` runs both policies; widen the choices add_worker_args set.
     for action in c._actions:
         if action.dest == "reuse":
-            action.choices = ("off", "rescore", "compare")
+            action.choices = ("off", "rescore", "seed", "compare")
 
 
 @dataclass
@@ -88,6 +100,7 @@ class CloudBenchResult:
     mean_batch: float | None = None
     server_busy_s: float | None = None  # in-process worker: batching thread compute time
     server_decode_s: float | None = None  # of which search + rescoring
+    server_cpu_s: float | None = None  # busy time in the batching thread's CPU time
 
     def pct(self, q: float) -> float:
         return pct(self.latencies, q)
@@ -154,18 +167,44 @@ def accuracy(best: dict[int, str], refs: dict[int, str]) -> dict[str, float | in
     return summary({k: v for k, v in best.items() if k in refs}, refs)
 
 
-def device_results(clips, model_dir: str, beam: int):
+def device_results(clips, model_dir: str, beam: int, source: str = "final", pilot: int = 2):
     """The device's n-best for each clip, as the agent sends it (untimed; confidence 0.5:
-    no estimator runs here)."""
+    no estimator runs here).
+
+    ``source="pilots"``: a (config, update) pair per clip from the device's streaming
+    session: pilot ``pilot``'s n-best (the earliest an offramp decides) and the last
+    pilot's, both incomplete, as an agent that offloaded at that pilot sends them."""
+    import torch
+
     from pasu.decoding.options import DecodingOptions
     from pasu.decoding.recognizer import Recognizer
     from pasu.model_store import resolve_model
     from pasu.models import load_model
+    from pasu.streaming.session import StreamingSession
     from pasu.wire import device_result
 
     model = load_model(resolve_model(model_dir, "device"))
-    rec = Recognizer(model, DecodingOptions(beam_size=beam, nbest=min(beam, 3)))
-    return [device_result(rec.recognize([a])[0], model.name, model.version, model.token_list, 0.5) for a in clips]
+
+    def wire(nbest, complete: bool = True):
+        return device_result(nbest, model.name, model.version, model.token_list, 0.5, complete=complete)
+
+    if source == "final":
+        rec = Recognizer(model, DecodingOptions(beam_size=beam, nbest=min(beam, 3)))
+        return [wire(rec.recognize([a])[0]) for a in clips]
+    rec = Recognizer(model, DecodingOptions())
+    out = []
+    with torch.inference_mode():
+        for a in clips:
+            session = StreamingSession(rec)
+            for i in range(0, len(a), 1600):
+                session.feed(a[i : i + 1600])
+            pilots = [p.nbest for p in session.pilots if p.nbest]
+            if not pilots:
+                out.append(None)
+                continue
+            first = pilots[min(pilot, len(pilots)) - 1]
+            out.append((wire(first, False), wire(pilots[-1], False) if len(pilots) > 1 else None))
+    return out
 
 
 def run_load(
@@ -257,11 +296,12 @@ def serve_and_load(model, clips, args, reuse: str, devices=None) -> CloudBenchRe
         warm = argparse.Namespace(**{**vars(args), "requests": 1, "concurrency": 1})
         run_load(target, clips, warm, "warmup", devices)
         bt = worker.batcher
-        batches0, searched0, busy0, dec0 = bt.batches, bt.searched, bt.busy_s, bt.decode_busy_s
+        batches0, searched0, busy0, dec0, cpu0 = bt.batches, bt.searched, bt.busy_s, bt.decode_busy_s, bt.busy_cpu_s
         res = run_load(target, clips, args, f"batch{args.max_batch_size}-reuse-{reuse}", devices)
         b = worker.batcher.batches - batches0
         res.mean_batch = (bt.searched - searched0) / b if b else None
         res.server_busy_s, res.server_decode_s = bt.busy_s - busy0, bt.decode_busy_s - dec0
+        res.server_cpu_s = bt.busy_cpu_s - cpu0
     finally:
         worker.stop(grace=5)
     return res
@@ -286,6 +326,60 @@ def format_rows(rows: list[CloudBenchResult]) -> str:
     return "\n".join(lines)
 
 
+def compare_reuse(rows: list[CloudBenchResult], refs: dict[int, str]) -> dict:
+    """Each reuse policy against ``off`` (the first row): server compute per request, search
+    time, answers that changed, and intent accuracy/WER against ``refs`` where given."""
+    off = rows[0]
+    acc_off = accuracy(off.best, refs) if refs else None
+    out: dict = {
+        "search_s_off": round(off.server_decode_s or 0.0, 3),
+        "busy_s_off": round(off.server_busy_s or 0.0, 3),
+        "cpu_ms_per_request_off": round(1000 * (off.server_cpu_s or 0.0) / max(off.requests, 1), 1),
+        "throughput_rps_off": round(off.throughput, 3),
+    }
+    if acc_off:
+        out.update(intent_acc_off=acc_off["intent_acc"], wer_off=acc_off["wer"], scored=acc_off["utterances"])
+    for on in rows[1:]:
+        p = on.label.rsplit("-", 1)[-1]
+        common = [k for k in off.best if k in on.best]
+        agree = sum(off.best[k] == on.best[k] for k in common)
+        d_off, d_on = off.server_decode_s or 0.0, on.server_decode_s or 0.0
+        cpu_off, cpu_on = off.server_cpu_s or 0.0, on.server_cpu_s or 0.0
+        out.update(
+            {
+                f"search_s_{p}": round(d_on, 3),
+                f"busy_s_{p}": round(on.server_busy_s or 0.0, 3),
+                f"cpu_ms_per_request_{p}": round(1000 * cpu_on / max(on.requests, 1), 1),
+                # server compute per request without reuse over with it (CPU time; > 1: reuse saves)
+                f"compute_ratio_{p}": round(cpu_off / cpu_on, 3) if cpu_on else None,
+                f"search_time_saved_{p}": round(1 - d_on / d_off, 3) if d_off else None,
+                f"best_text_agreement_{p}": round(agree / len(common), 3) if common else None,
+                f"reused_{p}": on.summary().get("short_circuited", 0.0),
+            }
+        )
+        if acc_off:
+            acc_on = accuracy(on.best, refs)
+            out.update(
+                {
+                    f"intent_acc_{p}": acc_on["intent_acc"],
+                    f"wer_{p}": acc_on["wer"],
+                    # what reuse costs, in points of intent accuracy (negative: it helped)
+                    f"accuracy_cost_points_{p}": round(100 * (acc_off["intent_acc"] - acc_on["intent_acc"]), 2),
+                }
+            )
+        print(
+            f"reuse {p}: server CPU {1000 * cpu_off / max(off.requests, 1):.0f} -> "
+            f"{1000 * cpu_on / max(on.requests, 1):.0f} ms per request; search {d_off:.2f} s -> {d_on:.2f} s; "
+            f"reused {out[f'reused_{p}']:.0%}; best text agrees on {agree}/{len(common)} clips"
+            + (
+                f"; intent accuracy {100 * out['intent_acc_off']:.1f}% -> {100 * out[f'intent_acc_{p}']:.1f}%"
+                if acc_off
+                else ""
+            )
+        )
+    return out
+
+
 def run_cloud_bench(args: argparse.Namespace) -> int:
     if args.concurrency < 1 or args.requests < 1:
         raise SystemExit("--concurrency and --requests must be >= 1")
@@ -300,7 +394,7 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
             metadata = (("authorization", f"Bearer {args.token_file.read_text().splitlines()[0].strip()}"),)
         devices = None
         if args.rpc == "offload" and args.device_model != "same":
-            devices = device_results(clips, args.device_model, args.device_beam)
+            devices = device_results(clips, args.device_model, args.device_beam, args.device_from, args.device_pilot)
         rows = [run_load(args.target, clips, args, "remote", devices, metadata)]
     else:
         import torch
@@ -314,46 +408,15 @@ def run_cloud_bench(args: argparse.Namespace) -> int:
         devices = None
         if args.rpc == "offload":
             dev = args.serve_model if args.device_model == "same" else args.device_model
-            devices = device_results(clips, dev, args.device_beam)
-        policies = ("off", "rescore") if args.reuse == "compare" else (args.reuse,)
+            devices = device_results(clips, dev, args.device_beam, args.device_from, args.device_pilot)
+        policies = ("off", "rescore", "seed") if args.reuse == "compare" else (args.reuse,)
         rows = [serve_and_load(model, clips, args, p, devices) for p in policies]
     print(format_rows(rows))
     summary = rows[-1].summary()
-    if len(rows) == 2:
-        off, on = rows
-        common = [k for k in off.best if k in on.best]
-        agree = sum(off.best[k] == on.best[k] for k in common)
-        d_off, d_on = off.server_decode_s or 0.0, on.server_decode_s or 0.0
-        summary["reuse_compare"] = {
-            "search_s_off": round(d_off, 3),
-            "search_s_rescore": round(d_on, 3),
-            "search_time_saved": round(1 - d_on / d_off, 3) if d_off else None,
-            "busy_s_off": round(off.server_busy_s or 0.0, 3),
-            "busy_s_rescore": round(on.server_busy_s or 0.0, 3),
-            "throughput_rps_off": round(off.throughput, 3),
-            "best_text_agreement": round(agree / len(common), 3) if common else None,
-        }
-        refs = clip_references(paths, args.text, default_audio=not args.audio)
-        if refs:
-            acc_off, acc_on = accuracy(off.best, refs), accuracy(on.best, refs)
-            summary["reuse_compare"].update(
-                intent_acc_off=acc_off["intent_acc"],
-                intent_acc_rescore=acc_on["intent_acc"],
-                wer_off=acc_off["wer"],
-                wer_rescore=acc_on["wer"],
-                scored=acc_on["utterances"],
-                # what reuse costs, in points of intent accuracy (negative: it helped)
-                accuracy_cost_points=round(100 * (acc_off["intent_acc"] - acc_on["intent_acc"]), 2),
-            )
-            print(
-                f"intent accuracy vs references ({acc_on['utterances']} clips): "
-                f"{100 * acc_off['intent_acc']:.1f}% from scratch, {100 * acc_on['intent_acc']:.1f}% with reuse; "
-                f"WER {100 * acc_off['wer']:.1f}% -> {100 * acc_on['wer']:.1f}%"
-            )
-        print(
-            f"decoder reuse: search time {d_off:.2f} s -> {d_on:.2f} s; "
-            f"short-circuited {summary.get('short_circuited', 0):.0%}; "
-            f"best text agrees on {agree}/{len(common)} clips"
-        )
+    if len(rows) > 1:
+        summary["reuse_compare"] = compare_reuse(rows, clip_references(paths, args.text, default_audio=not args.audio))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary), flush=True)
     return 0 if all(r.errors == 0 for r in rows) else 1

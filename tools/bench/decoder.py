@@ -11,7 +11,9 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from pasu.audio import read_audio
@@ -74,15 +76,22 @@ class DecoderBenchResult:
         return out
 
 
+def side_by_side(
+    model: LoadedModel, options: DecodingOptions, audio_files: list[str | Path]
+) -> tuple[Any, Recognizer, dict[str, np.ndarray]]:
+    """Stock ESPnet's ``Speech2Text`` and pasu's recognizer on one model and settings, and
+    the audio at the model's rate by utterance id (the file's stem)."""
+    audio = {Path(f).stem: read_audio(f, model.sample_rate) for f in audio_files}
+    return espnet_speech2text(model, options, device=str(model.device)), Recognizer(model, options), audio
+
+
 def run_decoder_bench(
     model: LoadedModel,
     audio_files: list[str | Path],
     options: DecodingOptions = DecodingOptions(),
     bench: DecoderBenchOptions = DecoderBenchOptions(),
 ) -> DecoderBenchResult:
-    s2t = espnet_speech2text(model, options, device=str(model.device))
-    rec = Recognizer(model, options)
-    audio = {Path(f).stem: read_audio(f, model.sample_rate) for f in audio_files}
+    s2t, rec, audio = side_by_side(model, options, audio_files)
     if not audio:
         raise ValueError("no audio to benchmark")
     for speech in list(audio.values())[: bench.warmup]:

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pasu.audio import read_audio
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
 from pasu.models import LoadedModel
 from pasu.streaming import TECHNIQUES, StreamingOptions, StreamingSession
 from pasu.streaming.session import FIRED
-from pasu.tools.reference import espnet_nbest, espnet_speech2text
+from pasu.tools.bench.decoder import side_by_side
+from pasu.tools.reference import espnet_nbest
 from pasu.tools.scoring import accuracy
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,7 @@ def run_latency_bench(
     streaming: StreamingOptions = StreamingOptions(),
     bench: LatencyBenchOptions = LatencyBenchOptions(),
 ) -> LatencyBenchResult:
-    s2t = espnet_speech2text(model, decoding, device=str(model.device))
-    rec = Recognizer(model, decoding)
-    audio = {Path(f).stem: read_audio(f, model.sample_rate) for f in audio_files}
+    s2t, rec, audio = side_by_side(model, decoding, audio_files)
     for a in list(audio.values())[: bench.warmup]:
         run_espnet(s2t, a, bench.timer())
         run_stream(rec, streaming, a, bench)

@@ -38,12 +38,13 @@ def send(
     timeout: float,
     metadata: tuple = (),
 ):
-    """One ``Offload`` (with the device n-best ``device``, or none) or ``Recognize`` call; its
-    response. gRPC errors propagate."""
+    """One ``Offload`` (with the device n-best ``device``, or none; a pair is the n-best of the
+    config and a later update) or ``Recognize`` call; its response. gRPC errors propagate."""
     from pasu.cloud import client as C
 
     if rpc == "offload":
-        requests = C.offload_requests(request_id, clip, device, beam_size=beam_size)
+        first, update = device if isinstance(device, tuple) else (device, None)
+        requests = C.offload_requests(request_id, clip, first, beam_size=beam_size, update=update)
         return stub.Offload(requests, timeout=timeout, metadata=metadata)
     request = C.recognize_request(request_id, clip, beam_size=beam_size)
     return stub.Recognize(request, timeout=timeout, metadata=metadata)

@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pasu.cli import flag_values
 from pasu.resources import example_audio
 from pasu.tools.bench.load import load_clips, pct, send
 
@@ -637,14 +638,11 @@ def run_soak_command(args: argparse.Namespace) -> int:
     try:
         opts = SoakOptions(
             duration_s=args.duration,
-            concurrency=args.concurrency,
-            segments_per_client=args.segments_per_client,
-            rpc=args.rpc,
             timeout_s=args.timeout,
-            request_beam=args.request_beam,
             sample_interval_s=args.sample_interval,
             pace_s=args.pace,
             token=args.token_file.read_text().splitlines()[0].strip() if args.token_file else None,
+            **flag_values(args, "concurrency segments_per_client rpc request_beam"),
         )
     except (ValueError, OSError, IndexError) as e:
         raise SystemExit(f"pasu bench soak: {e}") from None

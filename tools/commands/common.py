@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pasu.cli import flag_values
 from pasu.decoding.options import DecodingOptions
 
 
@@ -27,17 +28,18 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--minlenratio", type=float, default=d.minlenratio)
     g.add_argument("--nbest", type=int, default=d.nbest)
     g.add_argument("--ctc-recursion", choices=("scan", "loop"), default=d.ctc_recursion)
+    g.add_argument(
+        "--lm-weight",
+        type=float,
+        default=d.lm_weight,
+        help="shallow fusion with the language model that comes with the model (ESPnet's lm_weight; "
+        "default: %(default)s, no LM)",
+    )
 
 
 def decoding_options(args: argparse.Namespace) -> DecodingOptions:
     return DecodingOptions(
-        beam_size=args.beam_size,
-        ctc_weight=args.ctc_weight,
-        penalty=args.penalty,
-        maxlenratio=args.maxlenratio,
-        minlenratio=args.minlenratio,
-        nbest=args.nbest,
-        ctc_recursion=args.ctc_recursion,
+        **flag_values(args, "beam_size ctc_weight penalty maxlenratio minlenratio nbest ctc_recursion lm_weight")
     )
 
 

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pasu.cli import flag_values
+
 log = logging.getLogger(__name__)
 
 
@@ -20,12 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Synthesize a SLURP-style spoken-command corpus (ESPnet data dirs: "
         "train, dev, test_voices, test_hard, calib) from Debian's TTS engines.",
     )
-    p.add_argument("--out", type=Path, default=Path("data/synth"), help="output dir (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--train", type=int, default=12000, help="train utterances (default: %(default)s)")
-    p.add_argument("--dev", type=int, default=600, help="dev utterances (default: %(default)s)")
-    p.add_argument("--test-voices", type=int, default=600, help="test_voices utterances (default: %(default)s)")
-    p.add_argument("--test-hard", type=int, default=600, help="test_hard utterances (default: %(default)s)")
+    _add_corpus_args(p, "data/synth")
+    for split, default in (("train", 12000), ("dev", 600), ("test_voices", 600), ("test_hard", 600)):
+        p.add_argument(
+            f"--{split.replace('_', '-')}", type=int, default=default, help=f"{split} utterances (default: %(default)s)"
+        )
     p.add_argument(
         "--calib",
         type=int,
@@ -44,7 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--splits", default=",".join(_splits()), help="comma-separated splits to make (default: %(default)s)"
     )
-    p.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: all cores)")
     p.add_argument(
         "--format",
         choices=("flac", "wav"),
@@ -52,7 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="audio_format",
         help="audio file format (default: %(default)s)",
     )
-    p.add_argument("--no-festival", action="store_true", help="do not use festival test voices even when installed")
     p.add_argument("--grammar", type=Path, help="grammar YAML (default: the packaged one)")
     p.add_argument("--overwrite", action="store_true", help="replace existing split dirs")
     p.add_argument(
@@ -64,23 +63,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "decoder cannot memorise the templates (default: %(default)s)",
     )
     p.add_argument("--text-only", action="store_true", help="only plan and write text/utt2voice (no audio)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-engines", action="store_true", help="say which engines and voices are installed, and exit")
     p.set_defaults(func=run_synth)
 
     s = sub.add_parser(
         "subset",
         help="copy a small, self-contained, intent-balanced subset of a data dir",
-        description="Copy N utterances of an ESPnet data dir (round-robin over intents, seeded) "
-        "with their audio into a self-contained dir; the shipped evaluation subset "
-        "is made this way.",
+        description=run_subset.__doc__,
     )
+    s.set_defaults(func=run_subset)
     s.add_argument("--data", type=Path, required=True, help="source data dir (wav.scp, text)")
     s.add_argument("--out", type=Path, required=True, help="output dir (replaced)")
     s.add_argument("--size", type=int, default=200, help="utterances (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     s.add_argument("--max-mb", type=float, default=10.0, help="refuse a subset bigger than this (default: %(default)s)")
-    s.set_defaults(func=run_subset)
 
     r = sub.add_parser(
         "rejection",
@@ -90,19 +86,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "without silence around), ood (non-command sentences read by the test voices) and "
         "lead_noise (commands in noise that starts before the speech).",
     )
-    r.add_argument("--out", type=Path, default=Path("data/rejection"), help="output dir (default: %(default)s)")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    r.add_argument("--noise", type=int, default=280, help="noise-only clips (default: %(default)s)")
-    r.add_argument("--ood", type=int, default=240, help="out-of-domain clips (default: %(default)s)")
-    r.add_argument("--lead-noise", type=int, default=120, help="commands after noise (default: %(default)s)")
+    _add_corpus_args(r, "data/rejection")
+    for kind, default, what in (
+        ("noise", 280, "noise-only"),
+        ("ood", 240, "out-of-domain"),
+        ("lead-noise", 120, "lead_noise"),
+    ):
+        r.add_argument(f"--{kind}", type=int, default=default, help=f"{what} clips (default: %(default)s)")
     r.add_argument("--sets", default="noise,ood,lead_noise", help="comma-separated sets (default: %(default)s)")
-    r.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: all cores)")
-    r.add_argument("--no-festival", action="store_true", help="no festival test voices")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=run_rejection)
 
     e = sub.add_parser("engines", help="say which TTS engines and voices are installed")
     e.set_defaults(func=run_engines)
+
+
+def _add_corpus_args(p: argparse.ArgumentParser, out: str) -> None:
+    """The flags both corpus recipes (synth, rejection) take."""
+    p.add_argument("--out", type=Path, default=Path(out), help="output dir (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: all cores)")
+    p.add_argument("--no-festival", action="store_true", help="do not use festival test voices even when installed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _splits() -> tuple[str, ...]:
@@ -125,14 +129,10 @@ def run_rejection(args: argparse.Namespace) -> int:
     try:
         opts = RejectionOptions(
             out_dir=args.out,
-            seed=args.seed,
-            noise=args.noise,
-            ood=args.ood,
-            lead_noise=args.lead_noise,
-            jobs=args.jobs,
             festival=not args.no_festival,
             sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),
             progress=not args.no_progress,
+            **flag_values(args, "seed noise ood lead_noise jobs"),
         )
         counts = make_sets(opts)
     except (RuntimeError, ValueError) as err:
@@ -144,6 +144,8 @@ def run_rejection(args: argparse.Namespace) -> int:
 
 
 def run_subset(args: argparse.Namespace) -> int:
+    """Copy N utterances of an ESPnet data dir (round-robin over intents, seeded) with their
+    audio into a self-contained dir; the shipped evaluation subset is made this way."""
     from pasu.tools.data.subset import SubsetOptions, make_subset
 
     try:
@@ -164,20 +166,11 @@ def run_synth(args: argparse.Namespace) -> int:
 
     opts = SynthOptions(
         out_dir=args.out,
-        seed=args.seed,
-        train=args.train,
-        dev=args.dev,
-        test_voices=args.test_voices,
-        test_hard=args.test_hard,
-        calib=args.calib,
         splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
-        jobs=args.jobs,
-        audio_format=args.audio_format,
         festival=not args.no_festival,
         grammar_path=args.grammar,
         progress=not args.no_progress,
-        overwrite=args.overwrite,
-        text_variety=args.text_variety,
+        **flag_values(args, "seed train dev test_voices test_hard calib jobs audio_format overwrite text_variety"),
     )
     if args.per_split is not None:
         opts = opts.with_per_split(args.per_split)

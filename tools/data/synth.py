@@ -17,6 +17,10 @@ Splits (ESPnet data dirs under ``out_dir/<split>``):
 * ``calib``: training voices and templates as ``train``, every utterance in
   ``test_hard``'s noise: what the device's confidence estimator learns from
   (hard, so the device fails often enough to learn from, and never a test voice).
+* ``calib_voices`` (made only when asked): voices that are neither training nor
+  test voices (espeak-ng's English voices with the variants training leaves out,
+  :data:`CALIB_VARIANTS`), training templates, clean as ``test_voices``: speakers
+  the model never heard, to calibrate on (docs/rejection/README.md says what it gave).
 
 Everything random is drawn in the planning step from one seed (utterance
 texts, voices, every augmentation parameter and a per-utterance noise seed), so
@@ -25,11 +29,13 @@ the corpus does not depend on ``jobs`` or on scheduling.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -58,6 +64,12 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test_voices", "test_hard", "calib")
 TRAIN_SPLITS = ("train", "dev", "calib")  # the splits read by training voices
+# Splits made only when named: after SPLITS, so no split before them changes.
+EXTRA_SPLITS = ("calib_voices",)
+ALL_SPLITS = SPLITS + EXTRA_SPLITS
+# espeak-ng variants that are neither training (engines.ESPEAK_VARIANTS) nor test voices
+# and still read like a person (no robots, whispers or croaks): the calib_voices speakers.
+CALIB_VARIANTS = ("announcer", "AnxiousAndy", "RicishayMax2", "RicishayMax3", "Tweaky")
 DITHER_DB = -66.0  # dBFS RMS: ~16 LSB of 16-bit, well under any speech or noise
 BABBLE_BANK = 24
 # share of training utterances per engine (espeak-ng has 648 voices, flite 2). flite's
@@ -79,6 +91,7 @@ class SynthOptions:
     test_voices: int = 600
     test_hard: int = 600
     calib: int = 600
+    calib_voices: int = 600
     splits: tuple[str, ...] = SPLITS
     jobs: int = 0  # 0: all cores
     audio_format: str = "flac"  # flac | wav (16-bit PCM either way)
@@ -92,12 +105,12 @@ class SynthOptions:
     text_variety: float = 0.0
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.splits if s not in SPLITS]
+        bad = [s for s in self.splits if s not in ALL_SPLITS]
         if bad:
-            raise ValueError(f"unknown split(s) {bad}; choose from {SPLITS}")
+            raise ValueError(f"unknown split(s) {bad}; choose from {ALL_SPLITS}")
         if self.audio_format not in ("flac", "wav"):
             raise ValueError("audio_format must be flac or wav")
-        if min(self.size(s) for s in SPLITS) < 0:
+        if min(self.size(s) for s in ALL_SPLITS) < 0:
             raise ValueError("split sizes must be >= 0")
         if not 0.0 <= self.text_variety <= 1.0:
             raise ValueError("text_variety must be within [0, 1]")
@@ -184,7 +197,7 @@ class CorpusSummary:
 
 # ---- planning ---------------------------------------------------------------------
 def _split_rng(seed: int, split: str) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLITS.index(split) + 1])
+    return np.random.default_rng([seed, ALL_SPLITS.index(split) + 1])
 
 
 def _pick_voice(rng: np.random.Generator, voices: Sequence[Voice]) -> Voice:
@@ -303,7 +316,10 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
     """
     train_voices = engines.training_voices()
     test_voices = engines.test_voices(festival=opts.festival)
-    needs_test = any(opts.size(s) for s in opts.splits if s not in TRAIN_SPLITS)
+    calib_voices = heldout_calib_voices(engines) if "calib_voices" in opts.splits else []
+    if opts.size("calib_voices") and "calib_voices" in opts.splits and not calib_voices:
+        raise RuntimeError("no calib_voices voices (espeak-ng with its variants: tools/data/install_engines.sh)")
+    needs_test = any(opts.size(s) for s in opts.splits if s not in TRAIN_SPLITS + EXTRA_SPLITS)
     needs_train = any(opts.size(s) for s in opts.splits if s in TRAIN_SPLITS)
     if needs_train and not train_voices:
         raise RuntimeError("no training voices (install espeak-ng and flite: tools/data/install_engines.sh)")
@@ -311,6 +327,7 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
         raise RuntimeError("no test voices (install flite: tools/data/install_engines.sh)")
     assert all(is_training_voice(v) and not is_test_voice(v) for v in train_voices)
     assert all(is_test_voice(v) for v in test_voices)
+    assert not any(is_training_voice(v) or is_test_voice(v) for v in calib_voices)
 
     seen: set[str] = set()
     recombined: set[str] = set()  # train's varied sentences (text_variety)
@@ -320,8 +337,8 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
     plans: dict[str, list[UttPlan]] = {}
     intents = grammar.intent_names
     audio_root = opts.out_dir.resolve() / "audio"
-    last = max((SPLITS.index(s) for s in opts.splits), default=-1)
-    for split in SPLITS[: last + 1]:  # fixed order: adding a split never changes another
+    last = max((ALL_SPLITS.index(s) for s in opts.splits), default=-1)
+    for split in ALL_SPLITS[: last + 1]:  # fixed order: adding a split never changes another
         if split not in opts.splits and not (train_voices if split in TRAIN_SPLITS else test_voices):
             log.warning("%s: its voices are not installed; the splits after it may repeat its sentences", split)
             continue
@@ -347,7 +364,10 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
                 # stay those of a corpus without variety; later splits avoid both
                 s = grammar.vary(vary_rng, s)
                 recombined.add(s.text)
-            if split in TRAIN_SPLITS:
+            if split == "calib_voices":
+                voice = calib_voices[int(rng.integers(len(calib_voices)))]
+                aug = _clean_aug(rng)
+            elif split in TRAIN_SPLITS:
                 voice = _pick_voice(rng, train_voices)
                 aug = _calib_aug(rng, voice) if split == "calib" else _train_aug(rng, voice)
             else:
@@ -370,6 +390,25 @@ def plan_corpus(opts: SynthOptions, grammar: Grammar, engines: Engines) -> dict[
         if split in opts.splits:
             plans[split] = out
     return plans
+
+
+@functools.cache
+def _installed_variants() -> frozenset[str]:
+    try:
+        out = subprocess.run(
+            ["espeak-ng", "--voices=variant"], capture_output=True, timeout=60, check=True
+        ).stdout.decode("utf-8", "replace")
+    except (subprocess.SubprocessError, OSError) as e:
+        log.warning("espeak-ng --voices=variant failed: %s", e)
+        return frozenset()
+    return frozenset(p[4].split("/", 1)[1] for p in map(str.split, out.splitlines()[1:]) if len(p) >= 5 and "/" in p[4])
+
+
+def heldout_calib_voices(engines: Engines) -> list[Voice]:
+    """The calib_voices speakers: espeak-ng's English voices with :data:`CALIB_VARIANTS`
+    (installed ones), neither training nor test voices (engines.py's voice rule)."""
+    have = _installed_variants()
+    return [Voice("espeak-ng", n, v) for n in engines.espeak_ng for v in CALIB_VARIANTS if v in have]
 
 
 def _babble_plan(opts: SynthOptions, grammar: Grammar, engines: Engines) -> list[tuple[Voice, str]]:
@@ -544,7 +583,7 @@ def synthesize_corpus(
         done = dict(_pool_map(_babble_clip, items, jobs, [], "babble bank", opts.progress))
         bank = [done[i] for i in range(len(items))]  # plan order, whatever the finishing order
 
-    every = [p for split in SPLITS for p in plans.get(split, [])]
+    every = [p for split in ALL_SPLITS for p in plans.get(split, [])]
     seconds: dict[str, float] = {}
     failed: list[str] = []
     for utt_id, dur, err in _pool_map(_render_job, every, jobs, bank, "synthesizing", opts.progress):

@@ -36,6 +36,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     o.add_argument("--seed", type=int, default=0, help="random offloading's draw and the bootstrap's")
     o.add_argument(
+        "--slo-ms",
+        type=float,
+        action="append",
+        default=None,
+        help="response budget after the end of speech (repeatable): adds the capacity framing "
+        "(three device pipelines, budget-aware policies; slo_points.csv, summary.json's 'slo')",
+    )
+    o.add_argument(
+        "--device-profile",
+        action="append",
+        default=None,
+        metavar="NAME|FACTOR",
+        help="replay the device's compute as on this device (repeatable; names: "
+        "pasu.tools.experiment.profiles.PROFILES; default with --slo-ms: every named one)",
+    )
+    o.add_argument(
+        "--slo-only", action="store_true", help="with --slo-ms: only the budget framing (summary, CSV, plot)"
+    )
+    o.add_argument(
         "--resamples",
         type=int,
         default=1000,  # IntervalOptions' (not imported: keeps the CLI light)
@@ -76,9 +95,22 @@ def run(args: argparse.Namespace) -> int:
     estimator = estimator_for(device.files.root, args.confidence or None)  # default: shipped with the model
     networks = [Network(rtt_s=r / 1000, mbit_s=m) for r in args.rtt_ms for m in args.mbit]
     min_pilots = args.min_pilots if args.min_pilots is not None else PolicyConfig().min_pilots
+    command = "pasu " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    main_net = next((n for n in networks if abs(n.rtt_s - 0.1) < 1e-9 and n.mbit_s == 10.0), networks[0])
+    slo = None
+    if args.slo_ms:
+        from pasu.tools.experiment.slo_run import run_slo
+
+        slo = run_slo(records, refs, estimator, args, networks, main_net, min_pilots, out, command)
+        if args.slo_only:
+            summary = {"command": command, "utterances": len(records), "slo_network": main_net.name, "slo": slo}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            print((out / "summary.md").read_text())
+            return 0
+    elif args.slo_only or args.device_profile:
+        raise SystemExit("--slo-only and --device-profile need --slo-ms")
     points = sweep(records, refs, estimator, networks, seed=args.seed, min_pilots=min_pilots)
     write_csv(points, out / "points.csv")
-    main_net = next((n for n in networks if abs(n.rtt_s - 0.1) < 1e-9 and n.mbit_s == 10.0), networks[0])
     conf = pilot_confidences(records, estimator)
     scorer = Scorer(refs)
     finals = np.array([conf[u][-1][1] for u in records])
@@ -92,13 +124,17 @@ def run(args: argparse.Namespace) -> int:
     plots = []
     for n in [main_net] + [n for n in networks if n is not main_net]:
         plots += plot(points, n.name, out, (finals, correct) if n is main_net else None)
-    command = "pasu " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     gain = gain_report(records, scorer.correct, conf, target_accuracy(points, main_net.name), min_pilots)
     interval = headline_interval(points, main_net.name, IntervalOptions(resamples=args.resamples, seed=args.seed))
     summary = write_summary(
         points, [main_net.name] + [n.name for n in networks if n is not main_net], out, command, plots, gain, interval
     )
     summary["utterances"] = len(records)
+    if slo is not None:  # the budget framing beside the confidence one (summary.md has both)
+        summary["slo_network"], summary["slo"] = main_net.name, slo
+        slo_md = (out / "slo.md").read_text()
+        (out / "summary.md").write_text((out / "summary.md").read_text() + slo_md)
+        (out / "slo.md").unlink()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print((out / "summary.md").read_text())
     print(json.dumps({k: summary[k] for k in summary if k not in ("networks", "gain_by_bin")}), flush=True)

@@ -1,11 +1,15 @@
 """Run the device and the cloud once per utterance and cache what every policy needs.
 
 The sweep (``sweep.py``) then replays policies and thresholds from the cache
-without recomputing. Per utterance we keep: the device's streaming run (each
-pilot's n-best and when it finished on the simulated clock; the final n-best
-and its latency), the stock end-of-utterance decode (ESPnet's Speech2Text on
-the device model: its text, score and time) and the cloud model's answer and
-compute time. One JSON file per utterance and side, so an interrupted run
+without recomputing. Per utterance we keep three device pipelines — pasu's
+streaming session with every technique on (each pilot's n-best and when it
+finished on the simulated clock, the final n-best and its latency), the same
+session with every technique off (pasu's decoder after speech) and the stock
+end-of-utterance decode (ESPnet's Speech2Text on the device model) — each with
+its compute per chunk and after speech, so that ``profiles.py`` can replay them
+on a slower device; and the cloud model's answer and compute time. Compute is
+the calling thread's CPU time (``time.thread_time``: right with one torch
+thread, and not inflated by other jobs on a shared machine). One JSON file per utterance and side, so an interrupted run
 resumes: ``cache/device/`` (the streaming run and the stock decode) and
 ``cache/cloud/`` (the cloud's answer), each with a ``key.json`` naming the model
 (a digest of its weights) and options its records came from. A run with other
@@ -19,7 +23,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +34,13 @@ from pasu.decoding import DecodingOptions, Recognizer
 from pasu.decoding.recognizer import NBestEntry
 from pasu.models import LoadedModel
 from pasu.slu import join_intent
-from pasu.streaming import StreamingOptions, StreamingSession
+from pasu.streaming import TECHNIQUES, StreamingOptions, StreamingSession
 from pasu.tools.reference import espnet_nbest, espnet_speech2text
 
 log = logging.getLogger(__name__)
+
+RECORD_VERSION = 2  # 2: per-chunk compute, the all-off pipeline, CPU-time clock
+CLOCK = time.thread_time
 
 
 @dataclass(frozen=True)
@@ -61,33 +68,68 @@ def nbest_from_json(items: list[dict]) -> list[NBestEntry]:
     ]
 
 
-def device_stream(rec: Recognizer, options: CollectOptions, audio: np.ndarray) -> dict:
-    """The device's pasu session on a simulated clock (as ``pasu bench latency``), with pilot timings."""
+def device_stream(rec: Recognizer, options: CollectOptions, audio: np.ndarray, streaming=None) -> dict:
+    """A pasu session on a simulated clock (as ``pasu bench latency``), with pilot timings.
+
+    ``chunks``: per chunk, [compute s, pilots it ran]; ``final_s``: the compute after
+    the end of speech. ``streaming`` overrides ``options.streaming`` (the all-off run).
+    """
     rate = rec.model.sample_rate
     step = max(1, int(options.chunk_s * rate))
-    session = StreamingSession(rec, options.streaming, background=False)
+    session = StreamingSession(rec, streaming or options.streaming, background=False)
     busy = 0.0
-    pilots = []
+    pilots, chunk_log = [], []
     chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
     for i, chunk in enumerate(chunks):
         arrival = (i + 1) * options.chunk_s
         start = max(arrival, busy)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         n_before = len(session.pilots)
         session.feed(chunk, may_pilot=busy <= arrival)
-        busy = start + time.perf_counter() - t0
+        dt = CLOCK() - t0
+        busy = start + dt
+        chunk_log.append([dt, len(session.pilots) - n_before])
         for p in session.pilots[n_before:]:
-            pilots.append({"audio_s": p.audio_s, "done_s": busy, "nbest": [_entry(e) for e in p.nbest]})
+            pilots.append({"audio_s": p.audio_s, "done_s": busy, "chunk": i, "nbest": [_entry(e) for e in p.nbest]})
     eos = len(chunks) * options.chunk_s
     start = max(eos, busy)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     final = session.finalize()
-    latency = start + time.perf_counter() - t0 - eos
+    final_s = CLOCK() - t0
     return {
         "pilots": pilots,
         "final": {"nbest": [_entry(e) for e in final.nbest], "features": final.features},
-        "latency_s": latency,
+        "latency_s": start + final_s - eos,
         "eos_s": eos,
+        "chunks": chunk_log,
+        "final_s": final_s,
+    }
+
+
+def stock_decode(s2t, audio: np.ndarray) -> dict:
+    """Stock ESPnet after the end of speech: its best text, score and compute."""
+    t0 = CLOCK()
+    stock = espnet_nbest(s2t, audio)
+    stock_s = CLOCK() - t0
+    n_tok = max(1, len(stock[0].yseq) - 2) if stock else 1
+    return {
+        "text": stock[0].text if stock else "",
+        "score": stock[0].score if stock else -1e9,
+        "score_per_token": (stock[0].score / n_tok) if stock else -1e9,
+        "latency_s": stock_s,
+    }
+
+
+def off_summary(run: dict) -> dict:
+    """The all-off session, reduced to what its after-speech baselines need."""
+    best = run["final"]["nbest"][0] if run["final"]["nbest"] else None
+    n_tok = max(1, len(best["token_ids"])) if best else 1
+    return {
+        "text": best["text"] if best else "",
+        "score_per_token": best["score"] / n_tok if best else -1e9,
+        "latency_s": run["latency_s"],
+        "chunks": run["chunks"],
+        "final_s": run["final_s"],
     }
 
 
@@ -117,20 +159,13 @@ def collect(
     if todo_dev:
         rec = Recognizer(device, options.decoding)
         s2t = espnet_speech2text(device, options.decoding)
+        all_off = replace(options.streaming, **dict.fromkeys(TECHNIQUES, False))
         for utt in tqdm(todo_dev, desc="device", unit="utt"):
             audio = read_audio(wav_scp[utt], device.sample_rate)
-            t0 = time.perf_counter()
-            stock = espnet_nbest(s2t, audio)
-            stock_s = time.perf_counter() - t0
             rec_ = {"utt": utt, "audio_s": len(audio) / device.sample_rate, "bytes_pcm16": 2 * len(audio)}
+            rec_["stock"] = stock_decode(s2t, audio)
             rec_["device"] = device_stream(rec, options, audio)
-            n_tok = max(1, len(stock[0].yseq) - 2) if stock else 1
-            rec_["stock"] = {
-                "text": stock[0].text if stock else "",
-                "score": stock[0].score if stock else -1e9,
-                "score_per_token": (stock[0].score / n_tok) if stock else -1e9,
-                "latency_s": stock_s,
-            }
+            rec_["off"] = off_summary(device_stream(rec, options, audio, all_off))
             (dev_cache / f"{utt}.json").write_text(json.dumps(rec_))
     if todo_cloud:
         cloud_rec = Recognizer(cloud, options.decoding) if cloud is not None else None
@@ -159,7 +194,8 @@ def _open_cache(path: Path, key: dict) -> Path:
 
 def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, utt: str) -> dict:
     """The cloud's answer: in-process with the cloud model, or over gRPC (``Recognize``)."""
-    t0 = time.perf_counter()
+    clock = time.perf_counter if target else CLOCK  # a remote worker's time is wall time here
+    t0 = clock()
     if target:
         from pasu.cloud import client as cc
 
@@ -169,9 +205,10 @@ def _cloud(cloud_rec: Recognizer | None, target: str | None, audio: np.ndarray, 
         # the wire keeps the intent apart from the transcript; the device's text carries both
         text = join_intent(hyps[0].intent, hyps[0].text) if hyps else ""
     else:  # collect() has checked that one of the two is given
+        assert cloud_rec is not None
         best = cloud_rec.recognize([audio])[0]
         text = best[0].text if best else ""
-    return {"text": text, "compute_s": time.perf_counter() - t0}
+    return {"text": text, "compute_s": clock() - t0}
 
 
 def cache_key(
@@ -187,4 +224,9 @@ def cache_key(
 
 
 def options_dict(options: CollectOptions) -> dict:
-    return {"chunk_s": options.chunk_s, "decoding": asdict(options.decoding), "streaming": asdict(options.streaming)}
+    return {
+        "chunk_s": options.chunk_s,
+        "decoding": asdict(options.decoding),
+        "streaming": asdict(options.streaming),
+        "records": RECORD_VERSION,
+    }

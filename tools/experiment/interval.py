@@ -53,15 +53,38 @@ def rates_needed(
     n = counts.sum(axis=1)  # [B]
     cloud_ok, _ = _curve(at, "cloud")
     target = (cloud_ok @ counts.T)[0] / n - margin  # [B]
-    out = []
-    for policy in ("baseline_eou", "pasu_offramp"):
-        correct, offloaded = _curve(at, policy)
-        acc = (correct @ counts.T) / n  # [T, B]
-        rate = (offloaded @ counts.T) / n
-        reach = acc >= target - 1e-12
-        out.append(np.where(reach, rate, np.inf).min(axis=0))
-    base, pasu = (np.where(np.isfinite(r), r, np.nan) for r in out)
+    base, pasu = (least_rate(*_curve(at, policy), counts, target) for policy in ("baseline_eou", "pasu_offramp"))
     return base, pasu
+
+
+def least_rate(
+    correct: np.ndarray,
+    offloaded: np.ndarray,
+    counts: np.ndarray,
+    target: np.ndarray,
+    on_time: np.ndarray | None = None,
+    min_on_time: float = 0.0,
+) -> np.ndarray:
+    """Per resample (rows of ``counts``), the least offload rate over the operating points
+    (rows of the matrices) whose accuracy reaches ``target`` (and whose on-time rate reaches
+    ``min_on_time``, where ``on_time`` is given); NaN where none does."""
+    n = counts.sum(axis=1)
+    acc = (correct @ counts.T) / n  # [T, B]
+    rate = (offloaded @ counts.T) / n
+    reach = acc >= target - 1e-12
+    if on_time is not None:
+        reach &= (on_time @ counts.T) / n >= min_on_time - 1e-12
+    best = np.where(reach, rate, np.inf).min(axis=0)
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def percentile_interval(x: np.ndarray) -> list[float | None] | None:
+    """The 95% percentile interval of the finite-or-inf values (NaN: no figure on that resample)."""
+    x = x[~np.isnan(x)]
+    if not len(x):
+        return None
+    lo, hi = np.quantile(x, [0.025, 0.975], method="nearest")
+    return [float(v) if np.isfinite(v) else None for v in (lo, hi)]  # None: unbounded (JSON has no inf)
 
 
 def ratio_of(base: np.ndarray, pasu: np.ndarray) -> np.ndarray:
@@ -79,13 +102,7 @@ def headline_interval(points: list[Point], network: str, options: IntervalOption
     base, pasu = rates_needed(points, network, counts, options.target_margin)
     ratio = ratio_of(base, pasu)
 
-    def interval(x: np.ndarray) -> list[float] | None:
-        x = x[~np.isnan(x)]
-        if not len(x):
-            return None
-        lo, hi = np.quantile(x, [0.025, 0.975], method="nearest")  # the 95% percentile interval
-        return [float(v) if np.isfinite(v) else None for v in (lo, hi)]  # None: unbounded (JSON has no inf)
-
+    interval = percentile_interval
     ok = ratio[~np.isnan(ratio)]
     both = ~np.isnan(base) & ~np.isnan(pasu)
     return {

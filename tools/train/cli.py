@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pasu.cli import flag_values
+
 log = logging.getLogger(__name__)
 
 
@@ -36,17 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to run (default: %(default)s)")
     p.add_argument("--max-epoch", type=int, help="override max_epoch of every config")
     p.add_argument("--bpe-vocab", type=int, default=d.bpe_vocab_size, help="BPE vocabulary (default: %(default)s)")
-    p.add_argument(
-        "--device-attention-blocks",
-        type=int,
-        help="attention blocks of the device encoder (default: from the bootstrap's branch weights)",
-    )
+    p.add_argument("--device-attention-blocks", type=int, help="device attention blocks (default: by branch weights)")
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader workers (default: %(default)s)")
     p.add_argument(
-        "--threads",
-        type=int,
-        default=d.num_threads,
-        help="torch threads per ESPnet run; 0: torch's default (default: %(default)s)",
+        "--threads", type=int, default=d.num_threads, help="torch threads per ESPnet run, 0: torch's (%(default)s)"
     )
     p.add_argument("--eval-limit", type=int, help="utterances per test set in the eval stage (default: all)")
     p.add_argument("--eval-beam", type=int, default=d.eval_beam_size, help="beam size of the eval stage")
@@ -113,13 +108,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data",
         type=Path,
         action="append",
-        required=True,
+        default=[],
         help="data dir with wav.scp and text (with --rejection: in-domain commands; repeat)",
     )
     e.add_argument("--limit", type=int, help="first N utterances only")
     e.add_argument("--beam-size", type=int, default=10, help="beam size (default: %(default)s)")
     e.add_argument(
         "--ctc-weight", type=float, default=DecodingOptions().ctc_weight, help="CTC weight (default: %(default)s)"
+    )
+    e.add_argument(
+        "--lm-weight",
+        type=float,
+        default=DecodingOptions().lm_weight,
+        help="shallow fusion with the model's language model (ESPnet's lm_weight; default: %(default)s)",
     )
     e.add_argument("--batch-size", type=int, default=8, help="utterances per beam search (default: %(default)s)")
     e.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -173,12 +174,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--target-false-reject", type=float, default=0.02, help="(default: %(default)s)")
     r.add_argument(
+        "--sides",
+        default="device,cloud",
+        help="with --calibrate: whose threshold to set, device and/or cloud (default: %(default)s)",
+    )
+    r.add_argument(
         "--save",
         action="store_true",
         help="with --calibrate: write the thresholds (estimator metadata, cloud rejection.json)",
     )
     r.add_argument("--json-out", type=Path, default=None, help="also write the figures here")
     r.add_argument("--records", type=Path, default=None, help="also write every clip's records here (JSON lines)")
+    r.add_argument(
+        "--from-records",
+        type=Path,
+        action="append",
+        default=[],
+        help="instead of running the agent: the device-alone figures from a --records file, judged "
+        "with --rejection-threshold (default: the estimator's calibrated one); with --calibrate: "
+        "the device threshold from such files of held-out commands, the lowest of its voice "
+        "engine groups' (repeat)",
+    )
+    r.add_argument(
+        "--rejudge-audio",
+        action="store_true",
+        help="with --from-records: the VAD's verdicts on each segment's audio made anew from the "
+        "--data/--reject dirs (records made before a change to those rules)",
+    )
     e.set_defaults(func=run_eval)
 
     c = subparsers.add_parser(
@@ -222,21 +244,18 @@ def run_train(args: argparse.Namespace) -> int:
         cloud_config=cloud,
         device_config=device,
         bpe_vocab_size=args.bpe_vocab,
-        max_epoch=args.max_epoch,
-        num_workers=args.num_workers,
         num_threads=args.threads or None,
-        seed=args.seed,
-        weights_dtype=args.weights_dtype,
         init_models=args.init_from,
-        finetune_epochs=args.finetune_epochs,
-        retrain_decoder=args.retrain_decoder,
         role_epochs=dict(args.epochs),
         version=args.model_version,
-        device_attention_blocks=args.device_attention_blocks,
-        eval_limit=args.eval_limit,
         eval_beam_size=args.eval_beam,
         extra_args=tuple(args.espnet_arg),
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
+        **flag_values(
+            args,
+            "max_epoch num_workers seed weights_dtype finetune_epochs retrain_decoder "
+            "device_attention_blocks eval_limit",
+        ),
     )
     models = run_recipe(opts)
     log.warning("models in %s", models)  # the one line a default (quiet) run shows
@@ -277,7 +296,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.model,
         args.data,
         limit=args.limit,
-        options=DecodingOptions(beam_size=args.beam_size, ctc_weight=args.ctc_weight),
+        options=DecodingOptions(beam_size=args.beam_size, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight),
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
@@ -302,9 +321,35 @@ def run_rejection(args: argparse.Namespace) -> int:
         return tqdm(items, unit="clip", file=sys.stderr, disable=args.no_progress or not sys.stderr.isatty())
 
     model = str(args.model) if args.model else None
-    if args.calibrate:
-        cal = R.calibrate_on(args.data, args.target_false_reject, model, args.cloud_model, args.limit, progress)
-        for side in ("device", "cloud"):
+    if args.from_records and args.calibrate:
+        cal = R.calibrate_by_group(args.from_records, args.target_false_reject)
+        for g, c in cal["groups"].items():
+            print(f"{g}: threshold {c['threshold']:.4f} over {c['right_answers']} right answers")
+        c = cal["device"]
+        print(f"device: threshold {c['threshold']:.4f} rejects {c['rejected']} of {c['right_answers']} right answers")
+        if args.save:
+            for path in R.save_thresholds(cal, model, args.cloud_model):
+                print(f"saved {path}")
+        out = cal
+    elif args.from_records:
+        if len(args.from_records) != 1:
+            print("error: figures come from one --from-records file", file=sys.stderr)
+            return 2
+        t = args.rejection_threshold
+        if t is None:
+            from pasu.device.confidence import estimator_for
+            from pasu.model_store import resolve_model
+
+            t = estimator_for(resolve_model(model, "device")).rejection_threshold or 0.0
+        dirs = [*args.data, *args.reject] if args.rejudge_audio else []
+        out = R.figures_from_records(args.from_records[0], t, dirs)
+        print(R.table(out))
+    elif args.calibrate:
+        sides = tuple(s.strip() for s in args.sides.split(",") if s.strip())
+        cal = R.calibrate_on(
+            args.data, args.target_false_reject, model, args.cloud_model, args.limit, progress, sides=sides
+        )
+        for side in sides:
             c = cal[side]
             print(
                 f"{side}: threshold {c['threshold']:.4f} rejects {c['rejected']} of {c['right_answers']} right "

@@ -89,6 +89,7 @@ def reject_figures(clips: Sequence[Clip]) -> dict:
         "false_accept_rate": round(len(fa) / len(clips), 4) if clips else 0.0,
         "not_understood_rate": round(1 - len(fa) / len(clips), 4) if clips else 0.0,
         "offloaded": sum(r["offloaded"] for c in clips for r in c.records),
+        "not_speech": _not_speech(c.records for c in clips),
         "per_kind": {k: {"clips": n, "false_accepts": f} for k, (n, f) in sorted(kinds.items())},
         "examples": [
             f"{c.utt}: {a['text']} ({a['confidence']:.2f}, {a['source']})" for c in fa[:5] for a in c.answers[:1]
@@ -114,9 +115,21 @@ def command_figures(clips: Sequence[Clip]) -> dict:
         "answered_wrong": sum(bool(m.get("understood")) for m in wrong),
         "not_understood_when_wrong": sum(not m.get("understood") for m in wrong),
         "no_segment": sum(m is None for _, m in mains),
+        "rejected_right_not_speech": _not_speech([m] for m in rejected),
         "extra_answers": extra,
         "offloaded": sum(r["offloaded"] for c in clips for r in c.records),
     }
+
+
+def _not_speech(records: Iterable[Iterable[dict]]) -> dict[str, int]:
+    """Clips per VAD verdict on the audio (``no_speech``, ``babble``): what those rules took."""
+    from pasu.device.vad import NOT_SPEECH
+
+    out: dict[str, int] = dict.fromkeys(NOT_SPEECH, 0)
+    for recs in records:
+        for why in {str(r.get("reject_reason")) for r in recs} & set(NOT_SPEECH):
+            out[why] += 1
+    return out
 
 
 def calibrate(scores_of_right: Sequence[float], target: float) -> float:
@@ -202,6 +215,119 @@ def evaluate_rejection(run: RejectionRun, progress: Callable[[Iterable], Iterabl
     return result
 
 
+# -- offline: the same figures from a run's records, with another device threshold -------
+def read_records(path: Path) -> dict[str, dict[str, tuple[bool, list[Clip]]]]:
+    """``{mode: {set: (is a reject set, clips)}}`` from ``RejectionRun.records`` (JSON lines)."""
+    out: dict[str, dict[str, tuple[bool, list[Clip]]]] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            sets = out.setdefault(d["mode"], {})
+            reject = d["ref"] is None
+            clips = sets.setdefault(d["set"], (reject, []))[1]
+            clips.append(Clip(d["utt"], d["ref"], d["kind"], d["records"]))
+    return out
+
+
+def rethreshold(clip: Clip, threshold: float, audio: str | Path | None = None) -> Clip:
+    """The clip's device-alone records judged with ``threshold``. Exact for ``device`` runs:
+    alone, the device offloads nothing, so the threshold changes only the verdict; the
+    VAD's verdicts on the audio (checked first) stand whatever the threshold, or, with
+    ``audio`` (the clip's file), are made anew on the segments the same VAD cuts from it."""
+    from pasu.device.vad import NOT_SPEECH
+    from pasu.slu import rejection_reason
+
+    verdicts: dict[int, str | None] = {}
+    if audio is not None:
+        from pasu.audio import read_audio
+        from pasu.device.vad import not_speech_reason, segment_audio
+
+        verdicts = {s.index: not_speech_reason(s.speech_s, s.audio) for s in segment_audio(read_audio(audio))}
+    recs = []
+    for r in clip.records:
+        if r.get("source", "device") != "device" or r.get("offloaded"):
+            raise ValueError(f"{clip.utt}: only device-alone records can be re-thresholded")
+        reason = r.get("reject_reason")
+        if audio is not None:
+            reason = verdicts.get(r["segment"]["index"])
+        if reason not in NOT_SPEECH:
+            reason = rejection_reason(r["text"], r["device_confidence"], threshold)
+        new = {k: v for k, v in r.items() if k != "reject_reason"}
+        new.update(understood=reason is None, intent=r["best_intent"] if reason is None else None)
+        if reason is not None:
+            new["reject_reason"] = reason
+        recs.append(new)
+    return Clip(clip.utt, clip.ref_intent, clip.kind, recs)
+
+
+def figures_from_records(path: Path, threshold: float, audio_dirs: Sequence[Path] = ()) -> dict:
+    """:func:`evaluate_rejection`'s figures for the ``device`` mode of a recorded run, at
+    ``threshold``; the sets whose data dir is in ``audio_dirs`` (by name) get the VAD's
+    verdicts anew from their audio (a run recorded before a change to those rules)."""
+    runs = read_records(path)
+    if "device" not in runs:
+        raise ValueError(f"{path}: no device-alone records (run with --mode device and --records)")
+    dirs = {d.name: d for d in audio_dirs}
+    sets = {}
+    for name, (reject, clips) in runs["device"].items():
+        wavs = read_wav_scp(dirs[name]) if name in dirs else {}
+        judged = [rethreshold(c, threshold, wavs.get(c.utt)) for c in clips]
+        sets[name] = reject_figures(judged) if reject else command_figures(judged)
+    return {"device": {"rejection_threshold": threshold, "records": str(path), "sets": sets}}
+
+
+def voice_engine(utt: str) -> str:
+    """The TTS engine of a corpus utterance, from its id (``espeakng_en_us_m1-…``, ``flite_awb-…``)."""
+    return utt.split("_", 1)[0]
+
+
+def calibrate_by_group(records: Sequence[Path], target: float) -> dict:
+    """The device threshold from recorded device-alone runs on held-out commands, robust to
+    the voice: the right answers of each (set, voice engine) group get their own threshold
+    at ``target`` and the lowest is kept, so no held-out group loses more than ``target``
+    (one threshold over all favours the engine the model knows best)."""
+    from pasu.device.vad import NOT_SPEECH
+
+    groups: dict[str, list[float]] = {}
+    for path in records:
+        for name, (reject, clips) in read_records(path).get("device", {}).items():
+            if reject:
+                continue
+            for c in clips:
+                m = c.main
+                if m is None or m.get("best_intent") != c.ref_intent or m.get("reject_reason") in NOT_SPEECH:
+                    continue
+                if not split_words(m["text"]):
+                    continue
+                groups.setdefault(f"{name}/{voice_engine(c.utt)}", []).append(m["device_confidence"])
+    if not groups:
+        raise ValueError("no right answers in the records to calibrate on")
+    per = {g: round(calibrate(v, target), 4) for g, v in sorted(groups.items())}
+    t = min(per.values())
+    every = [x for v in groups.values() for x in v]
+    rejected = sum(x < t for x in every)
+    return {
+        "target_false_reject": target,
+        "data": [str(p) for p in records],
+        "method": "lowest of the (set, voice engine) groups' thresholds",
+        "groups": {g: {"threshold": per[g], "right_answers": len(groups[g])} for g in per},
+        "device": {
+            "threshold": t,
+            "right_answers": len(every),
+            "rejected": rejected,
+            "false_reject_rate": round(rejected / len(every), 4),
+        },
+    }
+
+
+def split_words(text: str) -> str:
+    from pasu.slu import split_intent
+
+    return split_intent(text)[1].strip()
+
+
 def calibrate_on(
     data: Sequence[Path],
     target: float,
@@ -209,15 +335,41 @@ def calibrate_on(
     cloud_model: str | None = None,
     limit: int | None = None,
     progress: Callable[[Iterable], Iterable] = iter,
+    sides: Sequence[str] = ("device", "cloud"),
 ) -> dict:
-    """Both thresholds from held-out in-domain commands (see the module's doc)."""
-    from pasu.audio import read_audio
-    from pasu.decoding import DecodingOptions, Recognizer
+    """The thresholds of ``sides`` from held-out in-domain commands (see the module's doc)."""
+    unknown = set(sides) - {"device", "cloud"}
+    if unknown or not sides:
+        raise ValueError(f"sides: device and/or cloud, got {sorted(sides)}")
+    dev_scores: list[float] = []
+    cloud_scores: list[float] = []
+    out = {"target_false_reject": target, "data": [str(d) for d in data]}
+    if "device" in sides:
+        dev_scores = _device_right_scores(data, device_model, limit, progress)
+    if "cloud" in sides:
+        cloud_scores = _cloud_right_scores(data, cloud_model, limit, progress)
+    for side, scores in (("device", dev_scores), ("cloud", cloud_scores)):
+        if side not in sides:
+            continue
+        t = calibrate(scores, target)
+        rejected = sum(s < t for s in scores)
+        out[side] = {
+            "threshold": round(t, 4),
+            "right_answers": len(scores),
+            "rejected": rejected,
+            "false_reject_rate": round(rejected / len(scores), 4),
+        }
+    return out
+
+
+def _device_right_scores(
+    data: Sequence[Path], device_model: str | None, limit: int | None, progress: Callable[[Iterable], Iterable]
+) -> list[float]:
+    """The device agent's final confidence on its right answers (no threshold applied)."""
     from pasu.device.agent import DeviceAgent
     from pasu.device.config import AgentConfig
     from pasu.model_store import resolve_model
     from pasu.models import load_model
-    from pasu.slu import answer_score, split_intent
 
     device = load_model(resolve_model(device_model, "device"))
     dev_scores: list[float] = []
@@ -227,9 +379,21 @@ def calibrate_on(
                 m = c.main
                 if m is not None and m.get("best_intent") == c.ref_intent and m.get("understood"):
                     dev_scores.append(m["confidence"])
-    cloud = load_model(resolve_model(cloud_model, "cloud"))
-    from pasu.cloud.config import WorkerConfig
+    return dev_scores
 
+
+def _cloud_right_scores(
+    data: Sequence[Path], cloud_model: str | None, limit: int | None, progress: Callable[[Iterable], Iterable]
+) -> list[float]:
+    """:func:`pasu.slu.answer_score` of the cloud model's right answers on whole clips."""
+    from pasu.audio import read_audio
+    from pasu.cloud.config import WorkerConfig
+    from pasu.decoding import DecodingOptions, Recognizer
+    from pasu.model_store import resolve_model
+    from pasu.models import load_model
+    from pasu.slu import answer_score, split_intent
+
+    cloud = load_model(resolve_model(cloud_model, "cloud"))
     w = WorkerConfig()
     rec = Recognizer(cloud, DecodingOptions(beam_size=w.default_beam_size, ctc_weight=w.ctc_weight, penalty=w.penalty))
     cloud_scores: list[float] = []
@@ -242,38 +406,36 @@ def calibrate_on(
                 intent, words = split_intent(nbest[0].text) if nbest else (None, "")
                 if nbest and words.strip() and intent == refs[u].split()[0]:
                     cloud_scores.append(answer_score(nbest[0]))
-    out = {"target_false_reject": target, "data": [str(d) for d in data]}
-    for side, scores in (("device", dev_scores), ("cloud", cloud_scores)):
-        t = calibrate(scores, target)
-        rejected = sum(s < t for s in scores)
-        out[side] = {
-            "threshold": round(t, 4),
-            "right_answers": len(scores),
-            "rejected": rejected,
-            "false_reject_rate": round(rejected / len(scores), 4),
-        }
-    return out
+    return cloud_scores
 
 
 def save_thresholds(
     cal: dict, device_model: str | None, cloud_model: str | None, estimator: Path | None = None
 ) -> list[Path]:
     """Write the device's threshold into its estimator's metadata (``rejection``) and the
-    cloud's into ``rejection.json`` beside the cloud model: each belongs to one scale."""
+    cloud's into ``rejection.json`` beside the cloud model (each side ``cal`` has): each
+    belongs to one scale."""
     from pasu.device.confidence import SHIPPED_NAME, meta_path
     from pasu.model_store import resolve_model
 
     common = {"target_false_reject": cal["target_false_reject"], "calibrated_on": cal["data"]}
-    est = estimator or Path(resolve_model(device_model, "device")) / SHIPPED_NAME
-    j = meta_path(est)
-    meta = json.loads(j.read_text())
-    meta["rejection"] = dict(common, **cal["device"])
-    j.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    c = Path(resolve_model(cloud_model, "cloud")) / REJECTION_FILE
-    c.write_text(
-        json.dumps(dict(common, score="pasu.slu.answer_score", **cal["cloud"]), indent=2, sort_keys=True) + "\n"
-    )
-    return [j, c]
+    if "method" in cal:
+        common["method"] = cal["method"]
+    written = []
+    if "device" in cal:
+        est = estimator or Path(resolve_model(device_model, "device")) / SHIPPED_NAME
+        j = meta_path(est)
+        meta = json.loads(j.read_text())
+        meta["rejection"] = dict(common, **cal["device"])
+        j.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        written.append(j)
+    if "cloud" in cal:
+        c = Path(resolve_model(cloud_model, "cloud")) / REJECTION_FILE
+        c.write_text(
+            json.dumps(dict(common, score="pasu.slu.answer_score", **cal["cloud"]), indent=2, sort_keys=True) + "\n"
+        )
+        written.append(c)
+    return written
 
 
 def table(result: dict) -> str:
