@@ -263,6 +263,16 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
             raise InvalidRequest(f"audio before config: the first message of a {what} stream must carry `config`")
         return first.config
 
+    def _open_stream(self, request_iterator, call: _Call, what: str):
+        """A client stream's first message: (the rest of the stream, its config, the worker, the
+        decoding options), the request id checked and recorded for the log."""
+        requests = iter(request_iterator)
+        cfg = self._first_config(requests, what)
+        call.request_id = cfg.request_id
+        self._check_id(cfg.request_id, f"{what}Config")
+        state = self._ready()
+        return requests, cfg, state, self.options(cfg.decoding_options if cfg.HasField("decoding_options") else None)
+
     def _read_audio(self, requests, asm: AudioAssembler, what: str, updates: list | None = None) -> Iterator[None]:
         """Feed the rest of a stream into ``asm``, yielding after each chunk (for interim results);
         an Offload stream's latest ``device_update`` is kept in ``updates`` (the rest are dropped)."""
@@ -301,12 +311,7 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
 
     def Offload(self, request_iterator, context):
         with self._call("Offload", context) as call:
-            requests = iter(request_iterator)
-            cfg = self._first_config(requests, "Offload")
-            call.request_id = cfg.request_id
-            self._check_id(cfg.request_id, "OffloadConfig")
-            state = self._ready()
-            options = self.options(cfg.decoding_options if cfg.HasField("decoding_options") else None)
+            requests, cfg, state, options = self._open_stream(request_iterator, call, "Offload")
             out = self._cached(call)  # a retry of a finished segment: answer before its audio
             if out is None:
                 asm = AudioAssembler(cfg.audio_format, self.config, state.model.sample_rate)
@@ -330,12 +335,7 @@ class SpeechService(speech_service_pb2_grpc.SpeechServiceServicer):
 
     def StreamingRecognize(self, request_iterator, context):
         with self._call("StreamingRecognize", context) as call:
-            requests = iter(request_iterator)
-            cfg = self._first_config(requests, "StreamingRecognize")
-            call.request_id = cfg.request_id
-            self._check_id(cfg.request_id, "StreamingRecognizeConfig")
-            state = self._ready()
-            options = self.options(cfg.decoding_options if cfg.HasField("decoding_options") else None)
+            requests, cfg, state, options = self._open_stream(request_iterator, call, "StreamingRecognize")
             out = self._cached(call)
             if out is None:
                 asm = AudioAssembler(cfg.audio_format, self.config, state.model.sample_rate)

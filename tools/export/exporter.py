@@ -20,7 +20,7 @@ from typing import Any, cast
 import torch
 from torch.export import Dim
 
-from pasu.tools.export import graphs as G
+import pasu.tools.export.graphs as G
 
 log = logging.getLogger(__name__)
 
