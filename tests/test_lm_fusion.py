@@ -19,7 +19,7 @@ from pasu.decoding import DecodingOptions, Recognizer
 from pasu.models import ModelLoadError, load_model
 from pasu.streaming import StreamingOptions, StreamingSession
 from pasu.streaming.termination import BeamTermination
-from pasu.tools.reference import espnet_nbest
+from pasu.tools.reference import espnet_nbest, espnet_speech2text
 from pasu.tools.tiny import TINY_LM_KINDS, TinyLMOptions, build_tiny_lm
 
 TOL = 1e-4
@@ -38,23 +38,6 @@ def with_lm(tiny_model_dirs, tiny_lm_dirs):
         kind: load_model(tiny_model_dirs["conformer"], lm_train_config=d / "config.yaml", lm_file=d / "model.pth")
         for kind, d in tiny_lm_dirs.items()
     }
-
-
-def speech2text(model, lm_dir, options: DecodingOptions):
-    from espnet2.bin.asr_inference import Speech2Text
-
-    return Speech2Text(
-        asr_train_config=model.resolved_config_path(),
-        asr_model_file=model.files.weights,
-        lm_train_config=lm_dir / "config.yaml",
-        lm_file=lm_dir / "model.pth",
-        lm_weight=options.lm_weight,
-        beam_size=options.beam_size,
-        ctc_weight=options.ctc_weight,
-        penalty=options.penalty,
-        nbest=options.nbest,
-        ctc_window_margin=0,
-    )
 
 
 def assert_same(ref, ours, utt):
@@ -79,7 +62,8 @@ def assert_same(ref, ours, utt):
 )
 def test_nbest_equals_espnet_with_lm(kind, options, with_lm, tiny_lm_dirs, audio):
     model = with_lm[kind]
-    s2t = speech2text(model, tiny_lm_dirs[kind], options)
+    s2t = espnet_speech2text(model, options)  # with the model's LM, as pasu.tools.reference runs it
+    assert model.lm is not None and model.lm.files.config == (tiny_lm_dirs[kind] / "config.yaml").resolve()
     rec = Recognizer(model, options)
     plain = Recognizer(model, options.with_(lm_weight=0.0))
     changed = 0
