@@ -90,3 +90,5 @@ def test_demo_runs_device_and_cloud(tmp_path):
     out = r.stdout
     assert "cloud worker: 127.0.0.1:" in out
     assert "cmd00.flac" in out and "decided on" in out and "said:   wake me up at seven am" in out
+    # the harder clips show the hybrid: offloaded while the user still spoke, and why (issue 24)
+    assert "offloaded at pilot" in out, out[-3000:]

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from pasu.device.sources import file_chunks
     from pasu.model_store import default_model_dir, resolve_model
     from pasu.resources import AUDIO_DIR, EVAL_DIR, example_audio
+    from pasu.slu import split_intent
 
     trained = default_model_dir("device") is not None and default_model_dir("cloud") is not None
     device_dir = resolve_model(args.device_model or (None if trained else "tiny:late"), "device")
@@ -57,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     clips = list(example_audio(args.limit))
     hard = [EVAL_DIR / "audio" / f"{u}.flac" for u in HARD_CLIPS[: args.hard]]
     clips += [f for f in hard if f.is_file()]
-    if (EVAL_DIR / "text").is_file():
-        refs.update(read_scp(EVAL_DIR / "text"))
+    if (EVAL_DIR / "text").is_file():  # "intent words…", as the model writes it: the words are what was said
+        refs.update({k: split_intent(v)[1] for k, v in read_scp(EVAL_DIR / "text").items()})
     try:
         with DeviceAgent.from_path(config.with_(interim=True), device_dir) as agent:
             print(f"device agent: model {device_dir}, policy {args.policy}\n")
