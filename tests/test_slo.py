@@ -3,6 +3,7 @@ the live agent deciding as the replay does (tiny models, a real cloud worker on 
 
 from __future__ import annotations
 
+import gzip
 import math
 import random
 
@@ -208,7 +209,7 @@ def test_slo_experiment_cli(tiny_model_dirs, audio_files, tmp_path):
         ("xavier", 300.0), ("xavier", 800.0), ("x3", 300.0), ("x3", 800.0)
     ]  # fmt: skip
     assert all(set(e) == keys for e in summary["slo"])
-    rows = (out / "slo_points.csv").read_text().splitlines()
+    rows = gzip.decompress((out / "slo_points.csv.gz").read_bytes()).decode().splitlines()
     assert rows[0].split(",")[:5] == ["profile", "slo_ms", "network", "pipeline", "policy"]
     pipes = {tuple(row.split(",")[3:5]) for row in rows[1:]}
     assert {("stock", "eou"), ("stock", "capacity"), ("off", "capacity"), ("pasu", "offramp_capacity")} <= pipes

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         help="response budget after the end of speech (repeatable): adds the capacity framing "
-        "(three device pipelines, budget-aware policies; slo_points.csv, summary.json's 'slo')",
+        "(three device pipelines, budget-aware policies; slo_points.csv.gz, summary.json's 'slo')",
     )
     o.add_argument(
         "--device-profile",

@@ -10,6 +10,7 @@ all-off / pasu) with the bootstrap of :mod:`interval` (the same resampling).
 from __future__ import annotations
 
 import csv
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,10 @@ CSV_FIELDS = (
 
 
 def write_slo_csv(points: list[SloPoint], path: Path) -> None:
-    with path.open("w", newline="") as f:
+    """Every operating point, one CSV row each (gzip-compressed when ``path`` ends in ``.gz``:
+    the runs commit them, ~10x smaller)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_FIELDS)
         for p in points:

@@ -30,7 +30,7 @@ def run_slo(
     out: Path,
     command: str,
 ) -> list[dict]:
-    """Sweep every profile x budget x network; write ``slo_points.csv`` (main network),
+    """Sweep every profile x budget x network; write ``slo_points.csv.gz`` (main network),
     ``slo_networks.json`` (the headline entries on every network), the plot and ``summary.md``
     (or ``slo.md`` when the confidence framing's summary follows); return the summary
     entries of the main network (one per profile and budget)."""
@@ -40,7 +40,7 @@ def run_slo(
     for prof in profiles:
         log.info("response budget: profile %s (x%g)", prof.name, prof.factor)
         points += sweep_slo(records, refs, estimator, prof, budgets, networks, CollectOptions().chunk_s, min_pilots)
-    write_slo_csv([p for p in points if p.network == main_net.name], out / "slo_points.csv")  # the others: JSON
+    write_slo_csv([p for p in points if p.network == main_net.name], out / "slo_points.csv.gz")  # the others: JSON
     plot = plot_slo(points, main_net.name, out)
     options = IntervalOptions(resamples=args.resamples, seed=args.seed)
     by_net = {
@@ -59,7 +59,7 @@ def run_slo(
     lines = slo_lines(shown or entries, main_net.name, command)
     lines.insert(
         4,
-        f"Every profile: `summary.json` (`slo`); networks: `slo_networks.json`; points: `slo_points.csv`; "
+        f"Every profile: `summary.json` (`slo`); networks: `slo_networks.json`; points: `slo_points.csv.gz`; "
         f"[plot]({plot.name}).",
     )
     name = "summary.md" if args.slo_only else "slo.md"
