@@ -129,7 +129,7 @@ class PolicyConfig:
     prior_cloud_s: float = 0.2  # server-side time per segment
     prior_local_rtf: float = 0.3  # device final-pass seconds per second of audio
     slo_ms: float = 300.0  # slo: the response budget after the end of speech
-    local_rtf: float | None = None  # slo/latency: a profiled compute rate, fixed; None: measured (EWMA)
+    local_rtf: float | None = None  # slo/latency: a profiled compute rate, fixed; None: learned from finals (EWMA)
 
     def __post_init__(self) -> None:
         _need(self.kind in POLICY_KINDS, f"policy must be one of {POLICY_KINDS}, got {self.kind!r}")

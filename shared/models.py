@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 import yaml
 
+from pasu.digest import file_sha256
 from pasu.locks import forward_lock as forward_lock  # re-exported: its home is pasu.locks
 
 if TYPE_CHECKING:
@@ -237,8 +238,7 @@ class LoadedModel:
 
     def weights_digest(self) -> str:
         """SHA-256 of the weights file: what a cache of this model's answers is keyed on."""
-        with open(self.files.weights, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return file_sha256(self.files.weights)
 
     def resolved_config_path(self) -> Path:
         """A copy of config.yaml with absolute paths, for ESPnet's own loaders."""

@@ -6,7 +6,6 @@ install runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from pasu.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,6 @@ class LiteOptions:
     verify: bool = True
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 class LiteModel:
     """The manifest plus lazily created sessions; ``run(name, **inputs)`` returns the graph's outputs."""
 
@@ -60,7 +56,7 @@ class LiteModel:
         self._sessions: dict[str, ort.InferenceSession] = {}
         if options.verify:
             for name, digest in self.manifest["sha256"].items():
-                if _sha256(self.root / name) != digest:
+                if file_sha256(self.root / name) != digest:
                     raise LiteModelError(f"{self.root / name}: checksum differs from the manifest")
 
     @property

@@ -17,7 +17,6 @@ the decoder and CTC head bit for bit (the pair exchanges hypotheses).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -28,6 +27,8 @@ from typing import Any, cast
 
 import torch
 import yaml
+
+from pasu.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -249,11 +250,6 @@ def convert_state(
     return out
 
 
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _branch_conf(conf: dict[str, Any], num_local: int) -> dict[str, Any]:
     """The source encoder_conf for the attention layers: per-layer lists cut to theirs."""
     out = {k: v for k, v in conf.items() if k != "num_blocks"}
@@ -358,7 +354,7 @@ def convert_model(
         *meta.get("history", []),
         (
             f"converted by `pasu convert` from {meta.get('name', files.root.name)} version "
-            f"{meta.get('version', '?')} ({kind}, {n} layers; weights sha256 {_file_digest(files.weights)[:12]}): "
+            f"{meta.get('version', '?')} ({kind}, {n} layers; weights sha256 {file_sha256(files.weights)[:12]}): "
             f"attention-branch weight per layer {', '.join(f'{w:.3f}' for w in weights)} "
             f"({measured.definition}; {measured.utterances} utterances of {audio_dir}); "
             f"{num_local} local layers (attention removed) then {n - num_local} attention layers "

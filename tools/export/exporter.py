@@ -7,7 +7,6 @@ options, the graphs' inputs and outputs, versions, checksums). ``pasu.lite`` rea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
@@ -21,6 +20,7 @@ import torch
 from torch.export import Dim
 
 import pasu.tools.export.graphs as G
+from pasu.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,6 @@ def why_not_exportable(model: torch.nn.Module) -> str | None:
     if not kv_decoder.supports(m.decoder):
         return f"decoder {type(m.decoder).__name__} is not ESPnet's plain Transformer decoder"
     return None
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 Spec = tuple[torch.nn.Module, tuple, list[str], list[str], Any]  # module, example args, inputs, outputs, dynamic
@@ -315,7 +310,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, options: ExportOpti
         **_options(loaded.model, specs, loaded.sample_rate),
         "confidence": _confidence_meta(estimator),
         "graphs": graphs,
-        "sha256": {p.name: _sha256(p) for p in files},
+        "sha256": {p.name: file_sha256(p) for p in files},
     }
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")

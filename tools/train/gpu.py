@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from pasu.digest import file_sha256
 from pasu.tools.train.recipe import CONFIG_DIR, RecipeOptions, best_checkpoint, stage_stats, stage_tokens, stage_train
 
 log = logging.getLogger(__name__)
@@ -266,14 +267,6 @@ def package_pair(opts: GpuOptions, recipe: RecipeOptions, training: dict[str, An
     return models
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def split_pair(models: Path, out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """Both packages in one tar, cut into parts of at most 16 MiB, with their checksums.
 
@@ -307,9 +300,9 @@ def split_pair(models: Path, out_dir: Path, extra: dict[str, Any]) -> dict[str, 
             part = out_dir / f"{PAIR_TAR}.part{i:02d}"
             part.write_bytes(block)
             parts.append(part)
-    whole = _sha256(tar)
+    whole = file_sha256(tar)
     tar.unlink()
-    sums = {p.name: _sha256(p) for p in parts}
+    sums = {p.name: file_sha256(p) for p in parts}
     (out_dir / "SHA256SUMS").write_text("".join(f"{h}  {n}\n" for n, h in sums.items()) + f"{whole}  {PAIR_TAR}\n")
     manifest = {
         "tar": PAIR_TAR,
