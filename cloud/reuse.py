@@ -33,7 +33,7 @@ import torch
 from pasu.decoding.recognizer import NBestEntry, Recognizer
 from pasu.decoding.scorers import EncoderBatch
 from pasu.models import LoadedModel, forward_lock, token_list_id  # noqa: F401  (token_list_id: re-exported)
-from pasu.streaming.commit import Seed, confirm, decoder_logp
+from pasu.streaming.commit import Seed, confirm
 from pasu.v1 import speech_service_pb2
 
 log = logging.getLogger(__name__)
@@ -221,11 +221,11 @@ def seed(recognizer: Recognizer, enc: EncoderBatch, device_seqs: Sequence[Sequen
         return None
     model: Any = recognizer.model.model
     with forward_lock(model):  # the decoder's attention keeps per-call state
-        lp = model.ctc.log_softmax(enc.enc)[0, : int(enc.lengths[0])]
+        lp = model.ctc.log_softmax(enc.enc)[0, : int(enc.lengths[0])].float().cpu().numpy()
         return confirm(
             list(device_seqs[0]),
             lp,
-            lambda prefix: decoder_logp(recognizer, enc, prefix),
+            lambda prefix: recognizer.prefix_pass(enc, prefix),
             recognizer.options.ctc_weight,
         )
 

@@ -15,6 +15,11 @@ or wrong leaves the device's own result, marked ``fallback``. An answer is
 words after it, confidence at the rejection threshold); otherwise the record
 says ``understood: false`` and keeps the best guess. A segment whose final
 device hypothesis has no words is judged non-speech and is not offloaded.
+
+The model runs on either runtime (:data:`pasu.device.config.RUNTIMES`): ``torch`` (an ESPnet model
+directory, :meth:`DeviceAgent.from_path`) or ``onnx`` (a ``pasu export`` directory on
+onnxruntime, :meth:`DeviceAgent.from_export`), which imports neither torch nor ESPnet:
+the agent only needs a :class:`~pasu.decoding.backend.RecognizerBackend`.
 """
 
 from __future__ import annotations
@@ -24,21 +29,40 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pasu.decoding.recognizer import Recognizer
-from pasu.device.confidence import ConfidenceEstimator, FeatureTracker, estimator_for
+from pasu.decoding.backend import RecognizerBackend
 from pasu.device.config import AgentConfig
+from pasu.device.features import Estimator, FeatureTracker
 from pasu.device.offload import CloudClient, OffloadCall, OffloadError, device_result, new_request_id, offload_config
 from pasu.device.output import SegmentOutcome, interim_record, segment_record
 from pasu.device.policy import DecisionContext, OffloadPolicy
 from pasu.device.vad import VadSegmenter, not_speech_reason, to_int16
-from pasu.models import LoadedModel, load_model
 from pasu.slu import rejection_reason, split_intent
 from pasu.streaming.session import FinalResult, StreamingSession
 
+if TYPE_CHECKING:
+    from pasu.models import LoadedModel
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The device model as the cloud is told of it, and where its files are."""
+
+    name: str
+    version: str
+    token_list: list[str] | None  # None: the cloud re-tokenizes the text
+    root: Path | None = None  # the model's directory (a shipped estimator lives there)
+
+
+def _is_backend(model: object) -> bool:
+    return callable(getattr(model, "encode_audio", None)) and callable(getattr(model, "decode", None))
 
 
 class DeviceAgent:
@@ -47,17 +71,30 @@ class DeviceAgent:
     def __init__(
         self,
         config: AgentConfig,
-        model: LoadedModel,
-        estimator: ConfidenceEstimator | None = None,
+        model: LoadedModel | RecognizerBackend,
+        estimator: Estimator | None = None,
         client: CloudClient | None = None,
+        identity: ModelIdentity | None = None,
     ) -> None:
+        """``model``: a loaded ESPnet model (run by the torch :class:`Recognizer` with
+        ``config.decoding``), or any recognizer backend with its ``identity``."""
         self.config = config
-        self.model = model
-        self.rate = model.sample_rate
+        if _is_backend(model):
+            if identity is None:
+                raise ValueError("a recognizer backend needs the model's identity (ModelIdentity)")
+            self.recognizer: RecognizerBackend = model  # type: ignore[assignment]
+        else:
+            from pasu.decoding.recognizer import Recognizer
+
+            loaded: LoadedModel = model  # type: ignore[assignment]
+            self.recognizer = Recognizer(loaded, config.decoding)
+            if identity is None:
+                identity = ModelIdentity(loaded.name, loaded.version, list(loaded.token_list), loaded.files.root)
+        self.identity = identity
+        self.rate = self.recognizer.sample_rate
         if self.rate != config.vad.sample_rate:
             raise ValueError(f"the model runs at {self.rate} Hz, the agent at {config.vad.sample_rate} Hz")
-        self.recognizer = Recognizer(model, config.decoding)
-        self.estimator = estimator or estimator_for(model.files.root, config.confidence)
+        self.estimator: Estimator = estimator or _torch_estimator(identity.root, config.confidence)
         self.reject_below = self._rejection_threshold()
         chunk_bytes = 2 * int(self.rate * config.cloud.chunk_ms / 1000)
         self.policy = OffloadPolicy(config.policy, tail_bytes=chunk_bytes)
@@ -86,7 +123,30 @@ class DeviceAgent:
 
     @classmethod
     def from_path(cls, config: AgentConfig, model_path, **kw) -> DeviceAgent:
+        """The torch runtime on an ESPnet model directory."""
+        from pasu.models import load_model
+
         return cls(config, load_model(model_path, config.device), **kw)
+
+    @classmethod
+    def from_export(cls, config: AgentConfig, export_dir: str | Path, **kw) -> DeviceAgent:
+        """The onnx runtime on a ``pasu export`` directory: its graphs, its confidence
+        estimator (unless ``config.confidence`` names a torch one) and its VAD model."""
+        from pasu.device.onnx_confidence import export_estimator
+        from pasu.lite.model import LiteModel
+        from pasu.lite.recognizer import LiteRecognizer
+
+        if config.device != "cpu":
+            raise ValueError(f"the onnx runtime runs on the CPU (onnxruntime); --device {config.device} is for torch")
+        lite = LiteModel(export_dir)
+        m = lite.manifest
+        vad = m.get("vad")
+        if vad and config.vad.silero_model is None:
+            config = config.with_(vad=replace(config.vad, silero_model=lite.root / vad["file"]))
+        if "estimator" not in kw:
+            kw["estimator"] = _torch_estimator(None, config.confidence) if config.confidence else export_estimator(lite)
+        identity = ModelIdentity(str(m["model"]["name"]), str(m["model"]["version"]), list(m["tokens"]), lite.root)
+        return cls(config, LiteRecognizer(lite, config.decoding), identity=identity, **kw)
 
     def close(self) -> None:
         self._finisher.shutdown(wait=True)
@@ -195,7 +255,7 @@ class _SegmentRun:
             if decide and self.call is None:
                 self._decide(DecisionContext("pilot", conf, rec.audio_s, self._seen_pilots), rec.nbest)
             elif self.call is not None and rec.nbest:  # offloaded: the cloud may continue this pilot's
-                m = self.a.model
+                m = self.a.identity
                 self.call.update(device_result(rec.nbest, m.name, m.version, m.token_list, conf, complete=False))
         return out
 
@@ -212,7 +272,7 @@ class _SegmentRun:
         if not d.offload or self.a.client is None:
             return
         self.reason, self.stage = d.reason, ctx.stage
-        m = self.a.model
+        m = self.a.identity
         dev = None
         hyps = final.nbest if final is not None else nbest
         if hyps:
@@ -354,3 +414,10 @@ class _SegmentRun:
             cloud=cloud,
             reject_reason=reject_reason,
         )
+
+
+def _torch_estimator(model_root: Path | None, path: Path | None) -> Estimator:
+    """A torch estimator: ``path``, else the one shipped beside the model, else the prior."""
+    from pasu.device.confidence import estimator_for, load_estimator
+
+    return estimator_for(model_root, path) if model_root is not None else load_estimator(path)

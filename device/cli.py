@@ -1,5 +1,8 @@
 """`pasu device transcribe|run|train-confidence`: flags → :class:`AgentConfig`, nothing more.
 
+``--runtime onnx --model EXPORT_DIR`` runs a ``pasu export`` on onnxruntime and imports
+neither torch nor ESPnet, so it works from ``pip install 'pasu[lite]'``.
+
 A bearer token is read from a file or the environment, never from a flag, so it
 does not show in ``ps`` or shell history.
 """
@@ -13,8 +16,16 @@ import os
 import sys
 from pathlib import Path
 
-from pasu.cli import flag_values
-from pasu.device.config import POLICY_KINDS, VAD_BACKENDS, AgentConfig, CloudClientConfig, PolicyConfig, VadOptions
+from pasu.cli import flag_values, needs_extra_message
+from pasu.device.config import (
+    POLICY_KINDS,
+    RUNTIMES,
+    VAD_BACKENDS,
+    AgentConfig,
+    CloudClientConfig,
+    PolicyConfig,
+    VadOptions,
+)
 from pasu.streaming.options import StreamingOptions
 from pasu.tools.commands.common import add_decoding_args, add_model_args, decoding_options, expand_audio_args
 
@@ -109,6 +120,13 @@ def add_streaming_args(p: argparse.ArgumentParser) -> None:
 
 def add_agent_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="what runs the model: torch (an ESPnet model dir) or onnx (a `pasu export` dir as --model; "
+        "no torch needed) (default: %(default)s)",
+    )
     add_decoding_args(p)
     add_streaming_args(p)
     v = VadOptions()
@@ -208,7 +226,26 @@ def _agent(args: argparse.Namespace, realtime: bool, background: bool):
     from pasu.model_store import resolve_model
 
     config = agent_config(args, realtime, background)
+    if args.runtime == "onnx":
+        if args.model is None:
+            raise ValueError("--runtime onnx needs --model EXPORT_DIR (a directory written by `pasu export`)")
+        return DeviceAgent.from_export(config, Path(args.model))
     return DeviceAgent.from_path(config, resolve_model(args.model, "device"))
+
+
+def _load_agent(args: argparse.Namespace, realtime: bool, background: bool):
+    """The agent, or None after saying on stderr why it cannot start."""
+    try:
+        return _agent(args, realtime, background)
+    except ModuleNotFoundError as e:
+        hint = "; or run an exported model: --runtime onnx --model EXPORT_DIR" if args.runtime == "torch" else ""
+        message = needs_extra_message(f"pasu device --runtime {args.runtime}", e)
+        if message is None:
+            raise
+        print(message + hint, file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    return None
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
@@ -216,10 +253,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
     from pasu.device.output import Writer
     from pasu.device.sources import file_chunks
 
-    try:
-        agent = _agent(args, realtime=args.realtime, background=args.realtime)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    agent = _load_agent(args, realtime=args.realtime, background=args.realtime)
+    if agent is None:
         return 2
     writer = Writer(human=args.human)
     status = 0
@@ -253,10 +288,8 @@ def run_live(args: argparse.Namespace) -> int:
         stream = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
         chunks = pcm_chunks(stream, args.chunk_ms, rate)
         name = args.name or ("stdin" if args.input == "-" else args.input)
-    try:
-        agent = _agent(args, realtime=True, background=True)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    agent = _load_agent(args, realtime=True, background=True)
+    if agent is None:
         return 2
     writer = Writer(human=args.human)
     with agent:

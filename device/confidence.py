@@ -12,6 +12,9 @@ The model is small on purpose: logistic regression, a tiny MLP, or (``cnn``,
 as in the PASU paper) a 1-D CNN over the sequence of recent step features plus
 the current step. Weights are saved as a plain state dict (``torch.save``,
 loaded with ``weights_only=True``) beside a JSON file with everything else.
+
+This is the torch half; the features (:mod:`pasu.device.features`) are numpy-only, and
+an exported estimator runs on onnxruntime (:mod:`pasu.device.onnx_confidence`).
 """
 
 from __future__ import annotations
@@ -25,145 +28,28 @@ from typing import Literal
 
 import numpy as np
 import torch
-from rapidfuzz.distance import Levenshtein
 from torch import nn
 
-from pasu.decoding.recognizer import NBestEntry
-from pasu.streaming.commit import common_prefix
-from pasu.streaming.session import FinalResult, PilotRecord
+# The features are numpy-only (the torch-free runtime computes them too); re-exported here,
+# where the estimator's trainers and the exporter have always found them.
+from pasu.device.features import FEATURES as FEATURES
+from pasu.device.features import FORMAT as FORMAT
+from pasu.device.features import MARGIN_CAP as MARGIN_CAP
+from pasu.device.features import PRIOR_BIAS, PRIOR_WEIGHTS
+from pasu.device.features import SCORE_FEATURES as SCORE_FEATURES
+from pasu.device.features import SEQ_LEN as SEQ_LEN
+from pasu.device.features import SHIPPED_NAME as SHIPPED_NAME
+from pasu.device.features import FeatureTracker as FeatureTracker
+from pasu.device.features import feature_set as feature_set
+from pasu.device.features import meta_path as meta_path
+from pasu.device.features import nothing_lost as nothing_lost
+from pasu.device.features import pad_sequence as pad_sequence
+from pasu.device.features import step_features as step_features
 
 log = logging.getLogger(__name__)
 
-#: One step's features, in the order of the vector. Final-only features are 0 at pilots.
-FEATURES: tuple[str, ...] = (
-    "score_per_token",
-    "decoder_per_token",
-    "ctc_per_token",
-    "nbest_margin",
-    "n_tokens",
-    "audio_s",
-    "tokens_per_s",
-    "agreement_prev",  # 1 - edit distance to the previous step's best / length
-    "stability_prev",  # common prefix with the previous step's best / length
-    "mean_agreement",  # agreement_prev averaged over the steps so far
-    "n_pilots",
-    "is_final",
-    "ctc_attention_agreement",  # final only: CTC greedy vs the attention best
-)
-#: The features that mean the same on sentences unlike the training ones: the
-#: decoder's and CTC's scores per token and the n-best margin. Length and pilot
-#: counts (n_tokens, audio_s, tokens_per_s, n_pilots) and agreement between
-#: pilots follow the sentence's shape, which held-out templates change: an
-#: estimator that leans on them is confident in the wrong places (docs/experiments).
-SCORE_FEATURES: tuple[str, ...] = ("score_per_token", "decoder_per_token", "ctc_per_token", "nbest_margin", "is_final")
-SEQ_LEN = 8  # steps the CNN sees (most recent last; zero-padded in front)
-MARGIN_CAP = 10.0  # a single hypothesis has an "infinite" margin: capped
-FORMAT = "pasu-confidence/1"
-
-
-def nothing_lost(device_right: bool, cloud_right: bool) -> bool:
-    """What an estimator trained with ``--label cloud`` predicts: keeping the device's
-    answer loses nothing unless the cloud is right where the device is wrong."""
-    return device_right or not cloud_right
-
-
-def feature_set(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """The features an estimator uses, as named: ``all``, ``scores``
-    (:data:`SCORE_FEATURES`), a comma-separated string or a sequence of names."""
-    if isinstance(spec, str):
-        spec = {"all": FEATURES, "scores": SCORE_FEATURES}.get(spec) or [f.strip() for f in spec.split(",")]
-    uses = [f for f in spec if f]
-    unknown = sorted(set(uses) - set(FEATURES))
-    if unknown or not uses:
-        raise ValueError(
-            f"features to use: unknown features {unknown}; use all, scores or some of {', '.join(FEATURES)}"
-        )
-    return tuple(uses)
-
-
 Kind = Literal["logistic", "mlp", "cnn"]
 KINDS: tuple[str, ...] = ("logistic", "mlp", "cnn")
-
-
-def step_features(
-    nbest: Sequence[NBestEntry],
-    audio_s: float,
-    previous: Sequence[list[int]],
-    n_pilots: int,
-    final: bool = False,
-    ctc_attention_agreement: float = 0.0,
-) -> np.ndarray:
-    """One step's feature vector (``FEATURES`` order); ``previous`` are earlier steps' best token ids."""
-    best = nbest[0] if nbest else None
-    n = max(1, len(best.token_ids)) if best else 1
-    ids = best.token_ids if best else []
-
-    def agreement(a: list[int], b: list[int]) -> float:
-        return 1.0 - min(1.0, Levenshtein.distance(a, b) / max(len(a), len(b), 1))
-
-    agree = agreement(previous[-1], ids) if previous else 0.0
-    history = [agreement(previous[i - 1], previous[i]) for i in range(1, len(previous))] + ([agree] if previous else [])
-    f = {
-        "score_per_token": best.score / n if best else -10.0,
-        "decoder_per_token": best.scores.get("decoder", 0.0) / n if best else -10.0,
-        "ctc_per_token": best.scores.get("ctc", 0.0) / n if best else -10.0,
-        "nbest_margin": min(MARGIN_CAP, best.score - nbest[1].score) if best and len(nbest) > 1 else MARGIN_CAP,
-        "n_tokens": float(len(ids)),
-        "audio_s": float(audio_s),
-        "tokens_per_s": len(ids) / max(audio_s, 0.1),
-        "agreement_prev": agree,
-        "stability_prev": len(common_prefix([previous[-1], ids])) / n if previous else 0.0,
-        "mean_agreement": float(np.mean(history)) if history else 0.0,
-        "n_pilots": float(n_pilots),
-        "is_final": 1.0 if final else 0.0,
-        "ctc_attention_agreement": float(ctc_attention_agreement) if final else 0.0,
-    }
-    v = np.array([f[k] for k in FEATURES], dtype=np.float32)
-    return np.nan_to_num(v, nan=0.0, posinf=MARGIN_CAP, neginf=-10.0 * MARGIN_CAP)
-
-
-class FeatureTracker:
-    """Step features of one segment as its pilots come in, then its final pass."""
-
-    def __init__(self) -> None:
-        self.steps: list[np.ndarray] = []
-        self._bests: list[list[int]] = []
-        self._pilots = 0
-
-    def pilot(self, record: PilotRecord) -> np.ndarray:
-        v = step_features(record.nbest, record.audio_s, self._bests, self._pilots + 1)
-        self._add(v, record.nbest)
-        self._pilots += 1
-        return v
-
-    def final(self, result: FinalResult) -> np.ndarray:
-        v = step_features(
-            result.nbest,
-            result.features.get("audio_s", 0.0),
-            self._bests,
-            self._pilots,
-            final=True,
-            ctc_attention_agreement=result.features.get("ctc_attention_agreement", 0.0),
-        )
-        self._add(v, result.nbest)
-        return v
-
-    def _add(self, v: np.ndarray, nbest: Sequence[NBestEntry]) -> None:
-        self.steps.append(v)
-        if nbest:
-            self._bests.append(list(nbest[0].token_ids))
-
-    def sequence(self) -> np.ndarray:
-        """The last ``SEQ_LEN`` steps (SEQ_LEN, F), zero-padded in front."""
-        return pad_sequence(self.steps)
-
-
-def pad_sequence(steps: Sequence[np.ndarray]) -> np.ndarray:
-    out = np.zeros((SEQ_LEN, len(FEATURES)), dtype=np.float32)
-    recent = list(steps)[-SEQ_LEN:]
-    if recent:
-        out[SEQ_LEN - len(recent) :] = np.stack(recent)
-    return out
 
 
 class ConfidenceNet(nn.Module):
@@ -261,11 +147,7 @@ class ConfidenceEstimator:
     def prior(cls) -> ConfidenceEstimator:
         """An untrained, uncalibrated default: high per-token scores, stable pilots and a
         clear n-best margin mean confident. Train one for real decisions."""
-        return cls.from_weights(
-            {"score_per_token": 4.0, "agreement_prev": 1.0, "nbest_margin": 0.15, "ctc_attention_agreement": 1.0},
-            bias=-0.7,
-            name="prior",
-        )
+        return cls.from_weights(PRIOR_WEIGHTS, bias=PRIOR_BIAS, name="prior")
 
     # -- files -------------------------------------------------------------
     def save(self, path: str | Path) -> tuple[Path, Path]:
@@ -309,10 +191,6 @@ class ConfidenceEstimator:
         return cls(net.eval(), meta)
 
 
-def meta_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
 def _hidden(net: ConfidenceNet) -> int | None:
     first = net.head[0] if isinstance(net.head, nn.Sequential) else None
     return first.out_features if isinstance(first, nn.Linear) else None
@@ -321,10 +199,6 @@ def _hidden(net: ConfidenceNet) -> int | None:
 def _channels(net: ConfidenceNet) -> int | None:
     conv = net.conv[0] if net.kind == "cnn" else None
     return conv.out_channels if isinstance(conv, nn.Conv1d) else None
-
-
-#: The estimator trained for a model ships in the model's dir under this name.
-SHIPPED_NAME = "confidence.pt"
 
 
 def estimator_for(model_root: str | Path, path: str | Path | None = None) -> ConfidenceEstimator:

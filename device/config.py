@@ -16,6 +16,8 @@ from pasu.streaming.options import StreamingOptions
 
 PolicyKind = Literal["never", "always", "threshold", "budget", "latency", "slo"]
 POLICY_KINDS: tuple[str, ...] = ("never", "always", "threshold", "budget", "latency", "slo")
+#: What runs the device model: torch + ESPnet (a model dir), or a `pasu export` on onnxruntime.
+RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 VadBackend = Literal["silero", "webrtc"]
 VAD_BACKENDS: tuple[str, ...] = ("silero", "webrtc")
 
@@ -58,6 +60,8 @@ class VadOptions:
     # the first frames of a stream speech while it adapts). None: no floor.
     energy_floor_dbfs: float | None = -50.0
     sample_rate: int = 16000
+    # silero's ONNX file where the silero-vad package is not installed (an export carries one)
+    silero_model: Path | None = None
 
     def __post_init__(self) -> None:
         _need(self.backend in VAD_BACKENDS, f"backend must be one of {VAD_BACKENDS}, got {self.backend!r}")

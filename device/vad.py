@@ -6,7 +6,8 @@ agent can stream a segment into a pilot session (and the cloud) while the user
 is still talking, instead of waiting for the segment to close.
 
 Frames are classified by a :class:`FrameClassifier`: the trained Silero VAD
-(default; its ONNX model ships inside the ``silero-vad`` wheel, so nothing is
+(default; its ONNX model ships inside the ``silero-vad`` wheel, and ``pasu export``
+copies it into an export for installs without that package, so nothing is
 downloaded; run with ONNX Runtime) or webrtcvad. Why not webrtcvad alone: it calls loud
 stationary noise speech and the first frames of every stream speech while it
 adapts, which opened segments on noise (issue 28; figures in docs/device.md).
@@ -115,27 +116,37 @@ def not_speech_reason(speech_s: float, samples: np.ndarray) -> str | None:
 SILERO_CONTEXT = 64  # samples of the previous frame silero sees before each 512-sample frame
 
 
-def silero_model_path() -> Path:
-    """The ONNX model inside the installed ``silero-vad`` package (nothing is downloaded).
+SILERO_FILE = "silero_vad.onnx"  # the model's name in the package and in an export
+
+
+def silero_model_path(fallback: str | Path | None = None) -> Path:
+    """The silero ONNX model: the installed ``silero-vad`` package's (nothing is downloaded),
+    else ``fallback`` (the copy ``pasu export`` puts in an export: the torch-free install
+    has no silero-vad, whose package depends on torch).
 
     Found without importing the package: its import sets torch's global thread
     count to 1, which would slow the device model down.
     """
     spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "the silero VAD needs the silero-vad package: pip install silero-vad onnxruntime (or use --vad webrtc)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
-    if not path.is_file():
-        raise ImportError(f"silero-vad is installed but {path} is missing")
-    return path
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "data" / SILERO_FILE
+        if not path.is_file():
+            raise ImportError(f"silero-vad is installed but {path} is missing")
+        return path
+    if fallback is not None:
+        if not Path(fallback).is_file():
+            raise ImportError(f"the silero VAD model {fallback} is missing")
+        return Path(fallback)
+    raise ImportError(
+        "the silero VAD needs its model: the silero-vad package (pip install 'pasu[full]'), or an export "
+        "(pasu export) that carries it (--runtime onnx --model EXPORT_DIR); or use --vad webrtc"
+    )
 
 
-@lru_cache(maxsize=1)
-def _silero_session():
-    """One ONNX Runtime session per process, shared (``run`` is thread-safe; the
-    recurrent state and the context travel in and out of each call).
+@lru_cache(maxsize=4)
+def _silero_session(path: Path):
+    """One ONNX Runtime session per model file and process, shared (``run`` is thread-safe;
+    the recurrent state and the context travel in and out of each call).
 
     ONNX Runtime rather than the package's TorchScript model: on one thread it is
     ~0.3 ms a frame, while torch's intra-op pool, sized for the device model,
@@ -148,7 +159,6 @@ def _silero_session():
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    path = silero_model_path()
     log.debug("silero VAD: %s", path)
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
@@ -157,7 +167,7 @@ class SileroFrames:
     """Silero VAD's speech probability per 32 ms frame, thresholded; keeps its own state."""
 
     def __init__(self, options: VadOptions) -> None:
-        self._session = _silero_session()
+        self._session = _silero_session(silero_model_path(options.silero_model))
         self._threshold = options.speech_threshold
         self._state = np.zeros((2, 1, 128), np.float32)
         self._context = np.zeros((1, SILERO_CONTEXT), np.float32)

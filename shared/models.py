@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 import yaml
 
 from pasu.digest import file_sha256
+from pasu.digest import token_list_id as token_list_id  # re-exported: its home is pasu.digest (torch-free)
 from pasu.locks import forward_lock as forward_lock  # re-exported: its home is pasu.locks
 
 if TYPE_CHECKING:
@@ -45,13 +45,6 @@ _PATH_KEYS = (
     ("normalize_conf", "stats_file"),
     ("non_linguistic_symbols", None),
 )
-
-
-def token_list_id(token_list: list[str] | tuple[str, ...]) -> str:
-    """SHA-256 of the tokens, one a line: two models with the same id mean the same token ids.
-
-    Device and cloud exchange token ids only when their ids match."""
-    return hashlib.sha256("".join(f"{t}\n" for t in token_list).encode("utf-8")).hexdigest()
 
 
 class ModelLoadError(RuntimeError):

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import duration_pb2
 
-from pasu.models import token_list_id
+from pasu.digest import token_list_id
 from pasu.slu import split_intent
 from pasu.v1 import hypothesis_pb2, speech_service_pb2
 
 if TYPE_CHECKING:
-    from pasu.decoding.recognizer import NBestEntry
+    from pasu.decoding.backend import NBestEntry
 
 SCORERS = ("decoder", "ctc", "length_bonus")  # ScorerScores' per-scorer fields
 

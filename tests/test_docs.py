@@ -75,14 +75,15 @@ def rounds_to(value: float, written: str) -> bool:
 
 
 def scaled(unit: str, key: str, value: float) -> list[float]:
-    """What a JSON value can be written as with ``unit``: a fraction in percent, a ratio key
-    as ``x``, a ``*_s`` key in seconds; a bare figure as it is or in percent."""
+    """What a JSON value can be written as with ``unit``: a fraction in percent, a ratio or
+    speedup key as ``x``, a ``*_s`` or ``*_s_<runtime>`` key in seconds; a bare figure as it is
+    or in percent."""
     if unit == "%":
         return [100 * value] if abs(value) <= 1 else []
     if unit == "x":
-        return [value] if "ratio" in key else []
+        return [value] if "ratio" in key or "speedup" in key else []
     if unit == "s":
-        return [value] if key.endswith("_s") else []
+        return [value] if key.endswith("_s") or "_s_" in key else []
     return [value, 100 * value] if abs(value) <= 1 else [value]
 
 
@@ -156,6 +157,7 @@ def test_results_model_table_is_the_model_cards(results_md) -> None:
         ("**Offload experiment**", "docs/experiments/*/summary.json"),
         ("The ablation, first 60 utterances", "docs/benchmarks/latency_test_hard60.json"),
         ("## VAD on noise and commands", "docs/rejection/vad.json"),
+        ("## Torch-free device runtime", "docs/benchmarks/runtime_v8.json"),
     ],
 )
 def test_results_tables_are_their_json(results_md, heading, source) -> None:

@@ -94,13 +94,45 @@ def test_ctc_leap_equals_recomputation_when_old_frames_are_unchanged(late_rec, a
     cache.update(tokens[:4], logp[: T // 2], leap=True)
     leapt = cache.update(tokens, logp, leap=True)
     assert leapt.psi == pytest.approx(full.psi, abs=1e-4)
-    assert torch.allclose(leapt.r.clamp(min=-1e4), full.r.clamp(min=-1e4), atol=1e-3)
+    assert isinstance(leapt.r, np.ndarray) and leapt.r.dtype == np.float64 and leapt.r.shape == (T, 2)
+    assert np.allclose(np.maximum(leapt.r, -1e4), np.maximum(full.r, -1e4), atol=1e-3)
     # and the forward variables equal the decoder's own CTC scorer replaying the prefix
     yseq = torch.tensor([[rec.model.sos, *tokens]])
     with torch.inference_mode():
         sess = rec.scorers["ctc"].begin(batch, torch.tensor([0]))
         replay = float(sess.prime(yseq, torch.tensor([0]))[0])
     assert replay == pytest.approx(full.psi, abs=1e-3)
+
+
+def test_pilot_logic_runs_without_torch():
+    """Beam collapse's confirmation and the CTC leap import neither torch nor ESPnet (pasu.lite)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from pasu.streaming.commit import confirm
+from pasu.streaming.ctc_leap import PrefixForwardCache
+
+class Pass:  # a decoder pass that prefers the prefix's own tokens
+    def __init__(self, prefix):
+        self.logp = np.log(np.full((len(prefix), 6), 0.02))
+        self.logp[np.arange(len(prefix)), prefix] = np.log(0.9)
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(40, 6))
+logp = x - np.log(np.exp(x).sum(1, keepdims=True))
+cache = PrefixForwardCache()
+confirm([2, 3], logp[:20], Pass, 0.3, cache)
+seed = confirm([2, 3, 3, 5], logp, Pass, 0.3, cache)
+assert seed is not None and seed.hint is not None and seed.hint.r.shape == (40, 2), seed
+assert seed.leapt and cache.reused_tokens == 2 and cache.extended_frames == 20
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "espnet", "espnet2"))
+assert not bad, bad[:5]
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_seeded_search_with_leap_hint_equals_replay(late_rec, audio):
@@ -122,14 +154,13 @@ def test_seeded_search_reuses_the_confirmations_decoder_pass_exactly(late_rec, a
     """The decoder pass that confirmed a longer prefix primes the search from its start: the
     same n-best, scores to the bit, and no second teacher-forced pass."""
     from pasu.decoding.kv_decoder import KVCacheDecoderSession
-    from pasu.streaming.commit import decoder_logp
 
     rec = late_rec
     batch = rec.encode([audio[list(audio)[3]]])
     best = rec.decode(batch)[0][0].token_ids
     assert len(best) >= 4
     with torch.inference_mode():
-        passed = decoder_logp(rec, batch, best)
+        passed = rec.prefix_pass(batch, best)
     assert passed is not None and passed.logp.size(0) == len(best)
     prefix = best[:3]
     a = rec.decode(batch, prefixes=[prefix], beam_size=3)[0]
@@ -234,7 +265,7 @@ def commands():
 
 
 def test_pilots_build_on_each_other_and_seed_the_final_search(shipped, commands):
-    opts = StreamingOptions()
+    opts = StreamingOptions(label_rescore=0)  # label rescoring may revise a seed's label: tested apart
     results = [stream(shipped, opts, a) for a in commands]
     assert sum(r.fired["pilot_continuations"] for r in results) >= len(results)
     for r in results:
@@ -303,3 +334,80 @@ def test_confirmation_weighs_each_token_as_the_search_does(shipped, commands):
             checked += 1
             cut += got < len(prefix)
     assert checked == 3 * len(commands) and cut >= len(commands)  # wrong prefixes are cut
+
+
+# -- guards for an SLU model's intent label, which an early pilot commits (pasu.streaming.commit) --------
+
+
+@torch.inference_mode()
+def test_label_rescoring_scores_other_labels_as_a_full_search_would(shipped, commands):
+    """A seed with the wrong label: the search keeps it; rescoring the words under the
+    decoder's other labels gives back the label the unseeded search picks, with the
+    exact CTC full-sequence probability."""
+    from pasu.streaming.commit import Seed, label_position, rescore_label
+
+    rec, w = shipped, shipped.options.ctc_weight
+    restored = 0
+    for a in commands:
+        batch = rec.encode([a])
+        full = rec.decode(batch)[0][0]
+        pos = label_position(full)
+        assert pos is not None, full.text
+        row = rec.prefix_pass(batch, full.token_ids[: pos + 1]).logp[pos]
+        runner_up = next(int(t) for t in row.topk(3).indices if int(t) != full.token_ids[pos])
+        prefix = [*full.token_ids[:pos], runner_up]
+        seed = Seed(prefix, None, False, rec.prefix_pass(batch, prefix))
+        wrong = rec.decode(batch, prefixes=[prefix], prime_hints=seed.prime_hints())[0][0]
+        assert wrong.token_ids[pos] == runner_up  # the seeded search never revisits the label
+        logp = rec.ctc_log_probs(batch)
+        relabel, tried = rescore_label(wrong, seed, logp, lambda t, b=batch: rec.prefix_pass(b, t), rec.eos, w, 3, 50.0)
+        assert tried == 3
+        if relabel is None:
+            continue
+        assert relabel.gain > 0
+        target = torch.tensor([relabel.token_ids])
+        exact = -torch.nn.functional.ctc_loss(
+            torch.as_tensor(logp)[:, None].float(),
+            target,
+            torch.tensor([logp.shape[0]]),
+            torch.tensor([target.size(1)]),
+            reduction="sum",
+        )
+        assert relabel.ctc == pytest.approx(float(exact), abs=1e-3)
+        restored += relabel.token_ids[pos] == full.token_ids[pos]
+    assert restored >= len(commands) // 2
+
+
+def test_label_guards_fire_in_the_session_and_stop_when_switched_off(shipped, commands):
+    """Each guard leaves its mark (counters, refusals, shorter seeds); switched off, none."""
+    base = StreamingOptions(label_rescore=0)
+    rescore = base.with_(label_rescore=3, label_rescore_window=50.0)
+    runs = {
+        "rescore": rescore.with_(label_rescore_pilots=True, label_rescore_final="always"),
+        "final_only": rescore.with_(label_rescore_pilots=False, label_rescore_final="always"),
+        "pilots_only": rescore.with_(label_rescore_pilots=True, label_rescore_final="never"),
+        "pilots": base.with_(collapse_label_pilots=3),
+        "ctc": base.with_(collapse_ctc_agree=1000),
+        "margin": base.with_(collapse_label_margin=100.0),
+        "off": base,
+    }
+    got = {k: [stream(shipped, o, a) for a in commands] for k, o in runs.items()}
+    n = {k: sum(r.fired["label_rescore"] for r in got[k]) for k in ("rescore", "final_only", "pilots_only")}
+    assert len(commands) - 1 <= n["final_only"] <= len(commands)  # each seeded final search's label, once
+    assert n["pilots_only"] >= len(commands) and n["rescore"] > n["pilots_only"]
+    assert sum(r.refused.get("label_unsettled", 0) for r in got["pilots"]) >= 2 * len(commands)
+    assert sum(r.refused.get("ctc_disagrees", 0) for r in got["ctc"]) >= 1
+    assert all(r.prefix_len == 0 for r in got["margin"])  # no label passes a 100-nat margin
+    assert sum(r.refused.get("unconfirmed", 0) for r in got["margin"]) > sum(
+        r.refused.get("unconfirmed", 0) for r in got["off"]
+    )
+    for r in got["off"]:
+        assert r.fired["label_rescore"] == r.fired["label_changed"] == 0
+        assert not r.refused.get("label_unsettled") and not r.refused.get("ctc_disagrees")
+    assert sum(r.prefix_len for r in got["off"]) > 0
+
+
+def test_label_rescore_final_takes_a_known_mode():
+    assert StreamingOptions(label_rescore_final="unsettled").label_rescore_final == "unsettled"
+    with pytest.raises(ValueError, match="label_rescore_final"):
+        StreamingOptions(label_rescore_final="sometimes")

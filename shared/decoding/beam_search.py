@@ -6,6 +6,10 @@ about one step is tensors over the running hypotheses of *all* utterances:
     full scores -> pre-beam top-k -> partial (CTC) scores -> + previous score
     -> per-utterance top-k over (slot, token) -> ended / running split
 
+The same search runs on torch tensors and on numpy arrays (the torch-free
+runtime, :mod:`pasu.lite`): what is not plain arithmetic or indexing goes
+through :mod:`pasu.decoding.arrays`.
+
 Hypotheses are kept compact (only running ones, grouped by utterance), so a
 finished utterance or an ended hypothesis costs nothing in later steps. The
 arithmetic (order of the weighted additions, top-k layout, end detection,
@@ -17,11 +21,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
-
+from pasu.decoding.arrays import ops_for
+from pasu.decoding.interface import LOG_ZERO, EncoderBatch, Scorer, ScorerSession
 from pasu.decoding.options import DecodingOptions
-from pasu.decoding.scorers import LOG_ZERO, EncoderBatch, Scorer, ScorerSession
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +77,10 @@ class _Ended:
 class _Running:
     """The running hypotheses of all utterances, compact and grouped by utterance."""
 
-    yseq: torch.Tensor  # (n, L) int64
-    utt: torch.Tensor  # (n,) int64, non-decreasing
-    score: torch.Tensor  # (n,)
-    scores: dict[str, torch.Tensor]  # unweighted accumulated score per scorer, (n,)
+    yseq: Any  # (n, L) int64, where the scores are
+    utt: Any  # (n,) int64 on the host, non-decreasing
+    score: Any  # (n,)
+    scores: dict[str, Any]  # unweighted accumulated score per scorer, (n,)
 
 
 class StopRule:
@@ -159,18 +163,18 @@ class BeamSearch:
     ) -> tuple[_Running, dict[str, ScorerSession]]:
         """The initial hypotheses (``<sos>`` + prefix, one per utterance) and fresh scorer sessions."""
         n_utt = batch.n_utt
-        utt = torch.arange(n_utt)
-        dtype, dev = batch.enc.dtype, batch.enc.device
+        xp = ops_for(batch.enc)
+        utt = xp.arange(n_utt)
         if prefixes is not None and len({len(p) for p in prefixes}) > 1:
             raise ValueError("seeded prefixes in one batch must have the same length")
         seed = [[self.sos] + list(p) for p in prefixes] if prefixes else [[self.sos]] * n_utt
-        yseq = torch.tensor(seed, dtype=torch.long, device=dev)
+        yseq = xp.index(seed, like=batch.enc)
         sessions = {k: s.begin(batch, utt) for k, s in (*self.full.items(), *self.part.items())}
-        scores = {k: torch.zeros(n_utt, dtype=dtype, device=dev) for k in sessions}
-        score = torch.zeros(n_utt, dtype=dtype, device=dev)
-        if yseq.size(1) > 1:
+        scores = {k: xp.zeros(n_utt, like=batch.enc) for k in sessions}
+        score = xp.zeros(n_utt, like=batch.enc)
+        if yseq.shape[1] > 1:
             for k, sess in sessions.items():
-                scores[k] = sess.prime(yseq, utt, (prime_hints or {}).get(k)).to(dtype=dtype, device=dev)
+                scores[k] = xp.cast(sess.prime(yseq, utt, (prime_hints or {}).get(k)), like=batch.enc)
                 score = score + self.weights[k] * scores[k]
         return _Running(yseq=yseq, utt=utt, score=score, scores=scores), sessions
 
@@ -187,7 +191,7 @@ class BeamSearch:
         running, sessions = self.begin(batch, prefixes, prime_hints)
         ended = [_Ended() for _ in range(batch.n_utt)]
         done = [False] * batch.n_utt
-        for i in range(running.yseq.size(1) - 1, max(maxlens)):
+        for i in range(running.yseq.shape[1] - 1, max(maxlens)):
             running = self.step(i, running, sessions, ended, done, maxlens, minlens, beam_size, stop)
             if all(done):
                 break
@@ -199,48 +203,46 @@ class BeamSearch:
         return sorted(hyps, key=lambda h: h.score, reverse=True)
 
     # ------------------------------------------------------------------
-    def expand(
-        self, running: _Running, sessions: dict[str, ScorerSession]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def expand(self, running: _Running, sessions: dict[str, ScorerSession]) -> tuple[Any, dict[str, Any]]:
         """Weighted scores (n, V) of every one-token extension, and each scorer's own."""
-        n = running.yseq.size(0)
-        weighted = torch.zeros(n, self.vocab_size, dtype=running.score.dtype, device=running.score.device)
-        scores: dict[str, torch.Tensor] = {}
+        xp = ops_for(running.score)
+        n = running.yseq.shape[0]
+        weighted = xp.zeros((n, self.vocab_size), like=running.score)
+        scores: dict[str, Any] = {}
         for k in self.full:
             scores[k] = sessions[k].score(running.yseq, running.utt, None)
             weighted += self.weights[k] * scores[k]
         candidates = None
         if self.do_pre_beam:
-            candidates = torch.topk(weighted, self.options.pre_beam_size, dim=-1)[1]
+            candidates = xp.topk(weighted, self.options.pre_beam_size)
         for k in self.part:
             scores[k] = sessions[k].score(running.yseq, running.utt, candidates)
             weighted += self.weights[k] * scores[k]
-        weighted += running.score.unsqueeze(1)
+        weighted += running.score[:, None]
         return weighted, scores
 
-    def prune(
-        self, weighted: torch.Tensor, utt: torch.Tensor, live_utts: list[int], width: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def prune(self, weighted: Any, utt: Any, live_utts: list[int], width: int) -> tuple[Any, Any]:
         """The ``width`` best (parent row, token) pairs of each live utterance.
 
         Rows of an utterance are laid out as ESPnet lays out its hypotheses
         (slot-major, ``slot * V + token``), so top-k sees the same ordering.
         """
+        xp = ops_for(weighted)
         V = self.vocab_size
-        n = weighted.size(0)
-        counts = torch.bincount(utt, minlength=int(utt.max()) + 1 if n else 1)
-        first = torch.cumsum(counts, 0) - counts  # first row of each utterance
-        slot = torch.arange(n) - first[utt]
+        n = weighted.shape[0]
+        counts = xp.bincount(utt, minlength=int(utt.max()) + 1 if n else 1)
+        first = xp.cumsum(counts) - counts  # first row of each utterance
+        slot = xp.arange(n) - first[utt]
         slots = int(counts.max())
-        live = torch.tensor(live_utts, dtype=torch.long)
-        grid = torch.full((len(live_utts), slots, V), LOG_ZERO, dtype=weighted.dtype, device=weighted.device)
-        pos = torch.full((int(utt.max()) + 1,), -1, dtype=torch.long)
-        pos[live] = torch.arange(len(live_utts))
+        live = xp.index(live_utts)
+        grid = xp.full((len(live_utts), slots, V), LOG_ZERO, like=weighted)
+        pos = xp.index([-1] * (int(utt.max()) + 1))
+        pos[live] = xp.arange(len(live_utts))
         g = pos[utt]
-        grid[g.to(weighted.device), slot.to(weighted.device)] = weighted
-        top = grid.view(len(live_utts), slots * V).topk(width, dim=-1)[1].cpu()  # (U, width)
-        parents = (torch.div(top, V, rounding_mode="trunc") + first[live].unsqueeze(1)).view(-1)
-        tokens = (top % V).view(-1)
+        grid[xp.to(g, like=weighted), xp.to(slot, like=weighted)] = weighted
+        top = xp.to_host(xp.topk(grid.reshape(len(live_utts), slots * V), width))  # (U, width)
+        parents = (top // V + first[live][:, None]).reshape(-1)
+        tokens = (top % V).reshape(-1)
         return parents, tokens
 
     def step(
@@ -260,11 +262,11 @@ class BeamSearch:
         live_utts = sorted(set(running.utt.tolist()))
         width = beam_size or self.options.beam_size
         parents, tokens = self.prune(weighted, running.utt, live_utts, width)
-        dev = weighted.device
-        p_dev, t_dev = parents.to(dev), tokens.to(dev)
+        xp = ops_for(weighted)
+        p_dev, t_dev = xp.to(parents, like=weighted), xp.to(tokens, like=weighted)
         new_score = weighted[p_dev, t_dev]
         new_scores = {k: running.scores[k][p_dev] + v[p_dev, t_dev] for k, v in scores.items()}
-        new_yseq = torch.cat((running.yseq[p_dev], t_dev.unsqueeze(1)), dim=1)
+        new_yseq = xp.cat([running.yseq[p_dev], t_dev[:, None]], axis=1)
         new_utt = running.utt[parents]
 
         is_eos = (tokens == self.eos).tolist()
@@ -287,8 +289,8 @@ class BeamSearch:
                 done[b] = True
             else:
                 keep.extend(alive)
-        keep_t = torch.tensor(keep, dtype=torch.long)
-        k_dev = keep_t.to(dev)
+        keep_t = xp.index(keep)
+        k_dev = xp.to(keep_t, like=weighted)
         if keep:
             for s in sessions.values():
                 s.advance(parents[keep_t], tokens[keep_t])
@@ -300,7 +302,7 @@ class BeamSearch:
         )
 
     def _finish(self, yseq, score, scores, rows: list[int], at_maxlen: bool, ended: _Ended) -> None:
-        idx = torch.tensor(rows, device=yseq.device)
+        idx = ops_for(yseq).index(rows, like=yseq)
         seqs = yseq[idx].tolist()
         totals = score[idx].tolist()
         per = {k: v[idx].tolist() for k, v in scores.items()}

@@ -21,7 +21,7 @@ The scorer keeps its state in its session (one per search), never on itself.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -30,9 +30,9 @@ from pasu.decoding.scorers import LOG_ZERO, EncoderBatch, Scorer, ScorerSession
 
 @runtime_checkable
 class PrefixHint(Protocol):
-    """A prefix's CTC forward variables ``r`` (T, 2) and its log prefix probability ``psi``."""
+    """A prefix's CTC forward variables ``r`` (T, 2; numpy or torch) and its log prefix probability ``psi``."""
 
-    r: torch.Tensor
+    r: Any
     psi: float
 
 
@@ -144,11 +144,11 @@ class CTCPrefixSession(ScorerSession):
         n = yseq.size(0)
         if not isinstance(hint, PrefixHint):
             raise TypeError(f"a CTC hint needs .r and .psi, got {type(hint).__name__}")
-        r = hint.r.to(self.logp_vt.dtype)
+        r = torch.as_tensor(hint.r).to(device=self.logp_vt.device, dtype=self.logp_vt.dtype)  # numpy or tensor
         if r.size(0) != self.n_frames:
             raise ValueError(f"prefix forward variables cover {r.size(0)} frames, encoder has {self.n_frames}")
         self.r = r.unsqueeze(2).expand(-1, -1, n).contiguous()
-        psi = torch.as_tensor(hint.psi, dtype=self.logp_vt.dtype).expand(n).clone()
+        psi = torch.as_tensor(hint.psi, dtype=self.logp_vt.dtype, device=self.logp_vt.device).expand(n).clone()
         self.s_prev = psi
         self.output_length = yseq.size(1) - 1
         return psi

@@ -9,33 +9,38 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+from pasu.decoding.arrays import ops_for
 
 LOG_ZERO = -1.0e10  # ESPnet's log(0): finite so arithmetic stays well defined
 
 
 @dataclass
 class EncoderBatch:
-    """Encoder output for a batch of utterances, padded to the longest."""
+    """Encoder output for a batch of utterances, padded to the longest.
 
-    enc: torch.Tensor  # (B, T, D)
-    lengths: torch.Tensor  # (B,) int64, on the CPU
+    Torch tensors on the torch runtime, numpy arrays on :mod:`pasu.lite`: the search
+    and the sessions read it through :mod:`pasu.decoding.arrays`.
+    """
+
+    enc: Any  # (B, T, D)
+    lengths: Any  # (B,) int64, on the CPU
 
     @property
     def n_utt(self) -> int:
-        return int(self.enc.size(0))
+        return int(self.enc.shape[0])
 
     @property
     def padded(self) -> bool:
-        return bool((self.lengths < self.enc.size(1)).any())
+        return bool((self.lengths < self.enc.shape[1]).any())
 
 
 class ScorerSession(ABC):
     """The state of one scorer in one search."""
 
     @abstractmethod
-    def score(self, yseq: torch.Tensor, row_utt: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+    def score(self, yseq: Any, row_utt: Any, candidates: Any | None) -> Any:
         """Scores (rows, vocab) of every next token given the prefixes ``yseq`` (rows, L).
 
         ``candidates`` (rows, K) are the only tokens a partial scorer must
@@ -43,10 +48,10 @@ class ScorerSession(ABC):
         """
 
     @abstractmethod
-    def advance(self, parents: torch.Tensor, tokens: torch.Tensor) -> None:
+    def advance(self, parents: Any, tokens: Any) -> None:
         """Keep the state of the hypotheses ``parents[i] + tokens[i]`` (after ``score``)."""
 
-    def prime(self, yseq: torch.Tensor, row_utt: torch.Tensor, hint: object = None) -> torch.Tensor:
+    def prime(self, yseq: Any, row_utt: Any, hint: object = None) -> Any:
         """Consume a whole known prefix ``yseq`` (rows, 1 + U) at once; its summed scores (rows,).
 
         A seeded search (beam collapse) starts from an agreed prefix instead of
@@ -54,13 +59,15 @@ class ScorerSession(ABC):
         do better (a decoder run over all positions in parallel, CTC forward
         variables carried over from a pilot via ``hint``) override it.
         """
-        total = torch.zeros(yseq.size(0), dtype=torch.float32, device=yseq.device)
-        rows = torch.arange(yseq.size(0))
-        for u in range(1, yseq.size(1)):
+        xp = ops_for(yseq)
+        n = yseq.shape[0]
+        total = xp.to_host(xp.zeros(n, like=yseq, dtype="float32"))
+        rows = xp.arange(n)
+        for u in range(1, yseq.shape[1]):
             tok = yseq[:, u]
-            s = self.score(yseq[:, :u], row_utt, tok.unsqueeze(1))
-            total = total + s.gather(1, tok.unsqueeze(1).to(s.device)).squeeze(1).to(total.device)
-            self.advance(rows, tok.cpu())
+            s = self.score(yseq[:, :u], row_utt, tok[:, None])
+            total = total + xp.to_host(xp.take_along_rows(s, tok))
+            self.advance(rows, xp.to_host(tok))
         return total
 
 
@@ -71,5 +78,5 @@ class Scorer(ABC):
     partial: bool = False
 
     @abstractmethod
-    def begin(self, batch: EncoderBatch, row_utt: torch.Tensor) -> ScorerSession:
+    def begin(self, batch: EncoderBatch, row_utt: Any) -> ScorerSession:
         """Start a search whose initial rows belong to utterances ``row_utt``."""

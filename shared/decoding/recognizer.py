@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from pasu.audio import min_encodable_samples
+from pasu.decoding.backend import NBestEntry, ctc_best_path, scorer_weights
 from pasu.decoding.beam_search import BeamSearch, Hypothesis, StopRule
 from pasu.decoding.ctc import CTCPrefixScorer
+from pasu.decoding.kv_decoder import KVCacheDecoderSession, TeacherForced
 from pasu.decoding.lm import LanguageModelScorer
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.scorers import AttentionDecoderScorer, EncoderBatch, LengthBonus
@@ -20,32 +22,14 @@ from pasu.models import LoadedModel, forward_lock
 log = logging.getLogger(__name__)
 
 SCORER_NAMES = ("decoder", "ctc", "length_bonus", "lm")
-
-
-@dataclass(frozen=True)
-class NBestEntry:
-    """One hypothesis as people and other programs read it."""
-
-    text: str
-    tokens: list[str]
-    token_ids: list[int]
-    score: float
-    scores: dict[str, float]  # unweighted per scorer; a scorer with weight 0 is absent
-    yseq: list[int]  # <sos> ... <eos>, for exact comparisons with ESPnet
-
-
-def scorer_weights(options: DecodingOptions) -> dict[str, float]:
-    """ESPnet's weights: the decoder and CTC share 1, the length bonus is the penalty, the LM its own."""
-    return {
-        "decoder": 1.0 - options.ctc_weight,
-        "ctc": options.ctc_weight,
-        "length_bonus": options.penalty,
-        "lm": options.lm_weight,
-    }
+__all__ = ["SCORER_NAMES", "NBestEntry", "Recognizer", "scorer_weights"]
 
 
 class Recognizer:
-    """An ESPnet model plus decoding options; thread-safe (no state between calls)."""
+    """An ESPnet model plus decoding options; thread-safe (no state between calls).
+
+    The torch runtime's :class:`pasu.decoding.backend.RecognizerBackend`.
+    """
 
     def __init__(self, model: LoadedModel, options: DecodingOptions = DecodingOptions()) -> None:
         self.model = model
@@ -109,6 +93,63 @@ class Recognizer:
         n = nbest or self.options.nbest
         return [[self.entry(h) for h in hs[:n]] for hs in hyps]
 
+    # -- what a streaming session needs (pasu.decoding.backend.RecognizerBackend) --
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def sos(self) -> int:
+        return self.model.sos
+
+    @property
+    def eos(self) -> int:
+        return self.model.eos
+
+    def incremental_encoder(self) -> _TorchIncremental:
+        from pasu.encoders.incremental import IncrementalEncoder
+
+        return _TorchIncremental(IncrementalEncoder(self.model.model))
+
+    def encode_audio(self, audio: np.ndarray) -> EncoderBatch | None:
+        from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
+
+        if len(audio) < min_encodable_samples(self.model.model):
+            return None
+        try:
+            return self.encode([audio])
+        except TooShortUttError as e:  # too short for the subsampling yet
+            log.debug("cannot encode %d samples yet: %s", len(audio), e)
+            return None
+
+    @torch.inference_mode()
+    def ctc_log_probs(self, batch: EncoderBatch) -> np.ndarray:
+        asr: Any = self.model.model
+        return asr.ctc.log_softmax(batch.enc)[0].cpu().numpy()
+
+    @torch.inference_mode()
+    def ctc_greedy(self, batch: EncoderBatch) -> list[int]:
+        asr: Any = self.model.model
+        return ctc_best_path(asr.ctc.argmax(batch.enc)[0].tolist(), blank=0, eos=self.model.eos)
+
+    @torch.inference_mode()
+    def prefix_pass(self, batch: EncoderBatch, prefix: list[int]) -> TeacherForced | None:
+        """The decoder teacher-forced over ``prefix`` on ``batch``'s first utterance in one pass:
+        each token's (U, V) log-probabilities and the keys/values a search from the prefix
+        starts with (None for a decoder without a kv-cache session)."""
+        rows = torch.zeros(1, dtype=torch.long)
+        session = self.scorers["decoder"].begin(batch, rows)
+        if not isinstance(session, KVCacheDecoderSession):
+            return None
+        yseq = torch.tensor([[self.model.sos, *prefix]], device=batch.enc.device)
+        logp = session.teacher_forced(yseq, rows)[0]
+        assert session.cache is not None
+        return TeacherForced(logp, session.cache)
+
     def recognize(self, speech: Sequence[np.ndarray | torch.Tensor]) -> list[list[NBestEntry]]:
         return self.decode(self.encode(speech))
 
@@ -122,3 +163,21 @@ class Recognizer:
             scores=dict(hyp.scores),
             yseq=list(hyp.yseq),
         )
+
+
+class _TorchIncremental:
+    """:class:`pasu.encoders.IncrementalEncoder` as a :class:`pasu.decoding.backend.IncrementalEncoding`."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.incremental = encoder.mode == "incremental"
+
+    def feed(self, audio: np.ndarray) -> None:
+        self.encoder.feed(audio)
+
+    @torch.inference_mode()
+    def encode(self, final: bool) -> EncoderBatch | None:
+        enc, lens = self.encoder.encode(final=final)
+        if enc.size(1) == 0:
+            return None
+        return EncoderBatch(enc=enc, lengths=lens.cpu().long())

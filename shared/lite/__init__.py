@@ -7,5 +7,15 @@ torch (phones, small Arm boards).
 from pasu.lite.decoder import DecoderState, LiteDecoder
 from pasu.lite.encoder import LiteEncoder, greedy_ctc
 from pasu.lite.model import LiteModel, LiteModelError, LiteOptions
+from pasu.lite.recognizer import LiteRecognizer
 
-__all__ = ["DecoderState", "LiteDecoder", "LiteEncoder", "LiteModel", "LiteModelError", "LiteOptions", "greedy_ctc"]
+__all__ = [
+    "DecoderState",
+    "LiteDecoder",
+    "LiteEncoder",
+    "LiteModel",
+    "LiteModelError",
+    "LiteOptions",
+    "LiteRecognizer",
+    "greedy_ctc",
+]

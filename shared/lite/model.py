@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class LiteModel:
             raise LiteModelError(f"{manifest}: not a {FORMAT} export (format={self.manifest.get('format')!r})")
         self.options = options
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._lock = threading.Lock()  # sessions are created once, even when threads race for one
         if options.verify:
             for name, digest in self.manifest["sha256"].items():
                 if file_sha256(self.root / name) != digest:
@@ -67,6 +69,12 @@ class LiteModel:
         return graph in self.manifest["graphs"]
 
     def session(self, graph: str) -> ort.InferenceSession:
+        if graph in self._sessions:
+            return self._sessions[graph]
+        with self._lock:
+            return self._create(graph)
+
+    def _create(self, graph: str) -> ort.InferenceSession:
         if graph not in self._sessions:
             if not self.has(graph):
                 raise LiteModelError(f"{self.root}: the export has no {graph} graph")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 TECHNIQUES = ("late_context", "pilots", "beam_collapse", "beam_termination", "ctc_leap")
+LABEL_RESCORE_FINAL = ("always", "unsettled", "never")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,26 @@ class StreamingOptions:
     collapse_beam_size: int = 10
     collapse_confirm: bool = True
     collapse_confirm_margin: float = 0.0  # nats a confirmed token must beat the runner-up by
+    # Guards for an SLU model's intent label (the seed's first label-like token,
+    # pasu.slu.split_intent), which an early pilot guesses and the final search then
+    # never revisits. `label_rescore`: a seeded search's best words are scored (decoder
+    # + CTC, as the search weighs them) under each of this many other labels whose
+    # decoder score at the label is within `label_rescore_window` nats of the committed
+    # one, and the best-scoring label wins (0: off). The others are off at 0 / 1
+    # (measured and dropped: CHANGELOG.md). `collapse_ctc_agree`: the final
+    # seed is refused where the CTC greedy path leaves it within its first k tokens.
+    # `collapse_label_pilots`: the label must be the same in this many pilots in a row.
+    # `collapse_label_margin`: a confirmation margin (nats) on the tokens up to the label.
+    # Rescoring runs at the final search and/or at each seeded pilot (while the user speaks).
+    label_rescore: int = 3
+    label_rescore_window: float = 3.0
+    label_rescore_pilots: bool = True  # at each seeded pilot (during speech)
+    # at the final search (after speech): "always", "never", or "unsettled" (only when
+    # the last two pilots' best disagree on the label)
+    label_rescore_final: str = "unsettled"
+    collapse_ctc_agree: int = 0
+    collapse_label_pilots: int = 1
+    collapse_label_margin: float = 0.0
     # 4. beam termination: stop once no running hypothesis can beat the n-best
     #    (exact), or once the predicted length (pilots, CTC greedy) plus slack is
     #    reached with a finished hypothesis in hand (approximate).
@@ -47,6 +68,12 @@ class StreamingOptions:
     ctc_leap: bool = True
     # Memory stays bounded: a segment longer than this is cut by the caller (VAD).
     max_segment_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.label_rescore_final not in LABEL_RESCORE_FINAL:
+            raise ValueError(
+                f"label_rescore_final must be one of {LABEL_RESCORE_FINAL}, not {self.label_rescore_final!r}"
+            )
 
     @classmethod
     def stock(cls) -> StreamingOptions:

@@ -6,6 +6,10 @@ blocks on a running pilot; with ``background=False`` it runs inline, which is
 what the latency benchmark's simulated clock needs. ``finalize`` reuses what
 the pilots learnt: the agreed prefix (beam collapse), its CTC forward variables
 (CTC leap) and the expected length (beam termination).
+
+The session drives any :class:`pasu.decoding.backend.RecognizerBackend`: the
+torch :class:`pasu.decoding.Recognizer` or the torch-free
+:class:`pasu.lite.recognizer.LiteRecognizer`; it imports neither torch nor ESPnet.
 """
 
 from __future__ import annotations
@@ -15,17 +19,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import torch
-from espnet2.legacy.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 from rapidfuzz.distance import Levenshtein
 
-from pasu.audio import check_samples, min_encodable_samples
-from pasu.decoding.recognizer import NBestEntry, Recognizer
-from pasu.decoding.scorers import EncoderBatch
-from pasu.streaming.commit import PrefixCommitter, Seed, decoder_logp
+from pasu.audio import check_samples
+from pasu.decoding.backend import IncrementalEncoding, NBestEntry, RecognizerBackend
+from pasu.decoding.beam_search import Hypothesis
+from pasu.decoding.interface import EncoderBatch
+from pasu.streaming.commit import PrefixCommitter, Seed, label_position, rescore_label
 from pasu.streaming.options import StreamingOptions
 from pasu.streaming.termination import BeamTermination
 
@@ -67,29 +69,26 @@ class StreamingSession:
     """One utterance (segment), fed incrementally. Not reusable after ``finalize``."""
 
     def __init__(
-        self, recognizer: Recognizer, options: StreamingOptions = StreamingOptions(), background: bool = False
+        self, recognizer: RecognizerBackend, options: StreamingOptions = StreamingOptions(), background: bool = False
     ) -> None:
         self.rec = recognizer
         self.o = options
-        self.rate = recognizer.model.sample_rate
-        asr = recognizer.model.model
-        self._ctc: Any = asr.ctc  # ESPnet's CTC head (an untyped submodule)
-        self._encoder = None
+        self.rate = recognizer.sample_rate
+        self._encoder: IncrementalEncoding | None = None
         #: how often each technique did its work in this utterance: late_context (1 when
         #: the encoder really runs incrementally), pilots, pilot_continuations (pilots
         #: that started from the agreed prefix), beam_collapse and ctc_leap (the final
         #: search seeded / its CTC forward variables extended), termination_exact and
-        #: termination_predicted (the final search stopped early by either rule)
+        #: termination_predicted (the final search stopped early by either rule),
+        #: label_rescore and label_changed (the intent label rescored / replaced)
         self.fired: dict[str, int] = dict.fromkeys(FIRED, 0)
         if options.late_context:
-            from pasu.encoders.incremental import IncrementalEncoder
-
-            self._encoder = IncrementalEncoder(asr)
-            if self._encoder.mode == "incremental":
+            self._encoder = recognizer.incremental_encoder()
+            if self._encoder is not None and self._encoder.incremental:
                 self.fired["late_context"] = 1
             else:
                 _warn_once(
-                    f"late_context is on but {recognizer.model.name} re-encodes everything at each "
+                    f"late_context is on but {recognizer.name} re-encodes everything at each "
                     "pilot (its encoder has no local blocks)"
                 )
         self._commit = PrefixCommitter(options, recognizer.options.ctc_weight)
@@ -166,35 +165,26 @@ class StreamingSession:
             self._run_pilot()
 
     # -- encoding ------------------------------------------------------------
-    @torch.inference_mode()
     def _encode(self, final: bool = False) -> EncoderBatch | None:
         if self._encoder is not None:
-            enc, lens = self._encoder.encode(final=final)
-            if enc.size(1) == 0:
-                return None
-            return EncoderBatch(enc=enc, lengths=lens.cpu().long())
+            return self._encoder.encode(final=final)
         if not self._audio:
             return None
         audio = np.concatenate(self._audio)
         self._audio = [audio]
-        if len(audio) < min_encodable_samples(self.rec.model.model):
-            return None
-        try:
-            return self.rec.encode([audio])
-        except TooShortUttError as e:  # too short for the subsampling yet
-            log.debug("cannot encode %d samples yet: %s", len(audio), e)
-            return None
+        return self.rec.encode_audio(audio)
 
     # -- pilots --------------------------------------------------------------
-    def _seed(self, batch: EncoderBatch) -> Seed | None:
+    def _seed(self, batch: EncoderBatch, ctc_path: list[int] | None = None) -> Seed | None:
         """The agreed prefix of the pilots so far (beam collapse), with its CTC state (leap)."""
         if not self.o.beam_collapse or self._commit is None:
             return None
         return self._commit.seed(
             [p.nbest for p in self.pilots],
             int(batch.lengths[0]),
-            lambda: self._ctc.log_softmax(batch.enc)[0],
-            lambda prefix: decoder_logp(self.rec, batch, prefix),
+            lambda: self.rec.ctc_log_probs(batch),
+            lambda prefix: self.rec.prefix_pass(batch, prefix),
+            ctc_path=ctc_path,
         )
 
     def _search(self, batch: EncoderBatch, seed: Seed | None, beam: int, nbest: int, stop) -> list[NBestEntry]:
@@ -207,7 +197,6 @@ class StreamingSession:
             prime_hints=seed.prime_hints() if seed else None,
         )[0]
 
-    @torch.inference_mode()
     def _run_pilot(self) -> None:
         t0 = time.perf_counter()
         batch = self._encode()
@@ -217,6 +206,8 @@ class StreamingSession:
         stop = BeamTermination(self.o.pilot_nbest, self.rec.options.penalty) if self.o.beam_termination else None
         beam = min(self.o.pilot_beam_size, self.rec.options.beam_size)
         nbest = self._search(batch, seed, beam, self.o.pilot_nbest, stop)
+        if self.o.label_rescore > 0 and self.o.label_rescore_pilots and seed is not None and nbest:
+            nbest = self._rescore_label(batch, seed, nbest)
         self.fired["pilots"] += 1
         self.fired["pilot_continuations"] += seed is not None
         self.pilots.append(
@@ -236,7 +227,6 @@ class StreamingSession:
         return list(self.pilots[-1].nbest) if self.pilots else []
 
     # -- the end ---------------------------------------------------------------
-    @torch.inference_mode()
     def finalize(self) -> FinalResult:
         """The final n-best, reusing the pilots; frees the per-utterance state."""
         if self._finalized:
@@ -254,9 +244,9 @@ class StreamingSession:
         encode_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         o, d = self.o, self.rec.options
-        seed = self._seed(batch)
+        greedy = self.rec.ctc_greedy(batch)
+        seed = self._seed(batch, greedy)
         stop = None
-        greedy = self._ctc_greedy(batch)
         if o.beam_termination:
             last = self.pilots[-1].nbest if self.pilots else []
             predicted = max(len(greedy), len(last[0].token_ids) if last else 0)
@@ -270,6 +260,8 @@ class StreamingSession:
             )
         beam = o.collapse_beam_size if seed else d.beam_size
         nbest = self._search(batch, seed, beam, d.nbest, stop)
+        if o.label_rescore > 0 and seed is not None and nbest and self._final_rescore_due():
+            nbest = self._rescore_label(batch, seed, nbest)
         decode_s = time.perf_counter() - t1
         self.fired["beam_collapse"] = int(seed is not None)
         self.fired["ctc_leap"] = int(seed is not None and seed.leapt)
@@ -292,14 +284,42 @@ class StreamingSession:
         self._free()
         return result
 
-    def _ctc_greedy(self, batch: EncoderBatch) -> list[int]:
-        ids = self._ctc.argmax(batch.enc)[0].tolist()
-        out, prev = [], None
-        for t in ids:
-            if t != prev and t != 0:
-                out.append(t)
-            prev = t
-        return [t for t in out if t != self.rec.model.eos]
+    def _final_rescore_due(self) -> bool:
+        """Whether the final search's label is rescored (``label_rescore_final``)."""
+        mode = self.o.label_rescore_final
+        if mode != "unsettled":
+            return mode == "always"
+        last = [p.nbest[0] for p in self.pilots[-2:] if p.nbest]
+        pos = label_position(last[-1]) if last else None
+        if len(last) < 2 or pos is None:
+            return len(last) < 2
+        return last[0].token_ids[: pos + 1] != last[1].token_ids[: pos + 1]
+
+    def _rescore_label(self, batch: EncoderBatch, seed: Seed, nbest: list[NBestEntry]) -> list[NBestEntry]:
+        """A seeded search's (pilot's or final) best under the intent label its whole sequence
+        scores best with (:func:`pasu.streaming.commit.rescore_label`); counted in ``fired``."""
+        best = nbest[0]
+        if "lm" in best.scores:  # the label's LM score is not rescored
+            return nbest
+        d = self.rec.options
+        relabel, tried = rescore_label(
+            best,
+            seed,
+            self.rec.ctc_log_probs(batch),
+            lambda tokens: self.rec.prefix_pass(batch, tokens),
+            self.rec.eos,
+            d.ctc_weight,
+            self.o.label_rescore,
+            self.o.label_rescore_window,
+        )
+        self.fired["label_rescore"] += tried > 0
+        if relabel is None:
+            return nbest
+        self.fired["label_changed"] += 1
+        scores = {**best.scores, "decoder": relabel.decoder, "ctc": relabel.ctc}
+        yseq = [self.rec.sos, *relabel.token_ids, self.rec.eos]
+        new = self.rec.entry(Hypothesis(yseq=yseq, score=best.score + relabel.gain, scores=scores))
+        return [new, *[e for e in nbest if e.token_ids != relabel.token_ids]][: len(nbest)]
 
     def _features(self, nbest: list[NBestEntry], greedy: list[int]) -> dict[str, float]:
         """The signals only the session has, for the confidence estimator (which computes the rest:
@@ -324,6 +344,8 @@ FIRED = (
     "ctc_leap",
     "termination_exact",
     "termination_predicted",
+    "label_rescore",  # the final best's intent label was rescored against alternatives
+    "label_changed",  # ... and another label won
 )
 _warned: set[str] = set()
 

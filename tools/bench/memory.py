@@ -14,15 +14,30 @@ import subprocess
 import sys
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:  # Linux; macOS falls back to the peak
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return _peak_mb()
+def status_mb(field: str) -> float | None:
+    """A /proc/self/status memory field in MB (Linux), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
-def _peak_mb() -> float:
+def rss_mb() -> float:
+    """This process's resident memory now (its peak where Linux cannot say)."""
+    rss = status_mb("VmRSS")
+    return peak_rss_mb() if rss is None else rss
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM where Linux has it: ``ru_maxrss`` survives execve and so
+    counts the parent's RSS at fork, which would bill the benchmark's own process to the child."""
+    hwm = status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -38,21 +53,21 @@ def measure(side: str, model_dir: str, files: list[str]) -> dict:
         from pasu.tools.reference import espnet_nbest, espnet_speech2text
 
         s2t = espnet_speech2text(model, options)
-        loaded = _rss_mb()
+        loaded = rss_mb()
         for f in files:
             espnet_nbest(s2t, read_audio(f))
     else:
         from pasu.streaming import StreamingOptions, StreamingSession
 
         rec = Recognizer(model, options)
-        loaded = _rss_mb()
+        loaded = rss_mb()
         for f in files:
             audio = read_audio(f)
             s = StreamingSession(rec, StreamingOptions())
             for i in range(0, len(audio), 2560):
                 s.feed(audio[i : i + 2560])
             s.finalize()
-    peak = _peak_mb()
+    peak = peak_rss_mb()
     return {
         "side": side,
         "loaded_mb": round(loaded, 1),

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from pasu.tools.bench.vad import register_bench as register_vad
 
     register_vad(bsub)  # pasu bench vad
+    from pasu.tools.bench.runtime import register_bench as register_runtime
+
+    register_runtime(bsub)  # pasu bench runtime
 
     lat = bsub.add_parser("latency", help="end-of-speech latency: stock ESPnet vs a pasu streaming session")
     add_model_args(lat)

@@ -287,6 +287,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, options: ExportOpti
             ort_file = out / f"{name}.ort"
             if ort_file.is_file():
                 g["ort"] = ort_file.name
+    vad = _copy_vad_model(out)
     files = sorted(p for p in out.iterdir() if p.suffix in (".onnx", ".ort"))
     manifest = {
         "format": FORMAT,
@@ -307,14 +308,33 @@ def export_model(model_dir: str | Path, out_dir: str | Path, options: ExportOpti
         "sos": loaded.sos,
         "eos": loaded.eos,
         "blank": 0,
+        # how tokens become text (pasu.lite.recognizer.detokenizer); None: joined with spaces
+        "token_type": loaded.config.get("token_type") if loaded.tokenizer is not None else None,
         **_options(loaded.model, specs, loaded.sample_rate),
         "confidence": _confidence_meta(estimator),
+        "vad": vad,
         "graphs": graphs,
         "sha256": {p.name: file_sha256(p) for p in files},
     }
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     return path
+
+
+def _copy_vad_model(out: Path) -> dict[str, Any] | None:
+    """The silero VAD's ONNX file beside the graphs, for installs without the silero-vad
+    package (it depends on torch); ``pasu.device.vad`` falls back to it."""
+    import shutil
+
+    from pasu.device.vad import SILERO_FILE, silero_model_path
+
+    try:
+        source = silero_model_path()
+    except ImportError as e:
+        log.warning("the export carries no VAD model: %s", e)
+        return None
+    shutil.copyfile(source, out / SILERO_FILE)
+    return {"kind": "silero", "file": SILERO_FILE}
 
 
 def _quantize(path: Path) -> None:
