@@ -32,6 +32,7 @@ from pasu.models import LoadedModel
 from pasu.streaming import TECHNIQUES, StreamingOptions, StreamingSession
 from pasu.streaming.session import FIRED
 from pasu.tools.bench.decoder import side_by_side
+from pasu.tools.bench.simulate import simulate_stream
 from pasu.tools.reference import espnet_nbest
 from pasu.tools.scoring import accuracy
 
@@ -92,28 +93,12 @@ def run_espnet(s2t, audio: np.ndarray, clock=time.perf_counter) -> StreamRun:
 
 
 def run_stream(rec: Recognizer, options: StreamingOptions, audio: np.ndarray, bench: LatencyBenchOptions) -> StreamRun:
-    rate = rec.model.sample_rate
-    step = max(1, int(bench.chunk_s * rate))
-    chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
     if bench.realtime:
+        step = max(1, int(bench.chunk_s * rec.sample_rate))
+        chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
         return _run_realtime(rec, options, chunks, bench.chunk_s)
-    session = StreamingSession(rec, options, background=False)
-    clock = bench.timer()
-    busy_until = during = 0.0
-    for i, chunk in enumerate(chunks):
-        arrival = (i + 1) * bench.chunk_s
-        start = max(arrival, busy_until)
-        t0 = clock()
-        session.feed(chunk, may_pilot=busy_until <= arrival)
-        dt = clock() - t0
-        during += dt
-        busy_until = start + dt
-    end_of_speech = len(chunks) * bench.chunk_s
-    start = max(end_of_speech, busy_until)
-    t0 = clock()
-    result = session.finalize()
-    dt = clock() - t0
-    return _run(result, latency_s=start + dt - end_of_speech, during_s=during, after_s=dt)
+    run = simulate_stream(rec, options, audio, bench.chunk_s, bench.timer())
+    return _run(run.result, latency_s=run.latency_s, during_s=run.during_s, after_s=run.after_s)
 
 
 def _run(result, latency_s: float, during_s: float, after_s: float) -> StreamRun:

@@ -175,29 +175,15 @@ class ClipRun:
 def stream(
     backend: RecognizerBackend, options: StreamingOptions, audio: np.ndarray, chunk_s: float, clock=time.perf_counter
 ) -> ClipRun:
-    """Stream ``audio`` through a session on the simulated clock of :func:`pasu.tools.bench.latency.run_stream`."""
-    from pasu.streaming import StreamingSession
+    """Stream ``audio`` through a session on the benchmarks' simulated clock
+    (:func:`pasu.tools.bench.simulate.simulate_stream`)."""
+    from pasu.tools.bench.simulate import simulate_stream
 
-    step = max(1, int(chunk_s * backend.sample_rate))
-    chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
-    session = StreamingSession(backend, options, background=False)
-    busy_until = during = 0.0
-    for i, chunk in enumerate(chunks):
-        arrival = (i + 1) * chunk_s
-        start = max(arrival, busy_until)
-        t0 = clock()
-        session.feed(chunk, may_pilot=busy_until <= arrival)
-        dt = clock() - t0
-        during += dt
-        busy_until = start + dt
-    end_of_speech = len(chunks) * chunk_s
-    start = max(end_of_speech, busy_until)
-    t0 = clock()
-    result = session.finalize()
-    dt = clock() - t0
+    run = simulate_stream(backend, options, audio, chunk_s, clock)
+    result = run.result
     return ClipRun(
-        latency_s=start + dt - end_of_speech,
-        during_s=during,
+        latency_s=run.latency_s,
+        during_s=run.during_s,
         text=result.best.text if result.best else "",
         nbest=[list(e.token_ids) for e in result.nbest],
         scores=[float(e.score) for e in result.nbest],
