@@ -44,7 +44,7 @@ class StreamingOptions:
     # + CTC, as the search weighs them) under each of this many other labels whose
     # decoder score at the label is within `label_rescore_window` nats of the committed
     # one, and the best-scoring label wins (0: off). The others are off at 0 / 1
-    # (measured and dropped: CHANGELOG.md). `collapse_ctc_agree`: the final
+    # (why: CHANGELOG.md). `collapse_ctc_agree`: the final
     # seed is refused where the CTC greedy path leaves it within its first k tokens.
     # `collapse_label_pilots`: the label must be the same in this many pilots in a row.
     # `collapse_label_margin`: a confirmation margin (nats) on the tokens up to the label.

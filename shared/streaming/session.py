@@ -14,10 +14,12 @@ torch :class:`pasu.decoding.Recognizer` or the torch-free
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,14 +177,21 @@ class StreamingSession:
         return self.rec.encode_audio(audio)
 
     # -- pilots --------------------------------------------------------------
-    def _seed(self, batch: EncoderBatch, ctc_path: list[int] | None = None) -> Seed | None:
+    def _ctc_log_probs(self, batch: EncoderBatch) -> Callable[[], np.ndarray]:
+        """The batch's CTC log-posteriors, computed on first use and then kept: the seed's
+        confirmation and label rescoring of one search read the same matrix."""
+        return functools.cache(lambda: self.rec.ctc_log_probs(batch))
+
+    def _seed(
+        self, batch: EncoderBatch, ctc_logp: Callable[[], np.ndarray], ctc_path: list[int] | None = None
+    ) -> Seed | None:
         """The agreed prefix of the pilots so far (beam collapse), with its CTC state (leap)."""
         if not self.o.beam_collapse or self._commit is None:
             return None
         return self._commit.seed(
             [p.nbest for p in self.pilots],
             int(batch.lengths[0]),
-            lambda: self.rec.ctc_log_probs(batch),
+            ctc_logp,
             lambda prefix: self.rec.prefix_pass(batch, prefix),
             ctc_path=ctc_path,
         )
@@ -202,12 +211,13 @@ class StreamingSession:
         batch = self._encode()
         if batch is None:
             return
-        seed = self._seed(batch)
+        ctc_logp = self._ctc_log_probs(batch)
+        seed = self._seed(batch, ctc_logp)
         stop = BeamTermination(self.o.pilot_nbest, self.rec.options.penalty) if self.o.beam_termination else None
         beam = min(self.o.pilot_beam_size, self.rec.options.beam_size)
         nbest = self._search(batch, seed, beam, self.o.pilot_nbest, stop)
         if self.o.label_rescore > 0 and self.o.label_rescore_pilots and seed is not None and nbest:
-            nbest = self._rescore_label(batch, seed, nbest)
+            nbest = self._rescore_label(batch, ctc_logp(), seed, nbest)
         self.fired["pilots"] += 1
         self.fired["pilot_continuations"] += seed is not None
         self.pilots.append(
@@ -245,7 +255,8 @@ class StreamingSession:
         t1 = time.perf_counter()
         o, d = self.o, self.rec.options
         greedy = self.rec.ctc_greedy(batch)
-        seed = self._seed(batch, greedy)
+        ctc_logp = self._ctc_log_probs(batch)
+        seed = self._seed(batch, ctc_logp, greedy)
         stop = None
         if o.beam_termination:
             last = self.pilots[-1].nbest if self.pilots else []
@@ -261,7 +272,7 @@ class StreamingSession:
         beam = o.collapse_beam_size if seed else d.beam_size
         nbest = self._search(batch, seed, beam, d.nbest, stop)
         if o.label_rescore > 0 and seed is not None and nbest and self._final_rescore_due():
-            nbest = self._rescore_label(batch, seed, nbest)
+            nbest = self._rescore_label(batch, ctc_logp(), seed, nbest)
         decode_s = time.perf_counter() - t1
         self.fired["beam_collapse"] = int(seed is not None)
         self.fired["ctc_leap"] = int(seed is not None and seed.leapt)
@@ -295,7 +306,9 @@ class StreamingSession:
             return len(last) < 2
         return last[0].token_ids[: pos + 1] != last[1].token_ids[: pos + 1]
 
-    def _rescore_label(self, batch: EncoderBatch, seed: Seed, nbest: list[NBestEntry]) -> list[NBestEntry]:
+    def _rescore_label(
+        self, batch: EncoderBatch, ctc_logp: np.ndarray, seed: Seed, nbest: list[NBestEntry]
+    ) -> list[NBestEntry]:
         """A seeded search's (pilot's or final) best under the intent label its whole sequence
         scores best with (:func:`pasu.streaming.commit.rescore_label`); counted in ``fired``."""
         best = nbest[0]
@@ -305,7 +318,7 @@ class StreamingSession:
         relabel, tried = rescore_label(
             best,
             seed,
-            self.rec.ctc_log_probs(batch),
+            ctc_logp,
             lambda tokens: self.rec.prefix_pass(batch, tokens),
             self.rec.eos,
             d.ctc_weight,
