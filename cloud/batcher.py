@@ -291,8 +291,8 @@ class Batcher:
         False: nothing confirmed."""
         enc, out = encoded[id(job)], outcomes[id(job)]
         t = time.monotonic()
-        seed = reuse_mod.seed(rec, enc, job.device_seqs or [])
-        if seed is None or len(seed.prefix) >= int(enc.lengths[0]) - 1:
+        seed = reuse_mod.seed(rec, enc, job.device_seqs or [], tolerance=self.config.reuse_tolerance)
+        if seed is None or len(seed.prefix) >= rec.options.max_output_length(int(enc.lengths[0])) - 1:
             out.decode_s = time.monotonic() - t
             self.decode_busy_s += out.decode_s
             return False

@@ -62,6 +62,12 @@ def add_worker_args(p: argparse.ArgumentParser, serve: bool = True) -> None:
     )
     g.add_argument("--reuse-margin", type=float, default=d.reuse_margin)
     g.add_argument(
+        "--reuse-tolerance",
+        type=float,
+        default=d.reuse_tolerance,
+        help="seed: nats a device token may trail this model's own pick by and still be kept",
+    )
+    g.add_argument(
         "--rejection-threshold",
         type=float,
         default=None,
@@ -114,8 +120,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         **flag_values(
             args,
             "host port metrics_port device max_batch_size max_batch_wait_ms max_queue max_message_bytes "
-            "max_audio_seconds ctc_weight lm_weight reuse reuse_margin rejection_threshold idempotency_cache_size "
-            "tls_cert tls_key tls_client_ca",
+            "max_audio_seconds ctc_weight lm_weight reuse reuse_margin reuse_tolerance rejection_threshold "
+            "idempotency_cache_size tls_cert tls_key tls_client_ca",
         ),
         allowed_sample_rates=tuple(int(r) for r in args.sample_rates.split(",") if r.strip()),
         default_beam_size=args.beam_size,

@@ -54,6 +54,9 @@ class WorkerConfig:
     # answer the (cloud-re-ranked) best device hypothesis only if its CTC
     # log-probability trails the CTC best path by at most this many nats
     reuse_margin: float = 5.0
+    # "seed": a device token may trail this model's own pick by this many nats and still seed
+    # the search (pasu.streaming.commit.confirm's tolerance, as the device's final search)
+    reuse_tolerance: float = 0.0
 
     # "not understood" (issue 28): below this answer score (pasu.slu.answer_score) a result says
     # understood=false; None: the threshold calibrated beside the model (rejection.json), else 0
@@ -100,6 +103,7 @@ class WorkerConfig:
         )
         need(self.interim_beam_size >= 1, "interim_beam_size must be >= 1")
         need(self.reuse in REUSE_POLICIES, f"reuse must be one of {REUSE_POLICIES}, got {self.reuse!r}")
+        need(self.reuse_tolerance >= 0, f"reuse_tolerance must be >= 0, got {self.reuse_tolerance}")
         need(
             self.rejection_threshold is None or 0.0 <= self.rejection_threshold <= 1.0,
             f"rejection_threshold must be in [0, 1], got {self.rejection_threshold}",

@@ -210,12 +210,15 @@ def decide(
 
 
 @torch.inference_mode()
-def seed(recognizer: Recognizer, enc: EncoderBatch, device_seqs: Sequence[Sequence[int]]) -> Seed | None:
+def seed(
+    recognizer: Recognizer, enc: EncoderBatch, device_seqs: Sequence[Sequence[int]], tolerance: float = 0.0
+) -> Seed | None:
     """The prefix of the device's best hypothesis that this model confirms on ``enc`` (one
     utterance), with its CTC forward variables; None when it confirms not even one token.
 
     One teacher-forced decoder pass and one CTC forward scan over the prefix: each token
-    must still be the cloud's own best next token under its search's weighting.
+    must still be the cloud's own best next token under its search's weighting, or trail
+    it by at most ``tolerance`` nats.
     """
     if not device_seqs or not device_seqs[0]:
         return None
@@ -227,6 +230,7 @@ def seed(recognizer: Recognizer, enc: EncoderBatch, device_seqs: Sequence[Sequen
             lp,
             lambda prefix: recognizer.prefix_pass(enc, prefix),
             recognizer.options.ctc_weight,
+            tolerance=tolerance,
         )
 
 

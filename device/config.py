@@ -125,7 +125,7 @@ class PolicyConfig:
     threshold: float = 0.5
     target_rate: float = 0.3
     budget_gain: float = 0.05
-    min_pilots: int = 2  # the estimator needs some pilot history before it is trusted
+    min_pilots: int = 4  # the estimator needs some pilot history before it is trusted
     early: bool = True  # decide at pilots (False: only at the end of the segment)
     # priors for the latency policy, replaced by measurements as calls complete
     prior_rtt_s: float = 0.05

@@ -70,6 +70,25 @@ def test_seed_keeps_what_the_cloud_confirms_and_cuts_the_rest(model, clip):
     assert cut is None or len(cut.prefix) <= 2
 
 
+def test_seed_tolerance_keeps_the_device_tokens_the_cloud_nearly_picks(model, clip):
+    """``reuse_tolerance``: a device hypothesis the cloud cuts strictly is kept further (all of
+    it at a tolerance no score reaches), and the config refuses a negative tolerance."""
+    rec = Recognizer(model, OPTS)
+    enc = rec.encode([clip])
+    best = rec.decode(enc)[0][0].token_ids
+    for wrong in range(2, len(model.token_list) - 1):  # a third token the cloud does not confirm
+        device = [*best[:2], wrong, *best[3:]]
+        strict = reuse.seed(rec, enc, [device])
+        if wrong != best[2] and (strict is None or len(strict.prefix) < 3):
+            break
+    loose = reuse.seed(rec, enc, [device], tolerance=1e6)
+    assert loose is not None and loose.prefix == device
+    assert strict is None or len(strict.prefix) < len(device)
+    assert loose.tolerated == len(device) - (len(strict.prefix) if strict else 0)
+    with pytest.raises(ValueError, match="reuse_tolerance"):
+        WorkerConfig(reuse_tolerance=-1.0)
+
+
 def test_offload_seeds_the_search_with_the_devices_latest_update(worker, stub, model, clip):
     rec = Recognizer(model, OPTS)
     own = rec.recognize([clip])[0]

@@ -22,6 +22,7 @@ from pasu.device.agent import DeviceAgent
 from pasu.device.confidence import SCORE_FEATURES, ConfidenceEstimator
 from pasu.device.config import AgentConfig, CloudClientConfig, PolicyConfig
 from pasu.device.vad import segment_audio
+from pasu.streaming import StreamingOptions
 from pasu.v1 import hypothesis_pb2, recognition_pb2, speech_service_pb2, speech_service_pb2_grpc
 
 pytestmark = pytest.mark.timeout(120)
@@ -173,11 +174,11 @@ def test_policy_threshold_offloads_only_uncertain_segments(model, worker, stream
     cut = float(np.median(lengths))
     est = ConfidenceEstimator.from_weights({"audio_s": 20.0}, bias=-20.0 * cut)
     cfg = agent_config("threshold", f"127.0.0.1:{worker.port}").with_(
-        policy=PolicyConfig(kind="threshold", threshold=0.5, early=False)
+        policy=PolicyConfig(kind="threshold", threshold=0.5, early=False), streaming=StreamingOptions.stock()
     )
     with DeviceAgent(cfg, model, estimator=est) as agent:
         recs = run(agent, stream)
-    assert len(recs) == 3
+    assert len(recs) == 3 and all(r["text"] for r in recs)  # words: a final without any stays local
     for r, length in zip(recs, lengths, strict=True):
         if length > cut + 0.02:
             assert r["source"] == "device" and not r["offloaded"] and r["confidence"] > 0.5
@@ -336,7 +337,7 @@ def test_train_confidence_end_to_end(tiny_model_dirs, audio_files, references, t
     # both classes occur), for the others a label it never says.
     from pasu.decoding.recognizer import Recognizer
     from pasu.models import load_model
-    from pasu.streaming import StreamingOptions, StreamingSession
+    from pasu.streaming import StreamingSession
 
     rec = Recognizer(load_model(tiny_model_dirs["conformer"]), FAST)
     lines = []
@@ -448,7 +449,7 @@ def test_cloud_label_marks_only_what_the_cloud_would_fix(tiny_models, audio_file
     device's is not. References are built so that both cases occur: the intent is the
     cloud's first word on odd clips where the two models disagree, else the device's."""
     from pasu.decoding.recognizer import Recognizer
-    from pasu.streaming import StreamingOptions, StreamingSession
+    from pasu.streaming import StreamingSession
     from pasu.tools.train.confidence import TrainOptions, collect_cached, label
 
     device, cloud = tiny_models["conformer"], tiny_models["branchformer"]

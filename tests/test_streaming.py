@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -287,6 +289,55 @@ def test_ctc_leap_extends_the_pilots_forward_variables(shipped, commands):
     assert sum(r.fired["ctc_leap"] for r in results) >= len(results) - 1
     off = [stream(shipped, StreamingOptions(ctc_leap=False), a) for a in commands]
     assert all(r.fired["ctc_leap"] == 0 for r in off)
+
+
+def test_final_tolerance_keeps_more_of_the_last_pilots_words(shipped, commands):
+    """The final seed keeps the last pilot's tokens that trail the joint pick by at most
+    ``collapse_final_tolerance``: the same pilots, a longer seed by exactly the counted tokens,
+    and nothing kept that way when the tolerance is 0."""
+    on = [stream(shipped, StreamingOptions(), a) for a in commands]
+    strict = [stream(shipped, StreamingOptions(collapse_final_tolerance=0.0), a) for a in commands]
+    assert sum(r.fired["seed_tolerated"] > 0 for r in on) >= 1
+    assert all(r.fired["seed_tolerated"] == 0 for r in strict)
+    for r, s in zip(on, strict, strict=True):
+        assert [p.nbest[0].token_ids for p in r.pilots] == [p.nbest[0].token_ids for p in s.pilots]
+        assert r.prefix_len - r.fired["seed_tolerated"] == s.prefix_len
+        assert r.best.token_ids[: r.prefix_len] == r.pilots[-1].nbest[0].token_ids[: r.prefix_len]
+
+
+def test_confirmation_tolerance_only_ever_keeps_more():
+    """``confirm(tolerance=)``: the kept prefix grows with the tolerance, ``tolerated`` counts the
+    tokens past the strict cut, and a large tolerance keeps the whole prefix."""
+    from pasu.streaming.commit import confirm
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 8))
+    logp = x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    y = rng.normal(size=(6, 8))  # a decoder with opinions of its own, so a strict confirmation cuts early
+    dec = SimpleNamespace(logp=y - np.log(np.exp(y).sum(1, keepdims=True)))
+    prefix = [2, 3, 5, 1, 4, 6]
+    kept = []
+    for tolerance in (0.0, 0.5, 1.0, 2.0, 4.0, 100.0):
+        seed = confirm(prefix, logp, lambda _: dec, 0.3, tolerance=tolerance)
+        n = len(seed.prefix) if seed else 0
+        assert seed is None or seed.tolerated == n - (kept[0] if kept else n)
+        kept.append(n)
+    assert kept == sorted(kept) and kept[0] < len(prefix) and kept[-1] == len(prefix)
+
+
+def test_a_seed_never_outgrows_the_searchs_length_limit(tiny_models, audio):
+    """A babbling model's pilots reach ``maxlenratio``'s limit: a seed that long would leave the
+    final search nothing to end, so it is refused (``too_long``) and every final has an answer."""
+    rec = Recognizer(tiny_models["late"], DecodingOptions(beam_size=2, maxlenratio=0.3))
+    opts = StreamingOptions(collapse_final_tolerance=1e6)  # keep every token the pilots said
+    refused = 0
+    for a in list(audio.values())[:4]:
+        limit = rec.options.max_output_length(int(rec.encode([a]).lengths[0]))
+        r = stream(rec, opts, a, chunk=1600)
+        assert r.nbest and r.prefix_len < limit - 1 and len(r.best.token_ids) <= limit
+        refused += r.refused.get("too_long", 0)
+    assert refused > 0
 
 
 def test_late_contextualization_fires_only_where_the_encoder_streams(tiny_models, late_rec, audio):

@@ -146,12 +146,7 @@ class BeamSearch:
         o = self.options
         maxlens, minlens = [], []
         for n in lengths:
-            if o.maxlenratio == 0:
-                maxlens.append(n)
-            elif o.maxlenratio < 0:
-                maxlens.append(-1 * int(o.maxlenratio))
-            else:
-                maxlens.append(max(1, int(o.maxlenratio * n)))
+            maxlens.append(o.max_output_length(n))
             minlens.append(-1 * int(minlenratio) if minlenratio < 0 else int(minlenratio * n))
         return maxlens, minlens
 

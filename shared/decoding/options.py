@@ -55,5 +55,14 @@ class DecodingOptions:
     def pre_beam_size(self) -> int:
         return int(self.pre_beam_ratio * self.beam_size)
 
+    def max_output_length(self, frames: int) -> int:
+        """The longest hypothesis the search makes over ``frames`` encoder frames (ESPnet's
+        ``maxlenratio``: 0 one token per frame, < 0 a fixed length, > 0 a ratio)."""
+        if self.maxlenratio == 0:
+            return frames
+        if self.maxlenratio < 0:
+            return -1 * int(self.maxlenratio)
+        return max(1, int(self.maxlenratio * frames))
+
     def with_(self, **changes) -> DecodingOptions:
         return replace(self, **changes)

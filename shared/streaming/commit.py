@@ -81,6 +81,7 @@ class Seed:
     hint: PrefixForward | None  # None: the search replays the prefix's CTC scores
     leapt: bool  # its forward variables were extended over new frames, not recomputed
     decoder: DecoderPass | None = None  # the confirmation's pass: the search need not redo it
+    tolerated: int = 0  # tokens kept only by the confirmation's ``tolerance`` (the final search's)
 
     def prime_hints(self) -> dict[str, object]:
         """What the search's scorer sessions start from (``Recognizer.decode(prime_hints=)``)."""
@@ -104,20 +105,23 @@ class PrefixCommitter:
     def seed(
         self,
         pilots: Sequence[Sequence[NBestEntry]],
-        frames: int,
+        max_len: int,
         ctc_logp: Callable[[], Any],
         decoder_logp: Callable[[list[int]], DecoderPass | None],
         ctc_path: Sequence[int] | None = None,
+        final: bool = False,
     ) -> Seed | None:
-        """The seed for a search over ``frames`` frames, from the n-best lists of the pilots so far.
+        """The seed for a search that makes at most ``max_len`` tokens
+        (``DecodingOptions.max_output_length``), from the n-best lists of the pilots so far.
 
         ``ctc_logp()`` gives the (T, V) CTC log-posteriors now; ``decoder_logp(prefix)``
         the decoder teacher-forced over ``prefix`` on the audio heard now
         (``RecognizerBackend.prefix_pass``; None where the decoder cannot). ``ctc_path``
         (the CTC greedy path of the audio now, given at the final search) is checked
-        against the seed's first ``collapse_ctc_agree`` tokens.
+        against the seed's first ``collapse_ctc_agree`` tokens. ``final``: the seed is the
+        final search's, confirmed with ``collapse_final_tolerance``.
         """
-        prefix = self._agreed(pilots, frames)
+        prefix = self._agreed(pilots, max_len)
         if prefix is None:
             return None
         k = min(self.o.collapse_ctc_agree, len(prefix))
@@ -133,10 +137,11 @@ class PrefixCommitter:
             self._cache,
             leap=self.o.ctc_leap,
             margin=self._margins(pilots[-1][0], len(prefix)),
+            tolerance=self.o.collapse_final_tolerance if final else 0.0,
         )
         if seed is None:
             return self._refuse("unconfirmed")
-        return seed if self.o.ctc_leap else Seed(seed.prefix, None, seed.leapt, seed.decoder)
+        return seed if self.o.ctc_leap else Seed(seed.prefix, None, seed.leapt, seed.decoder, seed.tolerated)
 
     def _margins(self, latest: NBestEntry, n: int) -> float | np.ndarray:
         """The confirmation margin of each of ``n`` seed tokens: ``collapse_label_margin`` up to the label."""
@@ -148,7 +153,7 @@ class PrefixCommitter:
         margins[: pos + 1] = max(o.collapse_confirm_margin, o.collapse_label_margin)
         return margins
 
-    def _agreed(self, pilots: Sequence[Sequence[NBestEntry]], frames: int) -> list[int] | None:
+    def _agreed(self, pilots: Sequence[Sequence[NBestEntry]], max_len: int) -> list[int] | None:
         o = self.o
         if len(pilots) < o.collapse_pilots:
             return self._refuse("too_few_pilots")
@@ -164,7 +169,7 @@ class PrefixCommitter:
         prefix = agreed[: max(0, len(agreed) - o.collapse_holdback)]
         if not prefix:
             return self._refuse("too_short")
-        if len(prefix) >= frames - 1:
+        if len(prefix) >= max_len - 1:  # the search could not end a hypothesis after it
             return self._refuse("too_long")
         return prefix
 
@@ -192,9 +197,15 @@ def confirm(
     cache: PrefixForwardCache | None = None,
     leap: bool = True,
     margin: float | np.ndarray = 0.0,
+    tolerance: float = 0.0,
 ) -> Seed | None:
     """``prefix`` cut where the audio of ``ctc_logp`` (T, V) stops confirming it, with its CTC
     forward variables; None if not even its first token is confirmed.
+
+    ``tolerance`` (nats) lets a token trail the joint score's own pick by that much. The
+    confirmation is a greedy, token-by-token judge, while the search keeps a word's pieces
+    whose first piece is not the local best; a final search seeded by a pilot that heard
+    all but the last chunk gives that pilot's words this benefit of the doubt.
 
     The one rule both sides use: a device's pilots seed its next search with it, and the
     cloud seeds its search with the device's hypothesis (:mod:`pasu.cloud.reuse`), judged
@@ -206,14 +217,17 @@ def confirm(
     hint = cache.update(prefix, ctc_logp, leap=leap)
     leapt = cache.reused_tokens > 0 and cache.extended_frames > 0
     dec = decoder_logp(prefix) if decoder_logp is not None else None
+    tolerated = 0
     if dec is not None and cache.R is not None:
-        keep = confirmed_length(prefix, dec.logp, ctc_logp, cache.R, ctc_weight, margin=margin)
+        keep = confirmed_length(prefix, dec.logp, ctc_logp, cache.R, ctc_weight, margin=margin - tolerance)
+        if tolerance > 0:
+            tolerated = keep - confirmed_length(prefix, dec.logp, ctc_logp, cache.R, ctc_weight, margin=margin)
         if keep == 0:
             return None
         if keep < len(prefix):
             prefix = prefix[:keep]
             hint = cache.update(prefix, ctc_logp, leap=True)  # a cut: the rows are there already
-    return Seed(prefix, hint, leapt, dec)
+    return Seed(prefix, hint, leapt, dec, tolerated)
 
 
 def confirmed_length(

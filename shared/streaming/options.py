@@ -21,15 +21,16 @@ class StreamingOptions:
     late_context: bool = True
     # 2. pilot inference: decode the partial input every `pilot_period_s` of new audio.
     pilots: bool = True
-    pilot_period_s: float = 0.32
-    pilot_beam_size: int = 4
+    pilot_period_s: float = 0.16
+    pilot_beam_size: int = 10
     pilot_nbest: int = 2
     # 3. beam collapse (pasu.streaming.commit): the next pilot and the final search
     #    start from the prefix the last `collapse_pilots` pilots agree on (and, if
     #    `collapse_margin` > 0, only when the latest one's n-best margin is at least
     #    that), less `collapse_holdback` tokens at its end, and only as far as the
     #    audio heard now still confirms it (`collapse_confirm`); the final search
-    #    with `collapse_beam_size` beams. Defaults chosen by measurement:
+    #    with `collapse_beam_size` beams, its seed confirmed with a tolerance of
+    #    `collapse_final_tolerance` nats per token. Defaults chosen by measurement:
     #    docs/benchmarks.md.
     beam_collapse: bool = True
     collapse_pilots: int = 1
@@ -38,6 +39,7 @@ class StreamingOptions:
     collapse_beam_size: int = 10
     collapse_confirm: bool = True
     collapse_confirm_margin: float = 0.0  # nats a confirmed token must beat the runner-up by
+    collapse_final_tolerance: float = 1.5  # nats a final seed token may trail the joint best by
     # Guards for an SLU model's intent label (the seed's first label-like token,
     # pasu.slu.split_intent), which an early pilot guesses and the final search then
     # never revisits. `label_rescore`: a seeded search's best words are scored (decoder
@@ -70,6 +72,8 @@ class StreamingOptions:
     max_segment_s: float = 20.0
 
     def __post_init__(self) -> None:
+        if self.collapse_final_tolerance < 0:
+            raise ValueError(f"collapse_final_tolerance must be >= 0, got {self.collapse_final_tolerance}")
         if self.label_rescore_final not in LABEL_RESCORE_FINAL:
             raise ValueError(
                 f"label_rescore_final must be one of {LABEL_RESCORE_FINAL}, not {self.label_rescore_final!r}"

@@ -183,17 +183,22 @@ class StreamingSession:
         return functools.cache(lambda: self.rec.ctc_log_probs(batch))
 
     def _seed(
-        self, batch: EncoderBatch, ctc_logp: Callable[[], np.ndarray], ctc_path: list[int] | None = None
+        self,
+        batch: EncoderBatch,
+        ctc_logp: Callable[[], np.ndarray],
+        ctc_path: list[int] | None = None,
+        final: bool = False,
     ) -> Seed | None:
         """The agreed prefix of the pilots so far (beam collapse), with its CTC state (leap)."""
         if not self.o.beam_collapse or self._commit is None:
             return None
         return self._commit.seed(
             [p.nbest for p in self.pilots],
-            int(batch.lengths[0]),
+            self.rec.options.max_output_length(int(batch.lengths[0])),
             ctc_logp,
             lambda prefix: self.rec.prefix_pass(batch, prefix),
             ctc_path=ctc_path,
+            final=final,
         )
 
     def _search(self, batch: EncoderBatch, seed: Seed | None, beam: int, nbest: int, stop) -> list[NBestEntry]:
@@ -256,7 +261,7 @@ class StreamingSession:
         o, d = self.o, self.rec.options
         greedy = self.rec.ctc_greedy(batch)
         ctc_logp = self._ctc_log_probs(batch)
-        seed = self._seed(batch, ctc_logp, greedy)
+        seed = self._seed(batch, ctc_logp, greedy, final=True)
         stop = None
         if o.beam_termination:
             last = self.pilots[-1].nbest if self.pilots else []
@@ -267,7 +272,7 @@ class StreamingSession:
                 predicted_length=predicted,
                 slack=o.termination_slack,
                 normalize_length=d.normalize_length,
-                max_len=int(batch.lengths[0]),
+                max_len=d.max_output_length(int(batch.lengths[0])),
             )
         beam = o.collapse_beam_size if seed else d.beam_size
         nbest = self._search(batch, seed, beam, d.nbest, stop)
@@ -276,6 +281,7 @@ class StreamingSession:
         decode_s = time.perf_counter() - t1
         self.fired["beam_collapse"] = int(seed is not None)
         self.fired["ctc_leap"] = int(seed is not None and seed.leapt)
+        self.fired["seed_tolerated"] = seed.tolerated if seed else 0
         if stop is not None:
             self.fired["termination_exact"] = stop.stops_exact
             self.fired["termination_predicted"] = stop.stops_predicted
@@ -359,6 +365,7 @@ FIRED = (
     "termination_predicted",
     "label_rescore",  # the final best's intent label was rescored against alternatives
     "label_changed",  # ... and another label won
+    "seed_tolerated",  # final seed tokens kept only by collapse_final_tolerance
 )
 _warned: set[str] = set()
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pasu.device.config import PolicyConfig
 from pasu.tools.bench.load import load_clips, pct, send
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,10 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
         "device's streaming session, default options)",
     )
     c.add_argument(
-        "--device-pilot", type=int, default=2, help="--device-from pilots: the pilot that decides (default 2)"
+        "--device-pilot",
+        type=int,
+        default=PolicyConfig().min_pilots,
+        help="--device-from pilots: the pilot that decides (default: the agent's earliest, min_pilots)",
     )
     c.add_argument("--threads", type=int, default=None, help="torch intra-op threads of an in-process worker")
     c.add_argument("--json-out", type=Path, default=None, help="also write the last line's JSON here")
@@ -167,7 +171,7 @@ def accuracy(best: dict[int, str], refs: dict[int, str]) -> dict[str, float | in
     return summary({k: v for k, v in best.items() if k in refs}, refs)
 
 
-def device_results(clips, model_dir: str, beam: int, source: str = "final", pilot: int = 2):
+def device_results(clips, model_dir: str, beam: int, source: str = "final", pilot: int = PolicyConfig().min_pilots):
     """The device's n-best for each clip, as the agent sends it (untimed; confidence 0.5:
     no estimator runs here).
 
@@ -280,6 +284,7 @@ def _worker_config(args: argparse.Namespace, reuse: str):
         ctc_weight=args.ctc_weight,
         reuse=reuse,
         reuse_margin=args.reuse_margin,
+        reuse_tolerance=args.reuse_tolerance,
         idempotency_cache_size=0,
         max_workers=max(16, 2 * args.concurrency),
     )
