@@ -35,6 +35,18 @@ def tiny_models(tiny_model_dirs):
 
 
 @pytest.fixture(scope="session")
+def device_export(tmp_path_factory) -> Path:
+    """The shipped device model's ONNX export (no ORT copies), made once for the session: an
+    export is slow and four test modules read it (a test that alters a file restores it)."""
+    from pasu.resources import MODELS
+    from pasu.tools.export import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("device-onnx")
+    export_model(MODELS / "device", out, ExportOptions(ort=False))
+    return out
+
+
+@pytest.fixture(scope="session")
 def audio_files() -> list[Path]:
     files = sorted(AUDIO_DIR.glob("*.flac"))
     assert len(files) >= 20, f"{AUDIO_DIR} must hold at least 20 clips"

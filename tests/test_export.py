@@ -34,13 +34,6 @@ CLIPS = ("cmd03", "cmd11")
 
 
 @pytest.fixture(scope="module")
-def device_export(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("device-onnx")
-    export_model(DEVICE, out, ExportOptions(ort=False))
-    return out
-
-
-@pytest.fixture(scope="module")
 def tiny_export(tiny_model_dirs, tmp_path_factory) -> Path:
     """Through the CLI, with the ORT-format copies."""
     from pasu.cli import main

@@ -23,7 +23,6 @@ from pasu.audio import read_audio
 from pasu.encoders import IncrementalEncoder
 from pasu.models import load_model
 from pasu.resources import AUDIO_DIR, MODELS
-from pasu.tools.export import ExportOptions, export_model
 
 pytestmark = pytest.mark.slow  # exports the device model
 
@@ -51,9 +50,8 @@ SCRIPT = textwrap.dedent(
 ).format(blocked=BLOCKED)
 
 
-def test_lite_runs_without_torch(tmp_path: Path):
-    export = tmp_path / "onnx"
-    export_model(MODELS / "device", export, ExportOptions(ort=False))
+def test_lite_runs_without_torch(device_export: Path, tmp_path: Path):
+    export = device_export
     audio = read_audio(AUDIO_DIR / "cmd07.flac")
     np.save(tmp_path / "audio.npy", audio)
     script = tmp_path / "run_lite.py"

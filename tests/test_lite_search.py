@@ -14,7 +14,6 @@ import random
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -34,7 +33,6 @@ from pasu.resources import AUDIO_DIR, MODELS
 from pasu.streaming import StreamingSession
 from pasu.streaming.ctc_leap import PrefixForwardCache
 from pasu.streaming.options import StreamingOptions
-from pasu.tools.export import ExportOptions, export_model
 
 DEVICE = MODELS / "device"
 CLIPS = ("cmd00", "cmd03", "cmd07", "cmd11", "cmd15", "cmd20")
@@ -45,13 +43,6 @@ BLOCKED = ("torch", "torchaudio", "espnet", "espnet2")
 @pytest.fixture(scope="module")
 def loaded():
     return load_model(DEVICE)
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("device-onnx")
-    export_model(DEVICE, out, ExportOptions(ort=False))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +165,9 @@ def test_sentencepiece_text_equals_sentencepiece():
     ],
     ids=["default", "nbest3", "ctc_only"],
 )
-def test_decode_equals_torch(loaded, export_dir, audio, options):
+def test_decode_equals_torch(loaded, device_export, audio, options):
     rec = Recognizer(loaded, options)
-    lite = LiteRecognizer(LiteModel(export_dir), options)
+    lite = LiteRecognizer(LiteModel(device_export), options)
     for clip in CLIPS[:4]:
         ref = rec.recognize([audio[clip]])[0]
         got = lite.recognize([audio[clip]])[0]
@@ -189,10 +180,10 @@ def test_decode_equals_torch(loaded, export_dir, audio, options):
 
 
 @pytest.mark.slow
-def test_seeded_decode_uses_the_prefix_pass(loaded, export_dir, audio):
+def test_seeded_decode_uses_the_prefix_pass(loaded, device_export, audio):
     """A search seeded with a prefix and the prefix pass's hint: the decoder is not stepped over
     the prefix again, and the n-best equals the torch search seeded the same way."""
-    model = CountingModel(export_dir)
+    model = CountingModel(device_export)
     lite = LiteRecognizer(model)
     rec = Recognizer(loaded)
     a = audio["cmd07"]
@@ -237,9 +228,9 @@ def _stream(recognizer, audio: np.ndarray, chunk: int = 1600):
 
 
 @pytest.mark.slow
-def test_streaming_session_equals_torch(loaded, export_dir, audio):
+def test_streaming_session_equals_torch(loaded, device_export, audio):
     rec = Recognizer(loaded)
-    lite = LiteRecognizer(LiteModel(export_dir))
+    lite = LiteRecognizer(LiteModel(device_export))
     fired: dict[str, int] = {}
     for clip in CLIPS:
         ref = _stream(rec, audio[clip])
@@ -282,13 +273,13 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_lite_streaming_session_without_torch(loaded, export_dir, audio, tmp_path):
+def test_lite_streaming_session_without_torch(loaded, device_export, audio, tmp_path):
     np.save(tmp_path / "audio.npy", audio["cmd15"])
     script = tmp_path / "stream_lite.py"
     script.write_text(SCRIPT)
     out = tmp_path / "result.json"
     done = subprocess.run(
-        [sys.executable, str(script), str(export_dir), str(tmp_path / "audio.npy"), str(out)],
+        [sys.executable, str(script), str(device_export), str(tmp_path / "audio.npy"), str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -303,8 +294,8 @@ def test_lite_streaming_session_without_torch(loaded, export_dir, audio, tmp_pat
 
 
 @pytest.mark.slow
-def test_bad_input_is_refused(export_dir, loaded, audio):
-    model = LiteModel(export_dir)
+def test_bad_input_is_refused(device_export, loaded, audio):
+    model = LiteModel(device_export)
     with pytest.raises(ValueError, match="no language model"):
         LiteRecognizer(model, DecodingOptions(lm_weight=0.3))
     lite = LiteRecognizer(model)

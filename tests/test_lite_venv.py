@@ -28,7 +28,6 @@ from pasu.cloud.config import WorkerConfig
 from pasu.cloud.server import CloudWorker
 from pasu.models import load_model
 from pasu.resources import AUDIO_DIR, MODELS
-from pasu.tools.export import ExportOptions, export_model
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -85,13 +84,6 @@ def lite_venv(tmp_path_factory) -> Path:
         cwd=root,
     )
     return venv
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("device-onnx")
-    export_model(MODELS / "device", out, ExportOptions(ort=False))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +144,8 @@ def test_lite_venv_has_no_torch(lite_venv: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_device_agent_runs_from_the_lite_venv(lite_venv: Path, export_dir: Path, cloud_worker, tmp_path: Path):
-    common = ["device", "transcribe", str(CLIP), "--runtime", "onnx", "--model", str(export_dir)]
+def test_device_agent_runs_from_the_lite_venv(lite_venv: Path, device_export: Path, cloud_worker, tmp_path: Path):
+    common = ["device", "transcribe", str(CLIP), "--runtime", "onnx", "--model", str(device_export)]
     common += ["--beam-size", "4", "--total-deadline", "60", "--deadline", "60"]
     # offloaded: the cloud's answer, the device's n-best sent along
     r = _pasu(lite_venv, *common, "--cloud", f"127.0.0.1:{cloud_worker.port}", "--policy", "always", cwd=tmp_path)

@@ -219,9 +219,10 @@ def confirm(
     dec = decoder_logp(prefix) if decoder_logp is not None else None
     tolerated = 0
     if dec is not None and cache.R is not None:
-        keep = confirmed_length(prefix, dec.logp, ctc_logp, cache.R, ctc_weight, margin=margin - tolerance)
+        own, rival = token_scores(prefix, dec.logp, ctc_logp, cache.R, ctc_weight)
+        keep = confirmed_cut(own, rival, margin - tolerance)
         if tolerance > 0:
-            tolerated = keep - confirmed_length(prefix, dec.logp, ctc_logp, cache.R, ctc_weight, margin=margin)
+            tolerated = keep - confirmed_cut(own, rival, margin)
         if keep == 0:
             return None
         if keep < len(prefix):
@@ -249,9 +250,23 @@ def confirmed_length(
     forward variables of every sub-prefix (:class:`PrefixForwardCache`),
     ``ctc_logp`` (T, V) the CTC log-posteriors (blank = 0).
     """
+    return confirmed_cut(*token_scores(prefix, dec_logp, ctc_logp, R, ctc_weight, candidates), margin)
+
+
+def confirmed_cut(own: np.ndarray, rival: np.ndarray, margin: float | np.ndarray = 0.0) -> int:
+    """The first position whose token does not beat its rival by ``margin`` (the length if none)."""
+    bad = np.flatnonzero(~(own >= rival + margin - 1e-9))
+    return int(bad[0]) if bad.size else own.size
+
+
+def token_scores(
+    prefix: list[int], dec_logp: Any, ctc_logp: Any, R: Any, ctc_weight: float, candidates: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per position of ``prefix``, its token's joint score and the best other candidate's
+    (:func:`confirmed_length`), so cuts at several margins cost one scoring."""
     U = len(prefix)
     if U == 0:
-        return 0
+        return np.zeros(0), np.zeros(0)
     lp = log_posteriors(ctc_logp)
     T = lp.shape[0]
     dec = as_numpy(dec_logp)[:U].astype(np.float64)
@@ -271,9 +286,7 @@ def confirmed_length(
     psi[0] = np.logaddexp(psi[0], x[0, 0])  # the first token may start at frame 0
     joint = (1 - ctc_weight) * np.take_along_axis(dec, cand, axis=1) + ctc_weight * psi  # (U, K+1)
     others = np.where(cand[:, 1:] == toks[:, None], -math.inf, joint[:, 1:])  # not the token itself
-    ok = joint[:, 0] >= others.max(axis=1) + margin - 1e-9
-    bad = np.flatnonzero(~ok)
-    return int(bad[0]) if bad.size else U
+    return joint[:, 0], others.max(axis=1)
 
 
 @dataclass
