@@ -60,8 +60,9 @@ lint-proto: $(BUF)
 demo: setup
 	$(VENV)/bin/pasu demo
 
-# TTS engines for the corpus recipe and its tests (apt; best effort: without
-# root or apt the synthesis tests skip and say why).
+# TTS engines for the corpus recipe and its tests, and the virtual microphone of
+# tests/test_device_mic.py (apt; best effort: without root or apt those tests
+# skip and say why).
 ENGINES_STAMP := $(VENV)/.engines
 $(ENGINES_STAMP): | $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -305,7 +305,7 @@ def test_the_device_answers_with_the_clouds_verdict(worker_factory, device_model
 def test_figures_from_records_rejudge_with_another_threshold(tmp_path):
     import json
 
-    from pasu.tools.train.rejection import figures_from_records
+    from pasu.tools.train.rejection import figures_from_records, sweep_table, threshold_sweep
 
     def rec(text, conf, reason=None):
         r = {"segment": {"start": 0.0, "end": 1.0}, "text": text, "confidence": conf, "device_confidence": conf}
@@ -325,6 +325,31 @@ def test_figures_from_records_rejudge_with_another_threshold(tmp_path):
     assert low["test_voices"]["false_rejects"] == 0 and low["noise"]["false_accepts"] == 1
     assert high["test_voices"]["false_rejects"] == 1 and high["noise"]["false_accepts"] == 1
     assert figures_from_records(path, 0.5)["device"]["sets"]["noise"]["false_accepts"] == 0
+    curve = threshold_sweep(path, [0.3, 0.1])  # the same judgement, one row per threshold, in order
+    assert [r["threshold"] for r in curve["sweep"]] == [0.1, 0.3]
+    assert [r["test_voices"]["false_rejects"] for r in curve["sweep"]] == [0, 1]
+    assert [r["noise"]["false_accepts"] for r in curve["sweep"]] == [1, 1]
+    assert "| 0.3 | FR 50.0% | FA 1 (50.0% not understood) |" in sweep_table(curve)
+
+
+def test_sweep_from_the_command_line_and_its_bad_requests(tmp_path, capsys):
+    import json
+
+    from pasu.cli import main
+
+    rec = {"segment": {"start": 0.0, "end": 1.0}, "text": "alarm_set wake me up", "device_confidence": 0.4}
+    rec |= {"confidence": 0.4, "source": "device", "offloaded": False, "understood": True, "best_intent": "alarm_set"}
+    path = tmp_path / "records.jsonl"
+    line = {"mode": "device", "set": "test_voices", "utt": "u1", "ref": "alarm_set", "kind": "c", "records": [rec]}
+    path.write_text(json.dumps(line) + "\n")
+    out = tmp_path / "sweep.json"
+    base = ["eval", "--rejection", "--from-records", str(path)]
+    assert main([*base, "--sweep", "0.5,0.3", "--json-out", str(out)]) == 0
+    rows = json.loads(out.read_text())["sweep"]
+    assert [(r["threshold"], r["test_voices"]["false_rejects"]) for r in rows] == [(0.3, 0), (0.5, 1)]
+    capsys.readouterr()
+    assert main([*base, "--sweep", "a,b"]) == 2 and "comma-separated thresholds" in capsys.readouterr().err
+    assert main(["eval", "--rejection", "--sweep", "0.3"]) == 2 and "--from-records" in capsys.readouterr().err
 
 
 def test_calibration_keeps_the_lowest_voice_engine_groups_threshold(tmp_path):

@@ -3,14 +3,19 @@
 #   training voices: espeak-ng (English voices + variants), flite (awb, rms)
 #   test voices:     flite (kal, kal16, slt), festival (kal_diphone,
 #                    ked_diphone, cmu_us_slt_arctic_hts)
-# Usage: tools/data/install_engines.sh [--no-festival]   (as root, or with sudo)
+# and the virtual microphone tests/test_device_mic.py plays into (a PulseAudio
+# null sink that PortAudio reaches through ALSA's `pulse` device).
+# Usage: tools/data/install_engines.sh [--no-festival] [--no-mic]   (as root, or with sudo)
 set -euo pipefail
 
 packages=(espeak-ng flite)
-if [[ "${1:-}" != "--no-festival" ]]; then
+if [[ " $* " != *" --no-festival "* ]]; then
   # festvox-kallpc16k: kal_diphone; festvox-kdlpc16k: ked_diphone;
   # festvox-us-slt-hts: cmu_us_slt_arctic_hts
   packages+=(festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
+fi
+if [[ " $* " != *" --no-mic "* ]]; then
+  packages+=(pulseaudio pulseaudio-utils libasound2-plugins libportaudio2)
 fi
 
 SUDO=""
@@ -27,5 +32,5 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-  echo "TTS engines already installed: ${packages[*]}"
+  echo "already installed: ${packages[*]}"
 fi

@@ -196,6 +196,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "engine groups' (repeat)",
     )
     r.add_argument(
+        "--sweep",
+        default=None,
+        help="with --from-records: the figures at each of these comma-separated device thresholds "
+        "instead (the operating curve)",
+    )
+    r.add_argument(
         "--rejudge-audio",
         action="store_true",
         help="with --from-records: the VAD's verdicts on each segment's audio made anew from the "
@@ -311,6 +317,37 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rejection_from_records(args: argparse.Namespace, model: str | None) -> dict | None:
+    """`--from-records`: a recorded device-alone run judged at one threshold, or at each of
+    ``--sweep``'s; None (after saying why) on a bad request."""
+    from pasu.tools.train import rejection as R
+
+    if len(args.from_records) != 1:
+        print("error: figures come from one --from-records file", file=sys.stderr)
+        return None
+    if args.sweep is not None:
+        try:
+            thresholds = [float(t) for t in args.sweep.split(",") if t.strip()]
+        except ValueError:
+            thresholds = []
+        if not thresholds:
+            print(f"error: --sweep wants comma-separated thresholds, got {args.sweep!r}", file=sys.stderr)
+            return None
+        out = R.threshold_sweep(args.from_records[0], thresholds)
+        print(R.sweep_table(out))
+        return out
+    t = args.rejection_threshold
+    if t is None:
+        from pasu.device.confidence import estimator_for
+        from pasu.model_store import resolve_model
+
+        t = estimator_for(resolve_model(model, "device")).rejection_threshold or 0.0
+    dirs = [*args.data, *args.reject] if args.rejudge_audio else []
+    out = R.figures_from_records(args.from_records[0], t, dirs)
+    print(R.table(out))
+    return out
+
+
 def run_rejection(args: argparse.Namespace) -> int:
     """`pasu eval --rejection`: the figures of issue 28, or (``--calibrate``) the thresholds."""
     from tqdm import tqdm
@@ -321,6 +358,9 @@ def run_rejection(args: argparse.Namespace) -> int:
         return tqdm(items, unit="clip", file=sys.stderr, disable=args.no_progress or not sys.stderr.isatty())
 
     model = str(args.model) if args.model else None
+    if args.sweep is not None and (not args.from_records or args.calibrate):
+        print("error: --sweep judges a recorded run: give --from-records (without --calibrate)", file=sys.stderr)
+        return 2
     if args.from_records and args.calibrate:
         cal = R.calibrate_by_group(args.from_records, args.target_false_reject)
         for g, c in cal["groups"].items():
@@ -332,18 +372,9 @@ def run_rejection(args: argparse.Namespace) -> int:
                 print(f"saved {path}")
         out = cal
     elif args.from_records:
-        if len(args.from_records) != 1:
-            print("error: figures come from one --from-records file", file=sys.stderr)
+        out = _rejection_from_records(args, model)
+        if out is None:
             return 2
-        t = args.rejection_threshold
-        if t is None:
-            from pasu.device.confidence import estimator_for
-            from pasu.model_store import resolve_model
-
-            t = estimator_for(resolve_model(model, "device")).rejection_threshold or 0.0
-        dirs = [*args.data, *args.reject] if args.rejudge_audio else []
-        out = R.figures_from_records(args.from_records[0], t, dirs)
-        print(R.table(out))
     elif args.calibrate:
         sides = tuple(s.strip() for s in args.sides.split(",") if s.strip())
         cal = R.calibrate_on(

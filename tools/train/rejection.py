@@ -278,6 +278,42 @@ def figures_from_records(path: Path, threshold: float, audio_dirs: Sequence[Path
     return {"device": {"rejection_threshold": threshold, "records": str(path), "sets": sets}}
 
 
+def threshold_sweep(path: Path, thresholds: Sequence[float]) -> dict:
+    """The device's operating curve from one recorded run: per threshold, each set's
+    false rejects (command sets) or false accepts (reject sets), judged as
+    :func:`figures_from_records` judges them. It shows what no single threshold can
+    buy, e.g. the false-reject target on test_voices against the out-of-domain one."""
+    rows = []
+    for t in sorted(thresholds):
+        sets = figures_from_records(path, t)["device"]["sets"]
+        row: dict = {"threshold": t}
+        for name, f in sets.items():
+            keys = (
+                ("false_accepts", "not_understood_rate")
+                if "false_accepts" in f
+                else ("false_rejects", "false_reject_rate")
+            )
+            row[name] = {k: f[k] for k in keys}
+        rows.append(row)
+    return {"records": str(path), "sweep": rows}
+
+
+def sweep_table(result: dict) -> str:
+    """Markdown: one row per threshold, one column per set (FR rate or FA count and not-understood rate)."""
+    rows = result["sweep"]
+    names = [k for k in rows[0] if k != "threshold"] if rows else []
+    out = ["| threshold | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for r in rows:
+        cells = [
+            f"FR {100 * r[n]['false_reject_rate']:.1f}%"
+            if "false_reject_rate" in r[n]
+            else f"FA {r[n]['false_accepts']} ({100 * r[n]['not_understood_rate']:.1f}% not understood)"
+            for n in names
+        ]
+        out.append(f"| {r['threshold']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def voice_engine(utt: str) -> str:
     """The TTS engine of a corpus utterance, from its id (``espeakng_en_us_m1-…``, ``flite_awb-…``)."""
     return utt.split("_", 1)[0]
