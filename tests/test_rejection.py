@@ -138,6 +138,33 @@ def test_babble_is_no_speech_one_talker_is(audio):
     assert level_spread_db(np.zeros(100, np.int16)) == 0.0  # too short to say
 
 
+def test_the_noise_sets_babble_has_no_talker_louder_than_the_rest():
+    """Talkers made of pure tones (one frequency bin each) so each one's power in the mix can
+    be read off its spectrum: in the noise set's babble the loudest is at least 3 dB under the
+    others together; the corpus's babble (noise under commands) can let one stand out."""
+    from pasu.tools.data.augment import babble
+    from pasu.tools.data.rejection import NOISE_ONLY_BABBLE_SPREAD_DB, NOISE_ONLY_BABBLE_TALKERS
+
+    n = SR  # 1 s: bin k is k Hz; each 0.5 s clip holds whole periods (even Hz), so looping keeps it pure
+    freqs = 100 + 8 * np.arange(980)  # many talkers, so that a mix seldom draws one twice
+    bank = [np.sin(2 * np.pi * f * np.arange(SR // 2) / SR).astype(np.float32) for f in freqs]
+
+    def loudest_over_rest_db(x: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(x)) ** 2
+        talkers = np.sort(power[freqs])[::-1]
+        return float(10 * np.log10(talkers[0] / talkers[1:].sum()))
+
+    noise_only = [
+        loudest_over_rest_db(
+            babble(n, bank, np.random.default_rng(s), NOISE_ONLY_BABBLE_TALKERS, NOISE_ONLY_BABBLE_SPREAD_DB)
+        )
+        for s in range(40)
+    ]
+    corpus = [loudest_over_rest_db(babble(n, bank, np.random.default_rng(s))) for s in range(40)]
+    assert max(noise_only) <= -3.0 + 1e-6
+    assert max(corpus) > 0.0  # what the noise set no longer has: one talker above the rest
+
+
 TONE_SEED = 19  # a music-like clip of the recipe whose notes open a short segment
 
 

@@ -162,9 +162,14 @@ def colored_noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def babble(
-    n: int, bank: Sequence[np.ndarray], rng: np.random.Generator, talkers: tuple[int, int] = (3, 6)
+    n: int,
+    bank: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    talkers: tuple[int, int] = (3, 6),
+    spread_db: float = 6.0,
 ) -> np.ndarray:
-    """Unit-RMS babble: several other utterances, looped and offset, summed."""
+    """Unit-RMS babble: several other utterances, looped and offset, summed, each talker
+    ``spread_db`` or less below the loudest (with few talkers, one can stand out)."""
     k = int(rng.integers(talkers[0], talkers[1] + 1))
     out = np.zeros(n, dtype=np.float64)
     for _ in range(k):
@@ -173,7 +178,7 @@ def babble(
         reps = int(math.ceil((n + clip.size) / clip.size))
         looped = np.tile(clip, reps)
         start = int(rng.integers(clip.size))
-        out += looped[start : start + n] * db_to_amp(float(rng.uniform(-6, 0)))
+        out += looped[start : start + n] * db_to_amp(float(rng.uniform(-spread_db, 0)))
     return (out / (rms(out) or 1.0)).astype(np.float32)
 
 

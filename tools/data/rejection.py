@@ -4,7 +4,8 @@ Three data dirs under ``OUT`` (16 kHz FLAC under ``OUT/audio/<set>/``), made
 from one seed like the corpus (every random choice is drawn at plan time):
 
 * ``noise``: no speech at all. White, pink, brown and blue noise, babble
-  (other utterances read by *training* voices, mixed), music-like tones and
+  (5-8 other utterances read by *training* voices, mixed so that none stands
+  out), music-like tones and
   short bursts (clicks, knocks: shorter than a word), at -50 to -20 dBFS,
   half of them with leading and trailing silence (a noise that starts and
   stops). Nothing here may get an answer.
@@ -44,6 +45,12 @@ SETS = ("noise", "ood", "lead_noise")
 NOISE_SET_KINDS = ("white", "pink", "brown", "blue", "babble", "tones", "burst")
 NOISE_LEVELS_DBFS = (-50.0, -40.0, -30.0, -20.0)
 LEAD_NOISE_KINDS = ("brown", "pink", "white", "babble")
+#: The noise set's babble: 5-8 talkers within 3 dB, so none stands out of the rest (the
+#: loudest is at least 3 dB under the others together). The corpus's babble (3-6 talkers
+#: within 6 dB, the noise *under* commands) can leave one talker louder than the rest
+#: together, saying a command: speech, not noise (docs/rejection/README.md).
+NOISE_ONLY_BABBLE_TALKERS = (5, 8)
+NOISE_ONLY_BABBLE_SPREAD_DB = 3.0
 
 
 @dataclass(frozen=True)
@@ -234,10 +241,14 @@ def bursts(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _noise(kind: str, n: int, rng: np.random.Generator, bank: Sequence[np.ndarray]) -> np.ndarray:
+def _noise(
+    kind: str, n: int, rng: np.random.Generator, bank: Sequence[np.ndarray], noise_only: bool = False
+) -> np.ndarray:
     if kind == "babble":
         if not bank:
             raise RuntimeError("babble needs the babble bank (training voices: espeak-ng, flite)")
+        if noise_only:
+            return A.babble(n, bank, rng, NOISE_ONLY_BABBLE_TALKERS, NOISE_ONLY_BABBLE_SPREAD_DB)
         return A.babble(n, bank, rng)
     if kind == "tones":
         return tones(n, S.SAMPLE_RATE, rng)
@@ -252,7 +263,7 @@ def render(plan: ClipPlan, bank: Sequence[np.ndarray] | None = None) -> tuple[np
     bank = S._BANK if bank is None else bank
     rng = np.random.default_rng(plan.seed)
     if plan.set == "noise":
-        x = _noise(plan.kind, int(plan.dur_s * sr), rng, bank) * A.db_to_amp(plan.level_db)
+        x = _noise(plan.kind, int(plan.dur_s * sr), rng, bank, noise_only=True) * A.db_to_amp(plan.level_db)
         x = A.pad(x.astype(np.float32), sr, plan.lead_s, plan.trail_s)
         return A.limit(A.dither(x, S.DITHER_DB, rng)).astype(np.float32), None
     assert plan.voice is not None
