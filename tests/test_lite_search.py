@@ -22,12 +22,12 @@ import torch
 
 from pasu.audio import read_audio
 from pasu.decoding.ctc import CTCPrefixScorer as TorchCTCScorer
-from pasu.decoding.ctc import CTCPrefixSession as TorchCTCSession
+from pasu.decoding.ctc_prefix import CTCPrefixSession
 from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
 from pasu.lite import LiteModel, LiteModelError
 from pasu.lite.recognizer import LiteRecognizer, detokenizer, sentencepiece_text
-from pasu.lite.scorers import CTCPrefixSession, LiteDecoderScorer, PrefixPass
+from pasu.lite.scorers import LiteDecoderScorer, PrefixPass
 from pasu.models import load_model
 from pasu.resources import AUDIO_DIR, MODELS
 from pasu.streaming import StreamingSession
@@ -74,8 +74,9 @@ def _same_nbest(ref, got) -> None:
 
 # -- no export needed --------------------------------------------------------------------
 @pytest.mark.parametrize("recursion", ["scan", "loop"])
-def test_ctc_session_equals_torch_step_by_step(loaded, audio, recursion):
-    """Two real utterances padded into one batch; rows pruned, duplicated and repeating their
+def test_ctc_session_on_numpy_equals_torch_step_by_step(loaded, audio, recursion):
+    """The one CTC prefix session on numpy arrays against itself on torch tensors.
+    Two real utterances padded into one batch; rows pruned, duplicated and repeating their
     last token between steps, as a search does; then a seeded start from a PrefixForward."""
     asr: Any = loaded.model
     batch = Recognizer(loaded).encode([audio["cmd03"], audio["cmd11"]])
@@ -86,7 +87,7 @@ def test_ctc_session_equals_torch_step_by_step(loaded, audio, recursion):
     logp = logp_t.numpy().copy()
     lengths = batch.lengths.numpy()
     utt = np.array([0, 1])
-    ref = TorchCTCSession(torch_scorer, logp_t.clone(), batch.lengths, torch.tensor(utt))
+    ref = CTCPrefixSession(logp_t.clone(), batch.lengths, torch.tensor(utt), loaded.eos, 0, recursion)
     got = CTCPrefixSession(logp, lengths, utt, loaded.eos, 0, recursion)
     said = logp.max(1)  # (B, V): each token's best frame; neither blank nor <eos> is a candidate
     said[:, [0, loaded.eos]] = -np.inf
@@ -122,7 +123,7 @@ def test_ctc_session_equals_torch_step_by_step(loaded, audio, recursion):
     hint = PrefixForwardCache().update(prefix, one[0])
     seed = np.array([[loaded.sos, *prefix]] * 2)
     rows = np.zeros(2, np.int64)
-    ref = TorchCTCSession(torch_scorer, torch.tensor(one), torch.tensor([n0]), torch.tensor(rows))
+    ref = CTCPrefixSession(torch.tensor(one), torch.tensor([n0]), torch.tensor(rows), loaded.eos, 0, recursion)
     got = CTCPrefixSession(one, np.array([n0]), rows, loaded.eos, 0, recursion)
     np.testing.assert_allclose(got.prime(seed, rows, hint), ref.prime(torch.tensor(seed), None, hint).numpy())
     cand = np.argsort(-said[:1], axis=1)[:, :8].repeat(2, 0)

@@ -51,6 +51,30 @@ class ArrayOps(Protocol):
     def take_along_rows(self, x: Any, idx: Any) -> Any:
         """``x[i, idx[i]]`` for every row i."""
 
+    # -- what the CTC prefix session adds (pasu.decoding.ctc_prefix) ----------------------
+    def logsumexp(self, x: Any, axis: int) -> Any:
+        """log(sum(exp(x))) along ``axis``, shifted by the maximum (torch's formula)."""
+
+    def logaddexp(self, a: Any, b: Any) -> Any: ...
+
+    def logcumsumexp(self, x: Any) -> Any:
+        """The running log-sum-exp along the first axis."""
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any: ...
+
+    def stack(self, xs: list[Any], axis: int) -> Any: ...
+
+    def permute(self, x: Any, dims: tuple[int, ...]) -> Any: ...
+
+    def contiguous(self, x: Any) -> Any: ...
+
+    def broadcast_to(self, x: Any, shape: tuple[int, ...]) -> Any: ...
+
+    def float64(self, x: Any) -> Any: ...
+
+    def put_along_rows(self, x: Any, idx: Any, values: Any) -> None:
+        """``x[i, idx[i, k]] = values[i, k]``, in place."""
+
 
 class NumpyOps:
     def index(self, values: Any, like: Any = None) -> np.ndarray:
@@ -93,6 +117,37 @@ class NumpyOps:
 
     def take_along_rows(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return x[np.arange(x.shape[0]), idx]
+
+    def logsumexp(self, x: np.ndarray, axis: int) -> np.ndarray:
+        m = x.max(axis=axis, keepdims=True)  # x is finite (LOG_ZERO, not -inf)
+        return np.squeeze(m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True)), axis=axis)
+
+    def logaddexp(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.logaddexp(a, b)
+
+    def logcumsumexp(self, x: np.ndarray) -> np.ndarray:
+        return np.logaddexp.accumulate(x, axis=0)
+
+    def where(self, cond: Any, a: Any, b: Any) -> np.ndarray:
+        return np.where(cond, a, b)
+
+    def stack(self, xs: list[np.ndarray], axis: int) -> np.ndarray:
+        return np.stack(xs, axis=axis)
+
+    def permute(self, x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
+        return x.transpose(dims)
+
+    def contiguous(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x)
+
+    def broadcast_to(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return np.broadcast_to(x, shape)
+
+    def float64(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float64)
+
+    def put_along_rows(self, x: np.ndarray, idx: np.ndarray, values: np.ndarray) -> None:
+        np.put_along_axis(x, idx, values, axis=1)
 
 
 class TorchOps:
@@ -138,6 +193,36 @@ class TorchOps:
 
     def take_along_rows(self, x: Any, idx: Any) -> Any:
         return x.gather(1, idx.to(x.device).unsqueeze(1)).squeeze(1)
+
+    def logsumexp(self, x: Any, axis: int) -> Any:
+        return self.torch.logsumexp(x, axis)
+
+    def logaddexp(self, a: Any, b: Any) -> Any:
+        return self.torch.logaddexp(a, b)
+
+    def logcumsumexp(self, x: Any) -> Any:
+        return self.torch.logcumsumexp(x, 0)
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        return self.torch.where(cond, a, b)
+
+    def stack(self, xs: list[Any], axis: int) -> Any:
+        return self.torch.stack(xs, dim=axis)
+
+    def permute(self, x: Any, dims: tuple[int, ...]) -> Any:
+        return x.permute(*dims)
+
+    def contiguous(self, x: Any) -> Any:
+        return x.contiguous()
+
+    def broadcast_to(self, x: Any, shape: tuple[int, ...]) -> Any:
+        return x.expand(*shape)
+
+    def float64(self, x: Any) -> Any:
+        return x.to(self.torch.float64)
+
+    def put_along_rows(self, x: Any, idx: Any, values: Any) -> None:
+        x.scatter_(1, idx, values)
 
 
 _NUMPY = NumpyOps()
