@@ -34,6 +34,7 @@ from pasu.decoding.options import DecodingOptions
 from pasu.decoding.recognizer import Recognizer
 from pasu.decoding.scorers import EncoderBatch
 from pasu.models import LoadedModel
+from pasu.streaming.commit import too_long
 
 log = logging.getLogger(__name__)
 _NO_AUDIO = np.zeros(0, dtype=np.float32)
@@ -292,7 +293,7 @@ class Batcher:
         enc, out = encoded[id(job)], outcomes[id(job)]
         t = time.monotonic()
         seed = reuse_mod.seed(rec, enc, job.device_seqs or [], tolerance=self.config.reuse_tolerance)
-        if seed is None or len(seed.prefix) >= rec.options.max_output_length(int(enc.lengths[0])) - 1:
+        if seed is None or too_long(seed.prefix, rec.options.max_output_length(int(enc.lengths[0]))):
             out.decode_s = time.monotonic() - t
             self.decode_busy_s += out.decode_s
             return False

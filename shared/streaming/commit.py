@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -141,7 +141,7 @@ class PrefixCommitter:
         )
         if seed is None:
             return self._refuse("unconfirmed")
-        return seed if self.o.ctc_leap else Seed(seed.prefix, None, seed.leapt, seed.decoder, seed.tolerated)
+        return seed if self.o.ctc_leap else replace(seed, hint=None)
 
     def _margins(self, latest: NBestEntry, n: int) -> float | np.ndarray:
         """The confirmation margin of each of ``n`` seed tokens: ``collapse_label_margin`` up to the label."""
@@ -169,7 +169,7 @@ class PrefixCommitter:
         prefix = agreed[: max(0, len(agreed) - o.collapse_holdback)]
         if not prefix:
             return self._refuse("too_short")
-        if len(prefix) >= max_len - 1:  # the search could not end a hypothesis after it
+        if too_long(prefix, max_len):
             return self._refuse("too_long")
         return prefix
 
@@ -187,6 +187,12 @@ class PrefixCommitter:
     def _refuse(self, why: str) -> None:
         self.refused[why] += 1
         return None
+
+
+def too_long(prefix: Sequence[int], max_len: int) -> bool:
+    """A seed too long for a search that makes at most ``max_len`` tokens
+    (``DecodingOptions.max_output_length``): it could not end a hypothesis after it."""
+    return len(prefix) >= max_len - 1
 
 
 def confirm(

@@ -266,16 +266,28 @@ def figures_from_records(path: Path, threshold: float, audio_dirs: Sequence[Path
     """:func:`evaluate_rejection`'s figures for the ``device`` mode of a recorded run, at
     ``threshold``; the sets whose data dir is in ``audio_dirs`` (by name) get the VAD's
     verdicts anew from their audio (a run recorded before a change to those rules)."""
+    sets = _judged_sets(_device_runs(path), threshold, audio_dirs)
+    return {"device": {"rejection_threshold": threshold, "records": str(path), "sets": sets}}
+
+
+def _device_runs(path: Path) -> dict[str, tuple[bool, list[Clip]]]:
     runs = read_records(path)
     if "device" not in runs:
         raise ValueError(f"{path}: no device-alone records (run with --mode device and --records)")
+    return runs["device"]
+
+
+def _judged_sets(
+    runs: dict[str, tuple[bool, list[Clip]]], threshold: float, audio_dirs: Sequence[Path] = ()
+) -> dict[str, dict]:
+    """Each set's figures with its clips judged at ``threshold`` (:func:`rethreshold`)."""
     dirs = {d.name: d for d in audio_dirs}
     sets = {}
-    for name, (reject, clips) in runs["device"].items():
+    for name, (reject, clips) in runs.items():
         wavs = read_wav_scp(dirs[name]) if name in dirs else {}
         judged = [rethreshold(c, threshold, wavs.get(c.utt)) for c in clips]
         sets[name] = reject_figures(judged) if reject else command_figures(judged)
-    return {"device": {"rejection_threshold": threshold, "records": str(path), "sets": sets}}
+    return sets
 
 
 def threshold_sweep(path: Path, thresholds: Sequence[float]) -> dict:
@@ -283,9 +295,10 @@ def threshold_sweep(path: Path, thresholds: Sequence[float]) -> dict:
     false rejects (command sets) or false accepts (reject sets), judged as
     :func:`figures_from_records` judges them. It shows what no single threshold can
     buy, e.g. the false-reject target on test_voices against the out-of-domain one."""
+    runs = _device_runs(path)  # read once, judged at each threshold
     rows = []
     for t in sorted(thresholds):
-        sets = figures_from_records(path, t)["device"]["sets"]
+        sets = _judged_sets(runs, t)
         row: dict = {"threshold": t}
         for name, f in sets.items():
             keys = (
